@@ -1,0 +1,10 @@
+//! The Flotilla device agent as a library: the inference runtime, the model repository and
+//! the local Open Inference Protocol server. `main.rs` is a thin command-line shell over it,
+//! and fleet-sim and the tests drive the same code in-process.
+
+pub mod config;
+pub mod metrics;
+pub mod repository;
+pub mod runtime;
+pub mod serve_command;
+pub mod server;

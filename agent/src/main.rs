@@ -1,0 +1,41 @@
+//! The `flotilla-agent` command: parses flags and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use flotilla_agent::serve_command::{ServeArgs, serve};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-agent",
+    version,
+    about = "Flotilla device agent: serves ONNX models over the Open Inference Protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve models locally on a Unix socket and/or loopback TCP.
+    Serve(ServeArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => args
+            .to_config()
+            .and_then(|config| tokio::runtime::Runtime::new()?.block_on(serve(config))),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,13 @@
+//! Running ONNX models with ONNX Runtime: the process-wide environment, one loaded model
+//! version with its pool of sessions, and conversion between protocol tensors and ORT values.
+
+mod conversion;
+mod environment;
+mod loaded_model;
+mod session_pool;
+mod signature;
+
+pub use environment::{RuntimeInitError, init_onnx_runtime};
+pub use loaded_model::{LoadError, LoadedModel, SessionSettings};
+pub use session_pool::{InferError, NamedTensor};
+pub use signature::{ModelSignature, TensorSpec};

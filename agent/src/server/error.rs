@@ -1,0 +1,74 @@
+//! The error every endpoint answers with: a status from its kind and `{"error": "..."}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use flotilla_proto::inference::ErrorBody;
+
+use crate::metrics::ErrorKind;
+use crate::repository::LookupError;
+use crate::runtime::InferError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind: ErrorKind::BadRequest,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Busy | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InferenceFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<LookupError> for ApiError {
+    fn from(error: LookupError) -> ApiError {
+        ApiError::not_found(error.to_string())
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(error: InferError) -> ApiError {
+        let kind = match error {
+            InferError::Busy { .. } => ErrorKind::Busy,
+            InferError::ShuttingDown { .. } => ErrorKind::Unavailable,
+            InferError::Run { .. } => ErrorKind::InferenceFailed,
+        };
+        ApiError {
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,233 @@
+//! HTTP routes of the Open Inference Protocol (plus Triton's repository extension and
+//! Prometheus metrics), each a thin adapter over the repository, `infer` and `metrics`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_proto::inference::{INFERENCE_HEADER_CONTENT_LENGTH, ModelMetadata, ServerMetadata};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::error::ApiError;
+use super::infer::{decode_request, encode_response, split_body};
+use crate::metrics::ErrorKind;
+
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such endpoint; the agent serves the Open Inference Protocol under /v2",
+            )
+        })
+        .with_state(state)
+}
+
+async fn server_ready(State(state): State<AppState>) -> StatusCode {
+    if state.repository.all_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "flotilla-agent".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into(), "model_repository".into()],
+    })
+}
+
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    let name = &params["model"];
+    let model = state
+        .repository
+        .get(name, params.get("version").map(String::as_str))?;
+    Ok(Json(ModelMetadata {
+        name: name.clone(),
+        versions: state
+            .repository
+            .versions(name)
+            .iter()
+            .map(u64::to_string)
+            .collect(),
+        platform: "onnx_onnxv1".into(),
+        inputs: model
+            .signature
+            .inputs
+            .iter()
+            .map(|s| s.metadata())
+            .collect(),
+        outputs: model
+            .signature
+            .outputs
+            .iter()
+            .map(|s| s.metadata())
+            .collect(),
+    }))
+}
+
+async fn model_ready(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .repository
+        .get(&params["model"], params.get("version").map(String::as_str))?;
+    Ok(StatusCode::OK)
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let _in_flight = state.metrics.start_request();
+    let name = &params["model"];
+    let mut version_label = String::new();
+    let result = async {
+        let model = state
+            .repository
+            .get(name, params.get("version").map(String::as_str))?;
+        version_label = model.version.to_string();
+        let body = axum::body::to_bytes(body, state.max_body_bytes)
+            .await
+            .map_err(|e| body_error(e, state.max_body_bytes))?;
+        let header_length = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ApiError::bad_request("Inference-Header-Content-Length is not text")
+            })?),
+            None => None,
+        };
+        let (json, binary) = split_body(&body, header_length)?;
+        let request = decode_request(json, binary, &model.signature)?;
+        let output_names = request.outputs.iter().map(|c| c.name.clone()).collect();
+        let outputs = model.infer(request.inputs, output_names).await?;
+        encode_response(
+            name,
+            model.version,
+            request.id.as_deref(),
+            &outputs,
+            &request.outputs,
+        )
+    }
+    .await;
+    // Unknown models are counted under an empty name: names come from clients, and a typo
+    // must not mint a new metric series.
+    let model_label = if version_label.is_empty() {
+        ""
+    } else {
+        name.as_str()
+    };
+    match result {
+        Ok(encoded) => {
+            state
+                .metrics
+                .record(model_label, &version_label, started.elapsed(), None);
+            let mut response = Response::new(Body::from(encoded.body));
+            let headers = response.headers_mut();
+            match encoded.json_length {
+                Some(length) => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(length));
+                }
+                None => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            response
+        }
+        Err(error) => {
+            state.metrics.record(
+                model_label,
+                &version_label,
+                started.elapsed(),
+                Some(error.kind),
+            );
+            if error.kind == ErrorKind::InferenceFailed {
+                tracing::warn!(model = %name, error = %error.message, "inference failed");
+            }
+            error.into_response()
+        }
+    }
+}
+
+fn body_error(error: axum::Error, limit: usize) -> ApiError {
+    let too_large = std::error::Error::source(&error)
+        .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+        || error.to_string().contains("length limit");
+    if too_large {
+        ApiError {
+            kind: ErrorKind::TooLarge,
+            message: format!(
+                "request body is larger than the limit of {limit} bytes (max_body_bytes)"
+            ),
+        }
+    } else {
+        ApiError::bad_request(format!("could not read the request body: {error}"))
+    }
+}
+
+async fn repository_index(State(state): State<AppState>, _body: Bytes) -> impl IntoResponse {
+    Json(state.repository.index())
+}
+
+/// Triton's `load`: re-reads the model's folder and swaps in new or changed versions.
+async fn repository_load(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    _body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.repository.is_known(&name) {
+        return Err(ApiError::not_found(format!(
+            "unknown model {name:?}; this agent serves only the models in its configuration"
+        )));
+    }
+    let report = state.repository.reload(Some(&name)).await;
+    if !report.errors.is_empty() {
+        return Err(ApiError::bad_request(report.errors.join("; ")));
+    }
+    Ok(Json(serde_json::json!({
+        "loaded": report.loaded.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>(),
+        "unloaded": report.unloaded.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>(),
+        "versions": state.repository.versions(&name).iter().map(u64::to_string).collect::<Vec<_>>(),
+    })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
