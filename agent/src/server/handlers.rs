@@ -138,11 +138,11 @@ async fn infer(
     }
     .await;
     // Unknown models are counted under an empty name: names come from clients, and a typo
-    // must not mint a new metric series.
-    let model_label = if version_label.is_empty() {
-        ""
-    } else {
+    // must not mint a new metric series. An unknown version of a known model has no version.
+    let model_label = if state.repository.is_known(name) {
         name.as_str()
+    } else {
+        ""
     };
     match result {
         Ok(encoded) => {

@@ -125,6 +125,15 @@ pub fn decode_request(
                 TensorData::from_json(datatype, json_data.0).map_err(|e| bad(e.to_string()))?
             }
         };
+        if let TensorData::Bytes(elements) = &data
+            && let Some(index) = elements
+                .iter()
+                .position(|e| std::str::from_utf8(e).is_err())
+        {
+            return Err(bad(format!(
+                "BYTES element {index} is not valid UTF-8; ONNX Runtime string tensors hold UTF-8 text"
+            )));
+        }
         inputs.push(NamedTensor {
             name,
             shape: input.shape,

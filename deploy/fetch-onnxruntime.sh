@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Puts libonnxruntime.so.1.31.1 into .cache/onnxruntime/ (git-ignored) and prints its path.
+#
+# The library comes from the onnxruntime==1.31.1 wheel on PyPI (its onnxruntime/capi/ folder):
+# Flotilla loads ONNX Runtime at run time and never downloads prebuilt binaries from elsewhere.
+# Idempotent: when the library is already there it only prints the path.
+# Usage: deploy/fetch-onnxruntime.sh [DEST_DIR]
+set -euo pipefail
+version=1.31.1
+lib=libonnxruntime.so.${version}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+dest=${1:-$repo/.cache/onnxruntime}
+python=${PYTHON:-python3}
+
+if [ -f "$dest/$lib" ]; then
+  echo "$dest/$lib"
+  exit 0
+fi
+command -v "$python" >/dev/null || { echo "error: $python not found; install Python 3 with pip" >&2; exit 1; }
+mkdir -p "$dest"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "fetching onnxruntime==$version from PyPI" >&2
+"$python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$work" "onnxruntime==$version" >&2
+wheel=$(ls "$work"/onnxruntime-"$version"-*.whl)
+"$python" - "$wheel" "$work/$lib" "$lib" <<'PY'
+import shutil, sys, zipfile
+wheel, out, lib = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z, z.open(f"onnxruntime/capi/{lib}") as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+chmod 0755 "$work/$lib"
+# Rename into place so a concurrent or interrupted run never leaves half a library.
+mv "$work/$lib" "$dest/$lib"
+echo "$dest/$lib"
