@@ -1,1 +1,524 @@
-fn main() {}
+//! The agent's latency and throughput benchmark (docs/BENCHMARKS.md): the same small model and
+//! input, in one run, through in-process ONNX Runtime, the agent over its Unix socket (JSON and
+//! binary tensors), the agent over TCP, and KServe's Python model server as the peer.
+//!
+//! `cargo bench -p flotilla-agent --bench inference -- [--seconds S] [--rounds R] [--sessions N]`
+//! The peer runs when `.cache/peer-venv` exists (deploy/bench-peer-setup.sh makes it).
+//! Each figure is the median over rounds; p50/p99 are per-request latencies within a round.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+const MODEL: &str = "iris";
+const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
+
+struct Options {
+    seconds: f64,
+    rounds: usize,
+    sessions: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    Options {
+        seconds: value("--seconds")
+            .map(|v| v.parse().expect("--seconds takes a number"))
+            .unwrap_or(3.0),
+        rounds: value("--rounds")
+            .map(|v| v.parse().expect("--rounds takes a number"))
+            .unwrap_or(3),
+        sessions: value("--sessions")
+            .map(|v| v.parse().expect("--sessions takes a number"))
+            .unwrap_or(2),
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn model_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iris_classifier.onnx")
+}
+
+/// Latencies of one round at one concurrency.
+struct Round {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Round {
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Summary {
+    p50_us: f64,
+    p99_us: f64,
+    throughput: f64,
+    errors: usize,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn summarize(mut rounds: Vec<Round>) -> Summary {
+    let p50 = rounds
+        .iter_mut()
+        .map(|r| r.percentile(0.5).as_secs_f64() * 1e6)
+        .collect();
+    let p99 = rounds
+        .iter_mut()
+        .map(|r| r.percentile(0.99).as_secs_f64() * 1e6)
+        .collect();
+    let throughput = rounds.iter().map(Round::throughput).collect();
+    Summary {
+        p50_us: median(p50),
+        p99_us: median(p99),
+        throughput: median(throughput),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+    }
+}
+
+/// In-process: `concurrency` threads, each with its own session, calling `run` in a loop.
+fn in_process(concurrency: usize, seconds: f64) -> Round {
+    let environment = flotilla_agent::runtime::init_onnx_runtime(None)
+        .expect("ONNX Runtime: run deploy/setup.sh");
+    let bytes = std::fs::read(model_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut session = Session::builder(environment)
+                .unwrap()
+                .with_intra_threads(1)
+                .unwrap()
+                .with_inter_threads(1)
+                .unwrap()
+                .commit_from_memory(&bytes)
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let begin = Instant::now();
+                    let input = TensorRef::from_array_view(([1usize, 4], &ROW[..])).unwrap();
+                    let outputs = session.run(ort::inputs!["float_input" => input]).unwrap();
+                    let (_, probabilities) = outputs["probabilities"]
+                        .try_extract_tensor::<f32>()
+                        .unwrap();
+                    let (_, label) = outputs["label"].try_extract_tensor::<i64>().unwrap();
+                    std::hint::black_box((probabilities.to_vec(), label.to_vec()));
+                    latencies.push(begin.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let latencies = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    Round {
+        latencies,
+        elapsed: started.elapsed(),
+        errors: 0,
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+#[derive(Clone)]
+struct HttpCase {
+    target: Target,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+}
+
+async fn connect(target: &Target) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    macro_rules! handshake {
+        ($stream:expr) => {{
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            sender
+        }};
+    }
+    match target {
+        Target::Unix(path) => handshake!(tokio::net::UnixStream::connect(path).await.unwrap()),
+        Target::Tcp(address) => {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            handshake!(stream)
+        }
+    }
+}
+
+/// `concurrency` keep-alive connections, each sending requests back to back.
+async fn http_round(case: &HttpCase, concurrency: usize, seconds: f64) -> Round {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let case = case.clone();
+        clients.push(tokio::spawn(async move {
+            let mut sender = connect(&case.target).await;
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let begin = Instant::now();
+                let mut request = Request::post(&case.path).header("host", "localhost");
+                for (name, value) in &case.headers {
+                    request = request.header(*name, value);
+                }
+                sender.ready().await.unwrap();
+                let response = sender
+                    .send_request(request.body(Full::new(case.body.clone())).unwrap())
+                    .await
+                    .unwrap();
+                let ok = response.status() == 200;
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                std::hint::black_box(body);
+                if ok {
+                    latencies.push(begin.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for client in clients {
+        let (mut l, e) = client.await.unwrap();
+        latencies.append(&mut l);
+        errors += e;
+    }
+    Round {
+        latencies,
+        elapsed: started.elapsed(),
+        errors,
+    }
+}
+
+fn json_case(target: Target) -> HttpCase {
+    let body = serde_json::json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]});
+    HttpCase {
+        target,
+        path: format!("/v2/models/{MODEL}/infer"),
+        headers: vec![("content-type", "application/json".into())],
+        body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+    }
+}
+
+fn binary_case(target: Target) -> HttpCase {
+    let header = serde_json::json!({
+        "inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_length = body.len();
+    body.extend(ROW.iter().flat_map(|v| v.to_le_bytes()));
+    HttpCase {
+        target,
+        path: format!("/v2/models/{MODEL}/infer"),
+        headers: vec![
+            ("content-type", "application/octet-stream".into()),
+            ("inference-header-content-length", json_length.to_string()),
+        ],
+        body: Bytes::from(body),
+    }
+}
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(sessions: usize) -> Agent {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args([
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--sessions",
+            &sessions.to_string(),
+        ])
+        .arg("--model")
+        .arg(format!("{MODEL}={}", model_path().display()))
+        .env("FLOTILLA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("ready line")
+        .parse()
+        .unwrap();
+    Agent {
+        child,
+        socket,
+        http,
+        _dir: dir,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+struct Peer {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_peer() -> Option<Peer> {
+    let python = std::env::var_os("FLOTILLA_BENCH_PEER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/peer-venv/bin/python"));
+    if !python.exists() {
+        eprintln!(
+            "peer skipped: {} not found (run deploy/bench-peer-setup.sh)",
+            python.display()
+        );
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/kserve_onnx_server.py"))
+        .args([
+            "--model_name",
+            MODEL,
+            "--model-path",
+            model_path().to_str().unwrap(),
+            "--http_port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let peer = Peer { child, address };
+    for _ in 0..300 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(address).await {
+            drop(stream);
+            let mut sender = connect(&Target::Tcp(address)).await;
+            let request = Request::get(format!("/v2/models/{MODEL}/ready"))
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            if sender
+                .send_request(request)
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+            {
+                return Some(peer);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the KServe peer did not become ready");
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn row(name: &str, concurrency: usize, s: Summary) {
+    println!(
+        "| {name} | {concurrency} | {:.1} | {:.1} | {:.0} | {} |",
+        s.p50_us, s.p99_us, s.throughput, s.errors
+    );
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "machine: {}; {} s per round, median of {} rounds; agent sessions: {}",
+        machine(),
+        options.seconds,
+        options.rounds,
+        options.sessions
+    );
+    let agent = start_agent(options.sessions);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(agent.child.id());
+    let binary_size = std::fs::metadata(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .unwrap()
+        .len();
+    let peer = runtime.block_on(start_peer());
+
+    let mut cases: Vec<(&str, HttpCase)> = vec![
+        (
+            "agent, Unix socket, binary",
+            binary_case(Target::Unix(agent.socket.clone())),
+        ),
+        (
+            "agent, Unix socket, JSON",
+            json_case(Target::Unix(agent.socket.clone())),
+        ),
+        ("agent, TCP, binary", binary_case(Target::Tcp(agent.http))),
+        ("agent, TCP, JSON", json_case(Target::Tcp(agent.http))),
+    ];
+    if let Some(peer) = &peer {
+        cases.push((
+            "KServe Python server (peer), TCP, JSON",
+            json_case(Target::Tcp(peer.address)),
+        ));
+    }
+    println!();
+    println!("| path | concurrency | p50 µs | p99 µs | requests/s | errors |");
+    println!("|---|---|---|---|---|---|");
+    let mut results = Vec::new();
+    for concurrency in [1, 16] {
+        let rounds = (0..options.rounds)
+            .map(|_| in_process(concurrency, options.seconds))
+            .collect();
+        let summary = summarize(rounds);
+        row(
+            "in-process ONNX Runtime (one session per thread)",
+            concurrency,
+            summary,
+        );
+        results.push(("in-process", concurrency, summary));
+        for (name, case) in &cases {
+            // Warm up connections and caches, then measure.
+            runtime.block_on(http_round(case, concurrency, 0.3));
+            let rounds = (0..options.rounds)
+                .map(|_| runtime.block_on(http_round(case, concurrency, options.seconds)))
+                .collect();
+            let summary = summarize(rounds);
+            row(name, concurrency, summary);
+            results.push((name, concurrency, summary));
+        }
+    }
+    let find = |name: &str, c: usize| {
+        results
+            .iter()
+            .find(|(n, cc, _)| n.starts_with(name) && *cc == c)
+            .map(|(_, _, s)| *s)
+    };
+    println!();
+    if let (Some(inproc), Some(socket)) =
+        (find("in-process", 1), find("agent, Unix socket, binary", 1))
+    {
+        println!(
+            "Unix socket binary p50 minus in-process p50 at concurrency 1: {:.1} µs (target: within 50 µs)",
+            socket.p50_us - inproc.p50_us
+        );
+    }
+    if let (Some(agent16), Some(peer16)) = (find("agent, TCP, JSON", 16), find("KServe", 16)) {
+        println!(
+            "agent TCP JSON vs peer throughput at concurrency 16: {:.1}x (target: at least 5x)",
+            agent16.throughput / peer16.throughput
+        );
+    }
+    if let (Some(agent16), Some(peer16)) =
+        (find("agent, Unix socket, binary", 16), find("KServe", 16))
+    {
+        println!(
+            "agent Unix socket binary vs peer throughput at concurrency 16: {:.1}x",
+            agent16.throughput / peer16.throughput
+        );
+    }
+    println!(
+        "agent binary: {:.1} MiB (stripped release build); idle RSS with the model loaded: {:.1} MiB; after the run: {:.1} MiB",
+        binary_size as f64 / 1048576.0,
+        idle_rss as f64 / 1024.0,
+        rss_kib(agent.child.id()) as f64 / 1024.0
+    );
+    drop(peer);
+    drop(agent);
+}

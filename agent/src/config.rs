@@ -13,6 +13,7 @@ use crate::runtime::SessionSettings;
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Unix socket to serve the Open Inference Protocol on, e.g. "/run/flotilla/agent.sock".
+    /// Relative paths in a config file are relative to the file's folder.
     /// Its folder must exist. A stale socket file left by a crashed agent is replaced; any
     /// other existing file is refused.
     #[serde(default)]
@@ -122,6 +123,20 @@ pub enum ConfigError {
 }
 
 impl ServeConfig {
+    /// Resolves relative paths in a config file against the file's folder, so a config
+    /// means the same whatever the working directory of the agent.
+    pub fn relative_to(mut self, folder: &std::path::Path) -> ServeConfig {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = folder.join(&*path);
+            }
+        };
+        self.socket.as_mut().map(resolve);
+        self.ort_lib.as_mut().map(resolve);
+        self.models.iter_mut().for_each(|m| resolve(&mut m.path));
+        self
+    }
+
     /// Checks what serde cannot: listeners, names, addresses, modes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.socket.is_none() && self.http.is_none() {
@@ -235,6 +250,15 @@ mod tests {
             }
         );
         assert!(toml::from_str::<ServeConfig>("sockett = \"x\"").is_err());
+        let resolved = config.relative_to(std::path::Path::new("/etc/flotilla"));
+        assert_eq!(
+            resolved.models[0].path,
+            PathBuf::from("/etc/flotilla/models/iris")
+        );
+        assert_eq!(
+            resolved.socket,
+            Some(PathBuf::from("/run/flotilla/agent.sock"))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the clearest errors (config, ONNX Runtime, models, listeners), then serving until a signal.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +49,10 @@ impl ServeArgs {
     /// The effective configuration: the file (if any) with the flags applied.
     pub fn to_config(&self) -> anyhow::Result<ServeConfig> {
         let mut config = match &self.config {
-            Some(path) => flotilla_common::config_file::load_toml::<ServeConfig>(path)?,
+            Some(path) => {
+                let config = flotilla_common::config_file::load_toml::<ServeConfig>(path)?;
+                config.relative_to(path.parent().unwrap_or(Path::new(".")))
+            }
             None => ServeConfig::default(),
         };
         for flag in &self.models {
@@ -78,6 +81,11 @@ impl ServeArgs {
 
 /// Runs the agent's inference service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once the ready line is out must shut down
+    // gracefully, not kill the process with the default action.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     init_onnx_runtime(config.ort_lib.as_deref())?;
     let models = config.models.clone();
     let repository = tokio::task::spawn_blocking(move || ModelRepository::load(&models))
@@ -112,9 +120,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         });
     }
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = terminate.recv() => break,

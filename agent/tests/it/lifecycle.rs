@@ -42,7 +42,13 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_removes_the_socket() 
     });
     wait_for_in_flight(&agent.tcp(), 1).await;
     agent.signal("TERM");
-    let response = slow.await.unwrap();
+    let response = match slow.await {
+        Ok(response) => response,
+        Err(error) => panic!(
+            "the in-flight request failed: {error}\nagent log:\n{}",
+            agent.log()
+        ),
+    };
     assert_eq!(
         response.status,
         200,

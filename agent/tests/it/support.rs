@@ -213,7 +213,10 @@ impl AgentProcess {
         let stderr_path = dir.path().join("agent.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
             .args(args)
-            .env("FLOTILLA_LOG", "info")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
