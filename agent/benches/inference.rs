@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -91,6 +92,16 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn summarize(mut rounds: Vec<Round>) -> Summary {
+    let errors = rounds.iter().map(|r| r.errors).sum();
+    rounds.retain(|r| !r.latencies.is_empty());
+    if rounds.is_empty() {
+        return Summary {
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            throughput: 0.0,
+            errors,
+        };
+    }
     let p50 = rounds
         .iter_mut()
         .map(|r| r.percentile(0.5).as_secs_f64() * 1e6)
@@ -153,6 +164,58 @@ fn in_process(concurrency: usize, seconds: f64) -> Round {
     }
 }
 
+/// The agent's runtime without HTTP: `LoadedModel::infer` (session pool, tensor conversion)
+/// called from `concurrency` tasks on a 2-worker tokio runtime.
+fn library_round(
+    runtime: &tokio::runtime::Runtime,
+    sessions: usize,
+    concurrency: usize,
+    seconds: f64,
+) -> Round {
+    use flotilla_agent::runtime::{LoadedModel, NamedTensor, SessionSettings};
+    use flotilla_proto::inference::TensorData;
+    let settings = SessionSettings {
+        sessions,
+        intra_op_threads: 1,
+        queue_depth: 1024,
+    };
+    let model = Arc::new(LoadedModel::load(MODEL, 1, &model_path(), &settings).unwrap());
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let model = model.clone();
+            runtime.spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let begin = Instant::now();
+                    let input = NamedTensor {
+                        name: "float_input".into(),
+                        shape: vec![1, 4],
+                        data: TensorData::Fp32(ROW.to_vec()),
+                    };
+                    let outputs = model
+                        .infer(vec![input], vec!["label".into(), "probabilities".into()])
+                        .await
+                        .unwrap();
+                    std::hint::black_box(outputs);
+                    latencies.push(begin.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let latencies = tasks
+        .into_iter()
+        .flat_map(|t| runtime.block_on(t).unwrap())
+        .collect();
+    Round {
+        latencies,
+        elapsed: started.elapsed(),
+        errors: 0,
+    }
+}
+
 #[derive(Clone)]
 enum Target {
     Unix(PathBuf),
@@ -162,6 +225,7 @@ enum Target {
 #[derive(Clone)]
 struct HttpCase {
     target: Target,
+    method: hyper::Method,
     path: String,
     headers: Vec<(&'static str, String)>,
     body: Bytes,
@@ -200,18 +264,36 @@ async fn http_round(case: &HttpCase, concurrency: usize, seconds: f64) -> Round 
             let mut errors = 0;
             while Instant::now() < deadline {
                 let begin = Instant::now();
-                let mut request = Request::post(&case.path).header("host", "localhost");
+                let mut request = Request::builder()
+                    .uri(&case.path)
+                    .header("host", "localhost");
                 for (name, value) in &case.headers {
                     request = request.header(*name, value);
                 }
-                sender.ready().await.unwrap();
-                let response = sender
-                    .send_request(request.body(Full::new(case.body.clone())).unwrap())
-                    .await
+                let request = request
+                    .method(case.method.clone())
+                    .body(Full::new(case.body.clone()))
                     .unwrap();
-                let ok = response.status() == 200;
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                std::hint::black_box(body);
+                // A server may close a keep-alive connection; count it and reconnect.
+                let answer = match sender.ready().await {
+                    Ok(()) => sender.send_request(request).await,
+                    Err(error) => Err(error),
+                };
+                let ok = match answer {
+                    Ok(response) => {
+                        let ok = response.status() == 200;
+                        ok && response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| std::hint::black_box(b.to_bytes()))
+                            .is_ok()
+                    }
+                    Err(_) => {
+                        sender = connect(&case.target).await;
+                        false
+                    }
+                };
                 if ok {
                     latencies.push(begin.elapsed());
                 } else {
@@ -239,9 +321,21 @@ fn json_case(target: Target) -> HttpCase {
     let body = serde_json::json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]});
     HttpCase {
         target,
+        method: hyper::Method::POST,
         path: format!("/v2/models/{MODEL}/infer"),
         headers: vec![("content-type", "application/json".into())],
         body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+    }
+}
+
+/// No inference at all: the cost of HTTP over the transport, for reference.
+fn health_case(target: Target) -> HttpCase {
+    HttpCase {
+        target,
+        method: hyper::Method::GET,
+        path: "/v2/health/live".into(),
+        headers: Vec::new(),
+        body: Bytes::new(),
     }
 }
 
@@ -255,6 +349,7 @@ fn binary_case(target: Target) -> HttpCase {
     body.extend(ROW.iter().flat_map(|v| v.to_le_bytes()));
     HttpCase {
         target,
+        method: hyper::Method::POST,
         path: format!("/v2/models/{MODEL}/infer"),
         headers: vec![
             ("content-type", "application/octet-stream".into()),
@@ -442,6 +537,10 @@ fn main() {
 
     let mut cases: Vec<(&str, HttpCase)> = vec![
         (
+            "agent, Unix socket, GET /v2/health/live (HTTP only, no inference)",
+            health_case(Target::Unix(agent.socket.clone())),
+        ),
+        (
             "agent, Unix socket, binary",
             binary_case(Target::Unix(agent.socket.clone())),
         ),
@@ -473,6 +572,16 @@ fn main() {
             summary,
         );
         results.push(("in-process", concurrency, summary));
+        let rounds = (0..options.rounds)
+            .map(|_| library_round(&runtime, options.sessions, concurrency, options.seconds))
+            .collect();
+        let summary = summarize(rounds);
+        row(
+            "agent runtime in-process (session pool + conversion, no HTTP)",
+            concurrency,
+            summary,
+        );
+        results.push(("agent runtime", concurrency, summary));
         for (name, case) in &cases {
             // Warm up connections and caches, then measure.
             runtime.block_on(http_round(case, concurrency, 0.3));

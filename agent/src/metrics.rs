@@ -20,17 +20,15 @@ pub enum ErrorKind {
     NotFound,
     TooLarge,
     Busy,
-    Unavailable,
     InferenceFailed,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 6] = [
+    const ALL: [ErrorKind; 5] = [
         ErrorKind::BadRequest,
         ErrorKind::NotFound,
         ErrorKind::TooLarge,
         ErrorKind::Busy,
-        ErrorKind::Unavailable,
         ErrorKind::InferenceFailed,
     ];
 
@@ -40,7 +38,6 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Busy => "busy",
-            ErrorKind::Unavailable => "unavailable",
             ErrorKind::InferenceFailed => "inference_failed",
         }
     }
@@ -51,7 +48,7 @@ impl ErrorKind {
 #[derive(Debug, Default)]
 struct ModelSeries {
     requests: AtomicU64,
-    errors: [AtomicU64; 6],
+    errors: [AtomicU64; 5],
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_nanos: AtomicU64,

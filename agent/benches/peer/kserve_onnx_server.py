@@ -38,7 +38,8 @@ class OnnxModel(Model):
             output = InferOutput(name=name, shape=list(value.shape), datatype=from_np_dtype(value.dtype))
             output.set_data_from_numpy(value, binary_data=False)
             outputs.append(output)
-        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
+        # The protocol makes the request id optional; KServe's response model requires a string.
+        return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=outputs)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ impl LoadedModel {
         if !signature.skipped_outputs.is_empty() {
             tracing::warn!(model = name, version, skipped = ?signature.skipped_outputs, "outputs that are not tensors are not served");
         }
-        let pool = SessionPool::start(name, version, sessions, settings.queue_depth);
+        let pool = SessionPool::new(name, version, sessions, settings.queue_depth);
         Ok(LoadedModel {
             name: name.to_owned(),
             version,

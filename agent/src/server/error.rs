@@ -35,7 +35,7 @@ impl ApiError {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Busy | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InferenceFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -51,7 +51,6 @@ impl From<InferError> for ApiError {
     fn from(error: InferError) -> ApiError {
         let kind = match error {
             InferError::Busy { .. } => ErrorKind::Busy,
-            InferError::ShuttingDown { .. } => ErrorKind::Unavailable,
             InferError::Run { .. } => ErrorKind::InferenceFailed,
         };
         ApiError {
