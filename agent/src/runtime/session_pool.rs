@@ -23,6 +23,9 @@ use super::conversion::{from_ort_value, to_ort_value};
 
 /// Runs typically shorter than this happen inline on the async worker.
 const INLINE_RUN_LIMIT: Duration = Duration::from_micros(200);
+/// Requests with more input than this never run inline, whatever the model's typical run:
+/// a large batch to a fast model can still take long.
+const INLINE_INPUT_LIMIT_BYTES: usize = 64 * 1024;
 /// Marks "not measured yet" in `typical_run_nanos`.
 const UNMEASURED: u64 = u64::MAX;
 
@@ -112,7 +115,10 @@ impl SessionPool {
             .pop()
             .expect("a permit guarantees an idle session");
         let typical = self.typical_run_nanos.load(Ordering::Relaxed);
-        let (result, run_time) = if typical < INLINE_RUN_LIMIT.as_nanos() as u64 {
+        let input_bytes: usize = inputs.iter().map(|i| i.data.byte_len()).sum();
+        let inline =
+            typical < INLINE_RUN_LIMIT.as_nanos() as u64 && input_bytes <= INLINE_INPUT_LIMIT_BYTES;
+        let (result, run_time) = if inline {
             run_guarded(&mut session, inputs, &outputs)
         } else {
             let (returned, outcome) = tokio::task::spawn_blocking(move || {
@@ -124,7 +130,11 @@ impl SessionPool {
             session = returned;
             outcome
         };
-        self.record_run_time(run_time);
+        // Only requests that could run inline teach the model's typical run time; a big
+        // batch must not send the next small requests to the blocking pool.
+        if input_bytes <= INLINE_INPUT_LIMIT_BYTES {
+            self.record_run_time(run_time);
+        }
         self.idle
             .lock()
             .expect("session list lock is never poisoned")

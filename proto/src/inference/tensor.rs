@@ -217,6 +217,15 @@ impl TensorData {
         each_variant!(self, v => v.len())
     }
 
+    /// Bytes the elements take in memory (BYTES: the sum of element lengths).
+    pub fn byte_len(&self) -> usize {
+        match (self, self.datatype().element_size()) {
+            (TensorData::Bytes(v), _) => v.iter().map(Vec::len).sum(),
+            (_, Some(size)) => self.len() * size,
+            (_, None) => 0,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
