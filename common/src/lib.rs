@@ -1,6 +1,8 @@
-//! Logic shared by the agent and the hub that needs no network or database: where to find
-//! ONNX Runtime, and loading TOML config files with errors that name the file. Signing,
-//! sketches and drift metrics join it with their issues.
+//! Logic shared by the agent and the hub that needs no network or database: signing and
+//! trust decisions, where to find ONNX Runtime, and loading TOML config files with errors
+//! that name the file. Sketches and drift metrics join it with their issue.
 
 pub mod config_file;
 pub mod onnx_runtime_library;
+pub mod signing;
+pub mod trust;
