@@ -1,0 +1,159 @@
+//! The admin REST API (JSON over HTTP, bearer tokens with read or operator scope). The
+//! `flotilla` CLI is a client of this API and nothing else. Only this module knows HTTP DTOs.
+
+mod auth;
+mod error;
+mod models;
+mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::data_dir::{new_token, token_hash};
+use crate::registry::Registry;
+use crate::store::Scope;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    /// Largest model upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Where uploads are spooled while they arrive (inside the data folder, so the final
+    /// rename into the artifact store never crosses file systems).
+    pub upload_dir: std::path::PathBuf,
+}
+
+pub fn router(state: ApiState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi::document))
+        .route("/api/v1/root", get(root))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/{model}", get(models::show))
+        .route("/api/v1/models/{model}/versions", post(models::push))
+        .route(
+            "/api/v1/models/{model}/versions/{version}",
+            get(models::version),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{version}/manifest",
+            get(models::manifest),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{version}/retire",
+            post(models::retire),
+        )
+        .route(
+            "/api/v1/models/{model}/aliases/{alias}",
+            put(models::set_alias).delete(models::remove_alias),
+        )
+        .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
+        .route("/api/v1/audit", get(audit))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; GET /openapi.json lists them")
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("task failed: {e}")))?
+}
+
+/// The newest signed root metadata: what agents pin at enrollment.
+async fn root(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let registry = state.registry.clone();
+    let envelope = blocking(move || Ok(registry.store().latest_root()?)).await?;
+    let envelope = envelope.ok_or_else(|| {
+        ApiError::internal(
+            "the hub has no root metadata; was it initialised with flotilla-hub init?",
+        )
+    })?;
+    Ok(Json(
+        serde_json::from_str(&envelope).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentTokenRequest {
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    ttl_seconds: i64,
+}
+
+async fn create_enrollment_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(request): Json<EnrollmentTokenRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Operator)?;
+    if request.ttl_seconds <= 0 {
+        return Err(ApiError::bad_request("ttl_seconds must be positive"));
+    }
+    let registry = state.registry.clone();
+    blocking(move || {
+        let token = new_token("flo_enroll").map_err(|e| ApiError::internal(e.to_string()))?;
+        let now = registry.now();
+        let expires = now + request.ttl_seconds;
+        registry.store().insert_enrollment_token(
+            &token_hash(&token),
+            &request.labels,
+            expires,
+            now,
+        )?;
+        registry.store().audit(
+            now,
+            &caller.name,
+            "enroll_token.create",
+            &format!("labels {:?} expires {expires}", request.labels),
+        )?;
+        Ok(Json(
+            serde_json::json!({"token": token, "expires": expires, "labels": request.labels}),
+        ))
+    })
+    .await
+}
+
+async fn audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let registry = state.registry.clone();
+    let entries = blocking(move || Ok(registry.store().audit_log(200)?)).await?;
+    Ok(Json(
+        serde_json::to_value(entries).expect("audit entries serialize"),
+    ))
+}

@@ -1,0 +1,383 @@
+//! The `flotilla` operator CLI: argument parsing and output; every action is an admin API call.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use crate::client::AdminClient;
+use crate::data_dir::parse_labels;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Flotilla operator CLI: drives a hub through its admin API"
+)]
+pub struct Cli {
+    /// The hub's admin API.
+    #[arg(
+        long,
+        env = "FLOTILLA_HUB",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub hub: String,
+    /// Admin token (operator for changes, read for the rest).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the hub's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Models and versions in the registry.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// One-time enrollment tokens for devices.
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(EnrollTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Push an ONNX file as the next version (idempotent: the same file twice is one version).
+    Push {
+        name: String,
+        file: PathBuf,
+        /// Training or evaluation metric, NAME=NUMBER; repeatable.
+        #[arg(long = "metric", value_name = "NAME=NUMBER")]
+        metrics: Vec<String>,
+        /// Tag, NAME=VALUE; repeatable.
+        #[arg(long = "tag", value_name = "NAME=VALUE")]
+        tags: Vec<String>,
+        /// Dataset the model was trained on.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Code commit that produced the model.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Version this one was derived from.
+        #[arg(long)]
+        parent: Option<u64>,
+    },
+    /// List models.
+    List,
+    /// Show a model's versions, or one version (number or alias).
+    Show {
+        name: String,
+        version: Option<String>,
+    },
+    /// Move or remove aliases such as production and staging.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Retire a version: kept on record, no longer deployable.
+    Retire { name: String, version: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCommand {
+    /// Point ALIAS at VERSION (a number or another alias).
+    Set {
+        name: String,
+        alias: String,
+        version: String,
+    },
+    /// Remove ALIAS.
+    Rm { name: String, alias: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokenCommand {
+    /// Create a token a device uses once to enroll.
+    Create {
+        /// Labels the enrolled device gets, k=v,k=v.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token is valid: 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+/// Parses 90s, 30m, 24h, 7d.
+pub fn parse_duration_seconds(text: &str) -> anyhow::Result<i64> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: i64 = number
+        .parse()
+        .with_context(|| format!("duration {text:?} does not start with a number"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => anyhow::bail!("duration unit {other:?} is not s, m, h or d"),
+    };
+    Ok(number * factor)
+}
+
+fn key_value(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => anyhow::bail!("--{flag} {text:?} is not NAME=VALUE"),
+    }
+}
+
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = AdminClient::new(&cli.hub, cli.token.clone())?;
+    let output = match cli.command {
+        Command::Model(ModelCommand::Push {
+            name,
+            file,
+            metrics,
+            tags,
+            dataset,
+            commit,
+            parent,
+        }) => {
+            let mut query = Vec::new();
+            for metric in &metrics {
+                let (k, v) = key_value("metric", metric)?;
+                v.parse::<f64>()
+                    .with_context(|| format!("--metric {metric:?}: {v:?} is not a number"))?;
+                query.push(format!("metric.{}={}", query_escape(&k), query_escape(&v)));
+            }
+            for tag in &tags {
+                let (k, v) = key_value("tag", tag)?;
+                query.push(format!("tag.{}={}", query_escape(&k), query_escape(&v)));
+            }
+            for (key, value) in [
+                ("dataset", dataset),
+                ("commit", commit),
+                ("parent", parent.map(|p| p.to_string())),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("lineage.{key}={}", query_escape(&value)));
+                }
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            eprintln!("uploading {} ({} bytes)", file.display(), bytes.len());
+            let path = format!(
+                "/api/v1/models/{}/versions?{}",
+                query_escape(&name),
+                query.join("&")
+            );
+            let answer = client.upload(&path, Bytes::from(bytes)).await?;
+            if !cli.json {
+                let verb = if answer["created"].as_bool() == Some(true) {
+                    "pushed"
+                } else {
+                    "already registered:"
+                };
+                println!(
+                    "{verb} {} version {} (sha256 {})",
+                    answer["model"].as_str().unwrap_or(&name),
+                    answer["version"],
+                    answer["sha256"].as_str().unwrap_or("")
+                );
+                return Ok(());
+            }
+            answer
+        }
+        Command::Model(ModelCommand::List) => {
+            let answer = client.json(Method::GET, "/api/v1/models", None).await?;
+            if !cli.json {
+                println!("{:<24} {:>8} {:>7}  ALIASES", "MODEL", "VERSIONS", "LATEST");
+                for model in answer.as_array().into_iter().flatten() {
+                    let aliases: Vec<String> = model["aliases"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(a, v)| format!("{a}={v}"))
+                        .collect();
+                    println!(
+                        "{:<24} {:>8} {:>7}  {}",
+                        model["name"].as_str().unwrap_or(""),
+                        model["versions"].to_string(),
+                        model["latest_version"].to_string(),
+                        aliases.join(" ")
+                    );
+                }
+                return Ok(());
+            }
+            answer
+        }
+        Command::Model(ModelCommand::Show {
+            name,
+            version: Some(version),
+        }) => {
+            client
+                .json(
+                    Method::GET,
+                    &format!(
+                        "/api/v1/models/{}/versions/{}",
+                        query_escape(&name),
+                        query_escape(&version)
+                    ),
+                    None,
+                )
+                .await?
+        }
+        Command::Model(ModelCommand::Show {
+            name,
+            version: None,
+        }) => {
+            let answer = client
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/models/{}", query_escape(&name)),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                println!(
+                    "{:>7}  {:<12}  {:>10}  {:<9}  {:<20}  METRICS",
+                    "VERSION", "SHA256", "BYTES", "STATE", "ALIASES"
+                );
+                for v in answer["versions"].as_array().into_iter().flatten() {
+                    let sha = v["artifact_sha256"].as_str().unwrap_or("");
+                    let state = if v["retired"].is_null() {
+                        "active"
+                    } else {
+                        "retired"
+                    };
+                    let aliases: Vec<&str> = v["aliases"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str())
+                        .collect();
+                    let metrics: Vec<String> = v["metrics"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, m)| format!("{k}={m}"))
+                        .collect();
+                    println!(
+                        "{:>7}  {:<12}  {:>10}  {:<9}  {:<20}  {}",
+                        v["version"].to_string(),
+                        &sha[..sha.len().min(12)],
+                        v["artifact_size"].to_string(),
+                        state,
+                        aliases.join(","),
+                        metrics.join(" ")
+                    );
+                }
+                return Ok(());
+            }
+            answer
+        }
+        Command::Model(ModelCommand::Alias(AliasCommand::Set {
+            name,
+            alias,
+            version,
+        })) => {
+            let target = version
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| serde_json::Value::from(version.clone()));
+            let path = format!(
+                "/api/v1/models/{}/aliases/{}",
+                query_escape(&name),
+                query_escape(&alias)
+            );
+            let answer = client
+                .json(
+                    Method::PUT,
+                    &path,
+                    Some(serde_json::json!({"version": target})),
+                )
+                .await?;
+            if !cli.json {
+                println!("{name}: {alias} -> version {}", answer["version"]);
+                return Ok(());
+            }
+            answer
+        }
+        Command::Model(ModelCommand::Alias(AliasCommand::Rm { name, alias })) => {
+            client
+                .json(
+                    Method::DELETE,
+                    &format!(
+                        "/api/v1/models/{}/aliases/{}",
+                        query_escape(&name),
+                        query_escape(&alias)
+                    ),
+                    None,
+                )
+                .await?;
+            println!("{name}: alias {alias} removed");
+            return Ok(());
+        }
+        Command::Model(ModelCommand::Retire { name, version }) => {
+            let answer = client
+                .json(
+                    Method::POST,
+                    &format!(
+                        "/api/v1/models/{}/versions/{version}/retire",
+                        query_escape(&name)
+                    ),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                println!("{name} version {version} retired");
+                return Ok(());
+            }
+            answer
+        }
+        Command::EnrollToken(EnrollTokenCommand::Create { labels, ttl }) => {
+            let labels = parse_labels(&labels).map_err(anyhow::Error::msg)?;
+            let ttl_seconds = parse_duration_seconds(&ttl)?;
+            let answer = client
+                .json(
+                    Method::POST,
+                    "/api/v1/enrollment-tokens",
+                    Some(serde_json::json!({"labels": labels, "ttl_seconds": ttl_seconds})),
+                )
+                .await?;
+            if !cli.json {
+                println!("{}", answer["token"].as_str().unwrap_or(""));
+                return Ok(());
+            }
+            answer
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_seconds("24h").unwrap(), 86400);
+        assert_eq!(parse_duration_seconds("90").unwrap(), 90);
+        assert_eq!(parse_duration_seconds("7d").unwrap(), 7 * 86400);
+        assert!(parse_duration_seconds("h").is_err());
+        assert!(parse_duration_seconds("5y").is_err());
+    }
+}

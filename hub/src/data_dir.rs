@@ -1,0 +1,196 @@
+//! The hub's data folder: `hub.db` (SQLite), `keys/` (root and signing keys, mode 0600),
+//! `artifacts/sha256/` (model files by content hash). `init` creates it; `open` checks it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use flotilla_common::signing::{SigningKey, sign_envelope};
+use flotilla_proto::trust::{ROOT_PAYLOAD_TYPE, RootMetadata};
+use sha2::{Digest, Sha256};
+
+use crate::store::{RegistryStore, Scope, SqliteStore, StoreError};
+
+/// How long root metadata is valid when made by `init`: a year; rotate before then.
+pub const ROOT_LIFETIME_SECONDS: i64 = 365 * 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{0} already holds a hub (hub.db exists); use another folder or serve this one")]
+    AlreadyInitialized(PathBuf),
+    #[error("{0} is not a hub data folder (no hub.db); run flotilla-hub init --data-dir {0} first")]
+    NotInitialized(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot make a key: {0}")]
+    Signing(#[from] flotilla_common::signing::SigningError),
+}
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+/// What `init` hands back once: the admin tokens in clear (only their hashes are stored).
+#[derive(Debug)]
+pub struct InitOutcome {
+    pub operator_token: String,
+    pub read_token: String,
+    pub root_key_id: String,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> DataDir {
+        DataDir {
+            root: root.to_owned(),
+        }
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("hub.db")
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    pub fn root_key(&self) -> PathBuf {
+        self.keys().join("root.key")
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.keys().join("signing.key")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts/sha256")
+    }
+    pub fn artifact(&self, sha256: &str) -> PathBuf {
+        self.artifacts().join(&sha256[..2]).join(sha256)
+    }
+
+    /// Creates the store, a root key and a signing key, root metadata version 1 signed by
+    /// the root key, and one operator and one read-only admin token.
+    pub fn init(&self, now: i64) -> Result<InitOutcome, DataDirError> {
+        if self.database().exists() {
+            return Err(DataDirError::AlreadyInitialized(self.root.clone()));
+        }
+        for folder in [self.keys(), self.artifacts()] {
+            std::fs::create_dir_all(&folder).map_err(|source| DataDirError::Write {
+                path: folder.clone(),
+                source,
+            })?;
+        }
+        let root_key = SigningKey::generate()?;
+        let signing_key = SigningKey::generate()?;
+        write_secret(&self.root_key(), &root_key.to_hex())?;
+        write_secret(&self.signing_key(), &signing_key.to_hex())?;
+        let store = SqliteStore::open(&self.database())?;
+        let root = RootMetadata {
+            version: 1,
+            expires: now + ROOT_LIFETIME_SECONDS,
+            root_keys: vec![root_key.public_key()],
+            root_threshold: 1,
+            signing_keys: vec![signing_key.public_key()],
+            signing_threshold: 1,
+        };
+        let envelope = sign_envelope(
+            ROOT_PAYLOAD_TYPE,
+            serde_json::to_string(&root).expect("root serializes"),
+            &[&root_key],
+        );
+        store.insert_root(
+            1,
+            &serde_json::to_string(&envelope).expect("envelope serializes"),
+        )?;
+        let operator_token = new_token("flo_op")?;
+        let read_token = new_token("flo_ro")?;
+        store.insert_admin_token(
+            &token_hash(&operator_token),
+            Scope::Operator,
+            "init-operator",
+            now,
+        )?;
+        store.insert_admin_token(&token_hash(&read_token), Scope::Read, "init-read", now)?;
+        store.audit(
+            now,
+            "flotilla-hub init",
+            "hub.init",
+            &format!("root key {}", root_key.key_id()),
+        )?;
+        Ok(InitOutcome {
+            operator_token,
+            read_token,
+            root_key_id: root_key.key_id(),
+        })
+    }
+
+    pub fn open_store(&self) -> Result<SqliteStore, DataDirError> {
+        if !self.database().exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        Ok(SqliteStore::open(&self.database())?)
+    }
+
+    pub fn load_signing_key(&self) -> Result<SigningKey, DataDirError> {
+        read_key(&self.signing_key())
+    }
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, DataDirError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataDirError::Key {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    SigningKey::from_hex(&text).map_err(|e| DataDirError::Key {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes a secret with mode 0600 through a temporary file, fsynced, then renamed.
+fn write_secret(path: &Path, text: &str) -> Result<(), DataDirError> {
+    let folder = path.parent().expect("key paths have a folder");
+    let error = |source| DataDirError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(error)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(error)?;
+    file.write_all(text.as_bytes()).map_err(error)?;
+    file.as_file().sync_all().map_err(error)?;
+    file.persist(path).map_err(|e| error(e.error))?;
+    Ok(())
+}
+
+/// A new random token with a readable prefix (so a leaked token is recognisable).
+pub fn new_token(prefix: &str) -> Result<String, DataDirError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        DataDirError::Signing(flotilla_common::signing::SigningError::Randomness(
+            e.to_string(),
+        ))
+    })?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+}
+
+/// Tokens are stored only as hashes.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Labels as `k=v,k=v` text, parsed; used by the CLI and the API.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| match part.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("label {part:?} is not key=value")),
+        })
+        .collect()
+}

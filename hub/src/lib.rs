@@ -1,0 +1,12 @@
+//! The Flotilla hub as a library: the registry and its store, keys and signing, the admin
+//! API, and the client the `flotilla` CLI (and tests, and fleet-sim) use to drive it.
+//! `main.rs` (flotilla-hub) and `bin/flotilla.rs` are thin command-line shells.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod data_dir;
+pub mod registry;
+pub mod serve_command;
+pub mod store;
+pub mod time;

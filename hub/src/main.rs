@@ -1,0 +1,71 @@
+//! The `flotilla-hub` command: parses flags and hands over to the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use flotilla_hub::serve_command::{ServeArgs, create_token, init, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-hub",
+    version,
+    about = "Flotilla hub: signed model registry and fleet control"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data folder: database, root and signing keys, first admin tokens.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Admin tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an admin token (printed once).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// read or operator.
+        #[arg(long)]
+        scope: String,
+        /// Recorded as the actor in the audit log.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Init { data_dir } => init(&data_dir),
+        Command::Token(TokenCommand::Create {
+            data_dir,
+            scope,
+            name,
+        }) => create_token(&data_dir, &scope, &name),
+        Command::Serve(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(args))),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}

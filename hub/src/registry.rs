@@ -1,0 +1,354 @@
+//! The model registry's rules: names, monotonic versions, content-addressed artifacts that
+//! must load in ONNX Runtime, signed manifests, aliases and retirement. The store holds the
+//! state; this module decides what may change. Blocking (file I/O, ONNX Runtime, SQLite).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use flotilla_agent::runtime::{LoadError, LoadedModel, SessionSettings};
+use flotilla_common::signing::{SigningKey, sign_envelope};
+use flotilla_proto::trust::{Envelope, MANIFEST_PAYLOAD_TYPE, ModelManifest};
+use tempfile::NamedTempFile;
+
+use crate::data_dir::DataDir;
+use crate::store::{NewVersion, PushOutcome, RegistryStore, StoreError, VersionRecord};
+use crate::time::Clock;
+
+/// Default manifest lifetime: 30 days, re-signed when fewer than `RESIGN_BEFORE_SECONDS` remain.
+pub const MANIFEST_LIFETIME_SECONDS: i64 = 30 * 24 * 3600;
+pub const RESIGN_BEFORE_SECONDS: i64 = 7 * 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "name {0:?} is not allowed: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
+    BadName(String),
+    #[error("the upload is not a model ONNX Runtime can load: {0}")]
+    NotLoadable(String),
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("model {model:?} has no version or alias {version:?}")]
+    UnknownVersion { model: String, version: String },
+    #[error("model {model:?} version {version} is retired")]
+    Retired { model: String, version: u64 },
+    #[error("alias {0:?} is a number; aliases are names (numbers mean versions)")]
+    NumericAlias(String),
+    #[error("cannot store the artifact: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Metadata given with a push.
+#[derive(Debug, Clone, Default)]
+pub struct PushMetadata {
+    pub metrics: BTreeMap<String, f64>,
+    pub tags: BTreeMap<String, String>,
+    /// Dataset reference, code commit, parent version, ...
+    pub lineage: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushResult {
+    pub version: u64,
+    /// False when the same content was already registered: pushes are idempotent.
+    pub created: bool,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    data_dir: DataDir,
+    store: Arc<dyn RegistryStore>,
+    signing_key: SigningKey,
+    clock: Arc<dyn Clock>,
+}
+
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    let valid = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(RegistryError::BadName(name.to_owned()))
+    }
+}
+
+impl Registry {
+    pub fn new(
+        data_dir: DataDir,
+        store: Arc<dyn RegistryStore>,
+        signing_key: SigningKey,
+        clock: Arc<dyn Clock>,
+    ) -> Registry {
+        Registry {
+            data_dir,
+            store,
+            signing_key,
+            clock,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn RegistryStore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now_unix()
+    }
+
+    /// Registers an uploaded file (already hashed while it was received). The file must
+    /// load in ONNX Runtime; its inputs and outputs become the version's schema.
+    pub fn push(
+        &self,
+        model: &str,
+        upload: NamedTempFile,
+        sha256: &str,
+        size: u64,
+        metadata: PushMetadata,
+        actor: &str,
+    ) -> Result<PushResult, RegistryError> {
+        check_name(model)?;
+        if let Some(existing) = self
+            .store
+            .versions(model)?
+            .into_iter()
+            .find(|v| v.artifact_sha256 == sha256)
+        {
+            return Ok(PushResult {
+                version: existing.version,
+                created: false,
+                sha256: sha256.to_owned(),
+                size,
+            });
+        }
+        let settings = SessionSettings {
+            sessions: 1,
+            intra_op_threads: 1,
+            queue_depth: 1,
+        };
+        let loaded =
+            LoadedModel::load(model, 0, upload.path(), &settings).map_err(|e| match e {
+                // The path is a temporary spool file: its name would only confuse.
+                LoadError::Invalid { message, .. } => RegistryError::NotLoadable(message),
+                other => RegistryError::NotLoadable(other.to_string()),
+            })?;
+        let inputs: Vec<_> = loaded
+            .signature
+            .inputs
+            .iter()
+            .map(|s| s.metadata())
+            .collect();
+        let outputs: Vec<_> = loaded
+            .signature
+            .outputs
+            .iter()
+            .map(|s| s.metadata())
+            .collect();
+        drop(loaded);
+        self.store_artifact(upload, sha256)?;
+        let now = self.now();
+        let new = NewVersion {
+            model: model.to_owned(),
+            artifact_sha256: sha256.to_owned(),
+            artifact_size: size,
+            inputs_json: serde_json::to_string(&inputs).expect("metadata serializes"),
+            outputs_json: serde_json::to_string(&outputs).expect("metadata serializes"),
+            metrics: metadata.metrics,
+            tags: metadata.tags.clone(),
+            lineage: metadata.lineage.clone(),
+            created: now,
+            actor: actor.to_owned(),
+        };
+        let mut annotations = BTreeMap::new();
+        annotations.extend(
+            metadata
+                .tags
+                .iter()
+                .map(|(k, v)| (format!("tag.{k}"), v.clone())),
+        );
+        annotations.extend(
+            metadata
+                .lineage
+                .iter()
+                .map(|(k, v)| (format!("lineage.{k}"), v.clone())),
+        );
+        let sign = |version: u64| {
+            let manifest = ModelManifest {
+                model: model.to_owned(),
+                version,
+                document_version: 1,
+                artifact_sha256: sha256.to_owned(),
+                artifact_size: size,
+                inputs: inputs.clone(),
+                outputs: outputs.clone(),
+                created: now,
+                expires: now + MANIFEST_LIFETIME_SECONDS,
+                annotations: annotations.clone(),
+            };
+            (self.sign_manifest(&manifest), manifest.expires)
+        };
+        let (version, created) = match self.store.push_version(&new, &sign)? {
+            PushOutcome::Created(v) => (v, true),
+            PushOutcome::Existing(v) => (v, false),
+        };
+        Ok(PushResult {
+            version,
+            created,
+            sha256: sha256.to_owned(),
+            size,
+        })
+    }
+
+    fn sign_manifest(&self, manifest: &ModelManifest) -> String {
+        let envelope = sign_envelope(
+            MANIFEST_PAYLOAD_TYPE,
+            serde_json::to_string(manifest).expect("manifest serializes"),
+            &[&self.signing_key],
+        );
+        serde_json::to_string(&envelope).expect("envelope serializes")
+    }
+
+    /// Moves the upload to its content address (fsynced, renamed into place), unless the same
+    /// content is already there.
+    fn store_artifact(&self, upload: NamedTempFile, sha256: &str) -> Result<(), RegistryError> {
+        let path = self.data_dir.artifact(sha256);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(path.parent().expect("artifact paths have a folder"))?;
+        upload.as_file().sync_all()?;
+        upload.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    pub fn artifact_path(&self, sha256: &str) -> std::path::PathBuf {
+        self.data_dir.artifact(sha256)
+    }
+
+    /// A version by number or alias.
+    pub fn resolve(
+        &self,
+        model: &str,
+        version_or_alias: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        let unknown = || RegistryError::UnknownVersion {
+            model: model.to_owned(),
+            version: version_or_alias.to_owned(),
+        };
+        let version = match version_or_alias.parse::<u64>() {
+            Ok(number) => number,
+            Err(_) => *self
+                .store
+                .aliases(model)?
+                .get(version_or_alias)
+                .ok_or_else(unknown)?,
+        };
+        self.store.version(model, version)?.ok_or_else(unknown)
+    }
+
+    pub fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version_or_alias: &str,
+        actor: &str,
+    ) -> Result<u64, RegistryError> {
+        check_name(alias)?;
+        if alias.parse::<u64>().is_ok() {
+            return Err(RegistryError::NumericAlias(alias.to_owned()));
+        }
+        let record = self.resolve(model, version_or_alias)?;
+        if record.retired.is_some() {
+            return Err(RegistryError::Retired {
+                model: model.to_owned(),
+                version: record.version,
+            });
+        }
+        self.store
+            .set_alias(model, alias, Some(record.version), self.now(), actor)?;
+        Ok(record.version)
+    }
+
+    pub fn remove_alias(&self, model: &str, alias: &str, actor: &str) -> Result<(), RegistryError> {
+        if !self.store.aliases(model)?.contains_key(alias) {
+            return Err(RegistryError::UnknownVersion {
+                model: model.to_owned(),
+                version: alias.to_owned(),
+            });
+        }
+        self.store
+            .set_alias(model, alias, None, self.now(), actor)?;
+        Ok(())
+    }
+
+    /// Retires a version: it stays on record but can no longer be aliased or deployed.
+    /// Aliases pointing at it are removed.
+    pub fn retire(&self, model: &str, version: u64, actor: &str) -> Result<(), RegistryError> {
+        self.resolve(model, &version.to_string())?;
+        for (alias, target) in self.store.aliases(model)? {
+            if target == version {
+                self.store
+                    .set_alias(model, &alias, None, self.now(), actor)?;
+            }
+        }
+        self.store.retire(model, version, self.now(), actor)?;
+        Ok(())
+    }
+
+    /// Re-signs manifests that expire within `RESIGN_BEFORE_SECONDS`, each with the next
+    /// document version, so devices never hold an expired manifest of a live version.
+    pub fn resign_expiring(&self) -> Result<usize, RegistryError> {
+        let now = self.now();
+        let due = self.store.manifests_expiring(now + RESIGN_BEFORE_SECONDS)?;
+        for record in &due {
+            let envelope: Envelope = serde_json::from_str(&record.manifest)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut manifest: ModelManifest = serde_json::from_str(&envelope.payload)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            manifest.document_version += 1;
+            manifest.expires = now + MANIFEST_LIFETIME_SECONDS;
+            self.store.replace_manifest(
+                &record.model,
+                record.version,
+                &self.sign_manifest(&manifest),
+                manifest.expires,
+            )?;
+            self.store.audit(
+                now,
+                "hub",
+                "manifest.resign",
+                &format!(
+                    "{} version {} document {}",
+                    record.model, record.version, manifest.document_version
+                ),
+            )?;
+        }
+        Ok(due.len())
+    }
+}
+
+/// Hashes a file's content (hex SHA-256) and returns its size.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}

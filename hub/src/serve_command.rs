@@ -1,0 +1,108 @@
+//! `flotilla-hub init | serve | token create`: start-up order and signal handling.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::api::{ApiState, bind, serve};
+use crate::data_dir::{DataDir, new_token, token_hash};
+use crate::registry::Registry;
+use crate::store::{RegistryStore, Scope};
+use crate::time::{Clock, SystemClock};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The hub's data folder (made by flotilla-hub init).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address of the admin API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Path of libonnxruntime.so.1.31.1, used to check pushed models.
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// Largest model file accepted, in bytes (default 2 GiB).
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+}
+
+pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let outcome = DataDir::new(data_dir).init(SystemClock.now_unix())?;
+    println!("hub initialised in {}", data_dir.display());
+    println!("root key id: {}", outcome.root_key_id);
+    println!("operator token (shown once): {}", outcome.operator_token);
+    println!("read-only token (shown once): {}", outcome.read_token);
+    Ok(())
+}
+
+pub fn create_token(data_dir: &std::path::Path, scope: &str, name: &str) -> anyhow::Result<()> {
+    let scope =
+        Scope::parse(scope).with_context(|| format!("scope {scope:?} is not read or operator"))?;
+    let store = DataDir::new(data_dir).open_store()?;
+    let token = new_token(if scope == Scope::Operator {
+        "flo_op"
+    } else {
+        "flo_ro"
+    })?;
+    let now = SystemClock.now_unix();
+    store.insert_admin_token(&token_hash(&token), scope, name, now)?;
+    store.audit(
+        now,
+        "flotilla-hub token create",
+        "token.create",
+        &format!("{name} ({})", scope.as_str()),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let data_dir = DataDir::new(&args.data_dir);
+    let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store()?);
+    let signing_key = data_dir.load_signing_key()?;
+    flotilla_agent::runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let registry = Arc::new(Registry::new(data_dir.clone(), store, signing_key, clock));
+    let resign = registry.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            ticker.tick().await;
+            let registry = resign.clone();
+            match tokio::task::spawn_blocking(move || registry.resign_expiring()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(count)) => tracing::info!(count, "manifests re-signed before expiry"),
+                Ok(Err(error)) => tracing::error!(%error, "re-signing manifests failed"),
+                Err(error) => tracing::error!(%error, "re-signing task failed"),
+            }
+        }
+    });
+    let listener = bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let state = ApiState {
+        registry,
+        max_upload_bytes: args.max_upload_bytes,
+        upload_dir: args.data_dir.join("uploads"),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    println!("flotilla-hub ready api=http://{address}");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}

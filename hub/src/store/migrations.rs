@@ -1,0 +1,67 @@
+//! Schema migrations, applied in order; `PRAGMA user_version` records how far a database got.
+//! Never edit a released migration: add the next one.
+
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: registry, trust, tokens, audit.
+    r#"
+    CREATE TABLE models (
+        name TEXT PRIMARY KEY,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE model_versions (
+        model TEXT NOT NULL REFERENCES models(name),
+        version INTEGER NOT NULL,
+        artifact_sha256 TEXT NOT NULL,
+        artifact_size INTEGER NOT NULL,
+        inputs TEXT NOT NULL,
+        outputs TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        lineage TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        retired INTEGER,
+        manifest TEXT NOT NULL,
+        manifest_expires INTEGER NOT NULL,
+        PRIMARY KEY (model, version),
+        UNIQUE (model, artifact_sha256)
+    );
+    CREATE TABLE aliases (
+        model TEXT NOT NULL REFERENCES models(name),
+        alias TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (model, alias)
+    );
+    CREATE TABLE alias_history (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        version INTEGER,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE TABLE roots (
+        version INTEGER PRIMARY KEY,
+        envelope TEXT NOT NULL
+    );
+    CREATE TABLE admin_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE enrollment_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        labels TEXT NOT NULL,
+        expires INTEGER NOT NULL,
+        used_by TEXT,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    "#,
+];

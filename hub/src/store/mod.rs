@@ -1,0 +1,182 @@
+//! The hub's persistent state. Only this module contains SQL.
+//!
+//! `RegistryStore` is the interface the rest of the hub uses, so PostgreSQL can replace
+//! SQLite for large fleets. `SqliteStore` keeps one connection behind a mutex: SQLite allows
+//! one writer, and WAL mode lets the file be read by backups meanwhile. Methods are blocking;
+//! async callers go through `spawn_blocking`.
+
+mod migrations;
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "database {path} was written by a newer hub (schema {found}, this hub knows up to {known}); upgrade the hub"
+    )]
+    NewerSchema {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+}
+
+/// What a push stores for a new version.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub model: String,
+    pub artifact_sha256: String,
+    pub artifact_size: u64,
+    pub inputs_json: String,
+    pub outputs_json: String,
+    pub metrics: BTreeMap<String, f64>,
+    pub tags: BTreeMap<String, String>,
+    pub lineage: BTreeMap<String, String>,
+    pub created: i64,
+    pub actor: String,
+}
+
+/// Whether a push made a new version or found the same content already registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Created(u64),
+    Existing(u64),
+}
+
+/// One registered version as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub model: String,
+    pub version: u64,
+    pub artifact_sha256: String,
+    pub artifact_size: u64,
+    pub inputs: serde_json::Value,
+    pub outputs: serde_json::Value,
+    pub metrics: BTreeMap<String, f64>,
+    pub tags: BTreeMap<String, String>,
+    pub lineage: BTreeMap<String, String>,
+    pub created: i64,
+    /// Unix seconds when retired; retired versions stay for audit and rollback history but
+    /// cannot be deployed or aliased.
+    pub retired: Option<i64>,
+    /// The signed manifest envelope, JSON.
+    pub manifest: String,
+    pub manifest_expires: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub versions: u64,
+    pub latest_version: Option<u64>,
+    pub aliases: BTreeMap<String, u64>,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasChange {
+    pub alias: String,
+    /// `None` when the alias was removed.
+    pub version: Option<u64>,
+    pub at: i64,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// An admin token's permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// May read everything, change nothing.
+    Read,
+    /// May also push, alias, retire, deploy and create enrollment tokens.
+    Operator,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operator => "operator",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "read" => Some(Scope::Read),
+            "operator" => Some(Scope::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// The registry's persistent state, whatever database holds it.
+pub trait RegistryStore: Send + Sync + std::fmt::Debug {
+    /// Registers a version unless the same content is already registered for the model.
+    /// `sign` makes the manifest envelope for the version number being assigned, so the
+    /// number and the signed document are written together.
+    fn push_version(
+        &self,
+        new: &NewVersion,
+        sign: &dyn Fn(u64) -> (String, i64),
+    ) -> Result<PushOutcome, StoreError>;
+    fn models(&self) -> Result<Vec<ModelSummary>, StoreError>;
+    fn versions(&self, model: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    fn version(&self, model: &str, version: u64) -> Result<Option<VersionRecord>, StoreError>;
+    fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>, StoreError>;
+    fn alias_history(&self, model: &str) -> Result<Vec<AliasChange>, StoreError>;
+    fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: Option<u64>,
+        at: i64,
+        actor: &str,
+    ) -> Result<(), StoreError>;
+    fn retire(&self, model: &str, version: u64, at: i64, actor: &str) -> Result<bool, StoreError>;
+    /// Versions whose manifest expires before `before`, for re-signing.
+    fn manifests_expiring(&self, before: i64) -> Result<Vec<VersionRecord>, StoreError>;
+    fn replace_manifest(
+        &self,
+        model: &str,
+        version: u64,
+        manifest: &str,
+        expires: i64,
+    ) -> Result<(), StoreError>;
+    fn latest_root(&self) -> Result<Option<String>, StoreError>;
+    fn insert_root(&self, version: u64, envelope: &str) -> Result<(), StoreError>;
+    fn insert_admin_token(
+        &self,
+        token_sha256: &str,
+        scope: Scope,
+        name: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    fn admin_token(&self, token_sha256: &str) -> Result<Option<(Scope, String)>, StoreError>;
+    fn insert_enrollment_token(
+        &self,
+        token_sha256: &str,
+        labels: &BTreeMap<String, String>,
+        expires: i64,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    fn audit(&self, at: i64, actor: &str, action: &str, detail: &str) -> Result<(), StoreError>;
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}

@@ -1,0 +1,494 @@
+//! `RegistryStore` on one SQLite file (WAL mode, foreign keys on, migrations in order).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::migrations::MIGRATIONS;
+use super::{
+    AliasChange, AuditEntry, ModelSummary, NewVersion, PushOutcome, RegistryStore, Scope,
+    StoreError, VersionRecord,
+};
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::NewerSchema {
+                path: path.display().to_string(),
+                found: current,
+                known,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(migration)?;
+            transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+            transaction.commit()?;
+        }
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| StoreError::Corrupt("a previous database call panicked".into()))?;
+        f(&mut connection)
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("maps of strings and numbers serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what}: {e}").into(),
+        )
+    })
+}
+
+const VERSION_COLUMNS: &str = "model, version, artifact_sha256, artifact_size, inputs, outputs, metrics, tags, lineage, created, retired, manifest, manifest_expires";
+
+fn version_row(row: &Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        model: row.get(0)?,
+        version: row.get::<_, i64>(1)? as u64,
+        artifact_sha256: row.get(2)?,
+        artifact_size: row.get::<_, i64>(3)? as u64,
+        inputs: parse(&row.get::<_, String>(4)?, "inputs")?,
+        outputs: parse(&row.get::<_, String>(5)?, "outputs")?,
+        metrics: parse(&row.get::<_, String>(6)?, "metrics")?,
+        tags: parse(&row.get::<_, String>(7)?, "tags")?,
+        lineage: parse(&row.get::<_, String>(8)?, "lineage")?,
+        created: row.get(9)?,
+        retired: row.get(10)?,
+        manifest: row.get(11)?,
+        manifest_expires: row.get(12)?,
+    })
+}
+
+impl RegistryStore for SqliteStore {
+    fn push_version(
+        &self,
+        new: &NewVersion,
+        sign: &dyn Fn(u64) -> (String, i64),
+    ) -> Result<PushOutcome, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            let existing: Option<i64> = transaction
+                .query_row(
+                    "SELECT version FROM model_versions WHERE model = ?1 AND artifact_sha256 = ?2",
+                    params![new.model, new.artifact_sha256],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(version) = existing {
+                return Ok(PushOutcome::Existing(version as u64));
+            }
+            transaction.execute("INSERT OR IGNORE INTO models (name, created) VALUES (?1, ?2)", params![new.model, new.created])?;
+            let latest: Option<i64> =
+                transaction.query_row("SELECT MAX(version) FROM model_versions WHERE model = ?1", params![new.model], |row| row.get(0))?;
+            let version = latest.unwrap_or(0) as u64 + 1;
+            let (manifest, manifest_expires) = sign(version);
+            transaction.execute(
+                &format!("INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11, ?12)"),
+                params![
+                    new.model,
+                    version as i64,
+                    new.artifact_sha256,
+                    new.artifact_size as i64,
+                    new.inputs_json,
+                    new.outputs_json,
+                    json(&new.metrics),
+                    json(&new.tags),
+                    json(&new.lineage),
+                    new.created,
+                    manifest,
+                    manifest_expires,
+                ],
+            )?;
+            transaction.execute(
+                "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, 'model.push', ?3)",
+                params![new.created, new.actor, format!("{} version {version} sha256 {}", new.model, new.artifact_sha256)],
+            )?;
+            transaction.commit()?;
+            Ok(PushOutcome::Created(version))
+        })
+    }
+
+    fn models(&self) -> Result<Vec<ModelSummary>, StoreError> {
+        let mut summaries = self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT m.name, m.created, COUNT(v.version), MAX(v.version) FROM models m LEFT JOIN model_versions v ON v.model = m.name GROUP BY m.name ORDER BY m.name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(ModelSummary {
+                    name: row.get(0)?,
+                    created: row.get(1)?,
+                    versions: row.get::<_, i64>(2)? as u64,
+                    latest_version: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    aliases: BTreeMap::new(),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        for summary in &mut summaries {
+            summary.aliases = self.aliases(&summary.name)?;
+        }
+        Ok(summaries)
+    }
+
+    fn versions(&self, model: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = ?1 ORDER BY version"
+            ))?;
+            let rows = statement.query_map(params![model], version_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn version(&self, model: &str, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    &format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = ?1 AND version = ?2"),
+                    params![model, version as i64],
+                    version_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection
+                .prepare("SELECT alias, version FROM aliases WHERE model = ?1 ORDER BY alias")?;
+            let rows = statement.query_map(params![model], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+    }
+
+    fn alias_history(&self, model: &str) -> Result<Vec<AliasChange>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT alias, version, at, actor FROM alias_history WHERE model = ?1 ORDER BY id",
+            )?;
+            let rows = statement.query_map(params![model], |row| {
+                Ok(AliasChange {
+                    alias: row.get(0)?,
+                    version: row.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    at: row.get(2)?,
+                    actor: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: Option<u64>,
+        at: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            match version {
+                Some(version) => transaction.execute(
+                    "INSERT INTO aliases (model, alias, version) VALUES (?1, ?2, ?3) ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version",
+                    params![model, alias, version as i64],
+                )?,
+                None => transaction.execute("DELETE FROM aliases WHERE model = ?1 AND alias = ?2", params![model, alias])?,
+            };
+            transaction.execute(
+                "INSERT INTO alias_history (model, alias, version, at, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![model, alias, version.map(|v| v as i64), at, actor],
+            )?;
+            let detail = match version {
+                Some(v) => format!("{model} alias {alias} -> version {v}"),
+                None => format!("{model} alias {alias} removed"),
+            };
+            transaction.execute("INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, 'model.alias', ?3)", params![at, actor, detail])?;
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    fn retire(&self, model: &str, version: u64, at: i64, actor: &str) -> Result<bool, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            let changed = transaction.execute(
+                "UPDATE model_versions SET retired = ?3 WHERE model = ?1 AND version = ?2 AND retired IS NULL",
+                params![model, version as i64, at],
+            )?;
+            if changed > 0 {
+                transaction.execute(
+                    "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, 'model.retire', ?3)",
+                    params![at, actor, format!("{model} version {version}")],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn manifests_expiring(&self, before: i64) -> Result<Vec<VersionRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM model_versions WHERE retired IS NULL AND manifest_expires < ?1 ORDER BY model, version"
+            ))?;
+            let rows = statement.query_map(params![before], version_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn replace_manifest(
+        &self,
+        model: &str,
+        version: u64,
+        manifest: &str,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE model_versions SET manifest = ?3, manifest_expires = ?4 WHERE model = ?1 AND version = ?2",
+                params![model, version as i64, manifest, expires],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn latest_root(&self) -> Result<Option<String>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT envelope FROM roots ORDER BY version DESC LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    fn insert_root(&self, version: u64, envelope: &str) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO roots (version, envelope) VALUES (?1, ?2)",
+                params![version as i64, envelope],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn insert_admin_token(
+        &self,
+        token_sha256: &str,
+        scope: Scope,
+        name: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO admin_tokens (token_sha256, scope, name, created) VALUES (?1, ?2, ?3, ?4)",
+                params![token_sha256, scope.as_str(), name, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn admin_token(&self, token_sha256: &str) -> Result<Option<(Scope, String)>, StoreError> {
+        let found: Option<(String, String)> = self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT scope, name FROM admin_tokens WHERE token_sha256 = ?1",
+                    params![token_sha256],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?)
+        })?;
+        match found {
+            None => Ok(None),
+            Some((scope, name)) => {
+                let scope = Scope::parse(&scope)
+                    .ok_or_else(|| StoreError::Corrupt(format!("admin token scope {scope:?}")))?;
+                Ok(Some((scope, name)))
+            }
+        }
+    }
+
+    fn insert_enrollment_token(
+        &self,
+        token_sha256: &str,
+        labels: &BTreeMap<String, String>,
+        expires: i64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO enrollment_tokens (token_sha256, labels, expires, created) VALUES (?1, ?2, ?3, ?4)",
+                params![token_sha256, json(labels), expires, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn audit(&self, at: i64, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![at, actor, action, detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map(params![limit], |row| {
+                Ok(AuditEntry {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    actor: row.get(2)?,
+                    action: row.get(3)?,
+                    detail: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_version(model: &str, sha: &str) -> NewVersion {
+        NewVersion {
+            model: model.into(),
+            artifact_sha256: sha.into(),
+            artifact_size: 10,
+            inputs_json: "[]".into(),
+            outputs_json: "[]".into(),
+            metrics: BTreeMap::from([("auc".into(), 0.9)]),
+            tags: BTreeMap::new(),
+            lineage: BTreeMap::new(),
+            created: 100,
+            actor: "test".into(),
+        }
+    }
+
+    #[test]
+    fn versions_are_monotonic_per_model_and_pushes_idempotent_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        let sign = |v: u64| (format!("manifest-{v}"), 1000);
+        assert_eq!(
+            store.push_version(&new_version("a", "s1"), &sign).unwrap(),
+            PushOutcome::Created(1)
+        );
+        assert_eq!(
+            store.push_version(&new_version("a", "s2"), &sign).unwrap(),
+            PushOutcome::Created(2)
+        );
+        assert_eq!(
+            store.push_version(&new_version("a", "s1"), &sign).unwrap(),
+            PushOutcome::Existing(1)
+        );
+        assert_eq!(
+            store.push_version(&new_version("b", "s1"), &sign).unwrap(),
+            PushOutcome::Created(1)
+        );
+        let record = store.version("a", 2).unwrap().unwrap();
+        assert_eq!(
+            (record.manifest.as_str(), record.metrics["auc"]),
+            ("manifest-2", 0.9)
+        );
+
+        store
+            .set_alias("a", "production", Some(1), 5, "op")
+            .unwrap();
+        store
+            .set_alias("a", "production", Some(2), 6, "op")
+            .unwrap();
+        store.set_alias("a", "staging", Some(1), 7, "op").unwrap();
+        store.set_alias("a", "staging", None, 8, "op").unwrap();
+        assert_eq!(
+            store.aliases("a").unwrap(),
+            BTreeMap::from([("production".into(), 2)])
+        );
+        assert_eq!(store.alias_history("a").unwrap().len(), 4);
+        assert!(store.retire("a", 1, 9, "op").unwrap());
+        assert!(
+            !store.retire("a", 1, 10, "op").unwrap(),
+            "retiring twice changes nothing"
+        );
+        let models = store.models().unwrap();
+        assert_eq!(models[0].latest_version, Some(2));
+        assert_eq!(models[0].aliases["production"], 2);
+        assert!(
+            store
+                .audit_log(100)
+                .unwrap()
+                .iter()
+                .any(|e| e.action == "model.retire")
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        SqliteStore::open(&path)
+            .unwrap()
+            .insert_root(1, "{}")
+            .unwrap();
+        assert_eq!(
+            SqliteStore::open(&path)
+                .unwrap()
+                .latest_root()
+                .unwrap()
+                .as_deref(),
+            Some("{}")
+        );
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
+    }
+}
