@@ -2,7 +2,8 @@
 //!
 //! `inference`: the Open Inference Protocol (KServe v2) spoken by the agent's local service.
 //! `trust`: the signed documents of the trust model (root metadata, model manifests).
-//! Control-plane messages and topic names join them with the hub's transport.
+//! `control`: enrollment, desired and reported state, and MQTT topic names.
 
+pub mod control;
 pub mod inference;
 pub mod trust;

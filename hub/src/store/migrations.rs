@@ -64,4 +64,26 @@ pub(super) const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // 2: devices and their desired state.
+    r#"
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        hardware TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        enrolled_at INTEGER NOT NULL,
+        last_seen INTEGER,
+        online INTEGER NOT NULL DEFAULT 0,
+        serving TEXT NOT NULL DEFAULT '{}',
+        last_outcomes TEXT NOT NULL DEFAULT '[]',
+        reported_sequence INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE desired_states (
+        device_id TEXT PRIMARY KEY REFERENCES devices(id),
+        sequence INTEGER NOT NULL,
+        models TEXT NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    "#,
 ];

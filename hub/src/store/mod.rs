@@ -127,6 +127,45 @@ impl Scope {
     }
 }
 
+/// An enrolled device as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// The device's public key, JSON of `flotilla_proto::trust::PublicKey`.
+    pub public_key: serde_json::Value,
+    pub labels: BTreeMap<String, String>,
+    pub hardware: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+    pub online: bool,
+    /// Model name to the version the device reports serving.
+    pub serving: BTreeMap<String, u64>,
+    /// The latest install outcomes the device reported (JSON list).
+    pub last_outcomes: serde_json::Value,
+    pub reported_sequence: u64,
+}
+
+/// What checking an enrollment token found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnrollmentCheck {
+    /// Valid: it is now spent, and the device gets these labels.
+    Accepted(BTreeMap<String, String>),
+    Unknown,
+    AlreadyUsed,
+    Expired,
+}
+
+/// The desired state last set for a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredRecord {
+    pub sequence: u64,
+    /// JSON of `Vec<flotilla_proto::control::DesiredModel>`.
+    pub models: String,
+    /// The signed envelope as published.
+    pub envelope: String,
+}
+
 /// The registry's persistent state, whatever database holds it.
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Registers a version unless the same content is already registered for the model.
@@ -179,4 +218,27 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     fn audit(&self, at: i64, actor: &str, action: &str, detail: &str) -> Result<(), StoreError>;
     fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Spends a one-time enrollment token for `device_id`, if it is valid.
+    fn consume_enrollment_token(
+        &self,
+        token_sha256: &str,
+        device_id: &str,
+        now: i64,
+    ) -> Result<EnrollmentCheck, StoreError>;
+    /// Records a device; enrolling the same key again updates it.
+    fn upsert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Stores a verified report unless an equal or newer one was stored already.
+    fn record_report(
+        &self,
+        id: &str,
+        sequence: u64,
+        serving: &BTreeMap<String, u64>,
+        outcomes: &serde_json::Value,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError>;
+    fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;
+    fn set_desired(&self, id: &str, desired: &DesiredRecord) -> Result<(), StoreError>;
 }

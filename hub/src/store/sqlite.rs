@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AliasChange, AuditEntry, ModelSummary, NewVersion, PushOutcome, RegistryStore, Scope,
-    StoreError, VersionRecord,
+    AliasChange, AuditEntry, DesiredRecord, DeviceRecord, EnrollmentCheck, ModelSummary,
+    NewVersion, PushOutcome, RegistryStore, Scope, StoreError, VersionRecord,
 };
 
 #[derive(Debug)]
@@ -72,6 +72,24 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Re
 }
 
 const VERSION_COLUMNS: &str = "model, version, artifact_sha256, artifact_size, inputs, outputs, metrics, tags, lineage, created, retired, manifest, manifest_expires";
+
+const DEVICE_COLUMNS: &str = "id, public_key, labels, hardware, agent_version, enrolled_at, last_seen, online, serving, last_outcomes, reported_sequence";
+
+fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: row.get(0)?,
+        public_key: parse(&row.get::<_, String>(1)?, "public_key")?,
+        labels: parse(&row.get::<_, String>(2)?, "labels")?,
+        hardware: parse(&row.get::<_, String>(3)?, "hardware")?,
+        agent_version: row.get(4)?,
+        enrolled_at: row.get(5)?,
+        last_seen: row.get(6)?,
+        online: row.get::<_, i64>(7)? != 0,
+        serving: parse(&row.get::<_, String>(8)?, "serving")?,
+        last_outcomes: parse(&row.get::<_, String>(9)?, "last_outcomes")?,
+        reported_sequence: row.get::<_, i64>(10)? as u64,
+    })
+}
 
 fn version_row(row: &Row<'_>) -> rusqlite::Result<VersionRecord> {
     Ok(VersionRecord {
@@ -388,6 +406,135 @@ impl RegistryStore for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
+
+    fn consume_enrollment_token(
+        &self,
+        token_sha256: &str,
+        device_id: &str,
+        now: i64,
+    ) -> Result<EnrollmentCheck, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            let found: Option<(String, i64, Option<String>)> = transaction
+                .query_row("SELECT labels, expires, used_by FROM enrollment_tokens WHERE token_sha256 = ?1", params![token_sha256], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?;
+            let check = match found {
+                None => EnrollmentCheck::Unknown,
+                Some((_, _, Some(_))) => EnrollmentCheck::AlreadyUsed,
+                Some((_, expires, None)) if expires <= now => EnrollmentCheck::Expired,
+                Some((labels, _, None)) => {
+                    transaction.execute("UPDATE enrollment_tokens SET used_by = ?2 WHERE token_sha256 = ?1", params![token_sha256, device_id])?;
+                    EnrollmentCheck::Accepted(parse(&labels, "labels")?)
+                }
+            };
+            transaction.commit()?;
+            Ok(check)
+        })
+    }
+
+    fn upsert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                &format!(
+                    "INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO UPDATE SET \
+                     public_key = excluded.public_key, labels = excluded.labels, hardware = excluded.hardware, agent_version = excluded.agent_version"
+                ),
+                params![
+                    device.id,
+                    json(&device.public_key),
+                    json(&device.labels),
+                    json(&device.hardware),
+                    device.agent_version,
+                    device.enrolled_at,
+                    device.last_seen,
+                    device.online as i64,
+                    json(&device.serving),
+                    json(&device.last_outcomes),
+                    device.reported_sequence as i64,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                    params![id],
+                    device_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement =
+                connection.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))?;
+            let rows = statement.query_map([], device_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn record_report(
+        &self,
+        id: &str,
+        sequence: u64,
+        serving: &BTreeMap<String, u64>,
+        outcomes: &serde_json::Value,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE devices SET serving = ?2, last_outcomes = ?3, last_seen = ?4, reported_sequence = ?5 WHERE id = ?1 AND reported_sequence <= ?5",
+                params![id, json(serving), json(outcomes), at, sequence as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE devices SET online = ?2, last_seen = ?3 WHERE id = ?1",
+                params![id, online as i64, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT sequence, models, envelope FROM desired_states WHERE device_id = ?1",
+                    params![id],
+                    |row| {
+                        Ok(DesiredRecord {
+                            sequence: row.get::<_, i64>(0)? as u64,
+                            models: row.get(1)?,
+                            envelope: row.get(2)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+    }
+
+    fn set_desired(&self, id: &str, desired: &DesiredRecord) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO desired_states (device_id, sequence, models, envelope) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device_id) DO UPDATE SET \
+                 sequence = excluded.sequence, models = excluded.models, envelope = excluded.envelope",
+                params![id, desired.sequence as i64, desired.models, desired.envelope],
+            )?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +610,35 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|e| e.action == "model.retire")
+        );
+    }
+
+    #[test]
+    fn enrollment_tokens_are_spent_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        let labels = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
+        store
+            .insert_enrollment_token("t1", &labels, 100, 0)
+            .unwrap();
+        assert_eq!(
+            store.consume_enrollment_token("t1", "d1", 50).unwrap(),
+            EnrollmentCheck::Accepted(labels)
+        );
+        assert_eq!(
+            store.consume_enrollment_token("t1", "d2", 50).unwrap(),
+            EnrollmentCheck::AlreadyUsed
+        );
+        store
+            .insert_enrollment_token("t2", &BTreeMap::new(), 100, 0)
+            .unwrap();
+        assert_eq!(
+            store.consume_enrollment_token("t2", "d2", 100).unwrap(),
+            EnrollmentCheck::Expired
+        );
+        assert_eq!(
+            store.consume_enrollment_token("nope", "d2", 1).unwrap(),
+            EnrollmentCheck::Unknown
         );
     }
 

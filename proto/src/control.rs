@@ -1,0 +1,153 @@
+//! The control plane between hub and agents (DESIGN.md section 3): enrollment over HTTP,
+//! then MQTT topics under `flotilla/v1/`. Every message an agent or the hub publishes is an
+//! `Envelope` signed by the sender's key, so a broker without ACLs cannot let one party
+//! speak for another.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::trust::{Envelope, PublicKey};
+
+/// Payload type of a device's desired state, signed by the hub's signing key.
+pub const DESIRED_PAYLOAD_TYPE: &str = "application/vnd.flotilla.desired+json";
+/// Payload type of a device's reported state, signed by the device key.
+pub const REPORTED_PAYLOAD_TYPE: &str = "application/vnd.flotilla.reported+json";
+/// Payload type of a device's online/offline status, signed by the device key.
+pub const STATUS_PAYLOAD_TYPE: &str = "application/vnd.flotilla.status+json";
+
+/// Topic names. Hub consumers use shared subscriptions (`$share/hub/...`) so several hub
+/// replicas can split the load on a clustered broker.
+pub mod topics {
+    pub const PREFIX: &str = "flotilla/v1/devices";
+
+    pub fn desired(device_id: &str) -> String {
+        format!("{PREFIX}/{device_id}/desired")
+    }
+    pub fn reported(device_id: &str) -> String {
+        format!("{PREFIX}/{device_id}/reported")
+    }
+    pub fn status(device_id: &str) -> String {
+        format!("{PREFIX}/{device_id}/status")
+    }
+    /// What the hub subscribes to for every device's reports and status.
+    pub const HUB_REPORTED: &str = "$share/hub/flotilla/v1/devices/+/reported";
+    pub const HUB_STATUS: &str = "$share/hub/flotilla/v1/devices/+/status";
+
+    /// The device id in a `flotilla/v1/devices/{id}/...` topic.
+    pub fn device_of(topic: &str) -> Option<&str> {
+        let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;
+        let (id, _) = rest.split_once('/')?;
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+/// `POST /api/v1/enroll`: a device presents a one-time token and its own public key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub public_key: PublicKey,
+    #[serde(default)]
+    pub hardware: BTreeMap<String, String>,
+    pub agent_version: String,
+}
+
+/// What an enrolled device needs to talk to the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    /// The hub's current root metadata: the device pins it.
+    pub root: Envelope,
+    /// MQTT broker address, `HOST:PORT`.
+    pub mqtt: String,
+    /// Base URL for artifact downloads over HTTP (range requests supported).
+    pub artifacts_http: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The models a device should run, signed by the hub; published retained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    pub device_id: String,
+    /// Grows with every change for this device: an older desired state is ignored.
+    pub sequence: u64,
+    pub issued: i64,
+    pub expires: i64,
+    pub models: Vec<DesiredModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredModel {
+    pub name: String,
+    pub version: u64,
+    /// The version's signed manifest.
+    pub manifest: Envelope,
+    /// True when this is a deliberate move back to an older version.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Where an install got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallState {
+    Downloading,
+    Verifying,
+    Loading,
+    Installed,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallOutcome {
+    pub model: String,
+    pub version: u64,
+    pub state: InstallState,
+    /// The step that failed (download, verify, load, smoke_test, switch), when failed.
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+/// What a device runs and how its installs went; signed by the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedState {
+    pub device_id: String,
+    /// The desired-state sequence this report answers.
+    pub desired_sequence: u64,
+    pub at: i64,
+    pub agent_version: String,
+    /// Model name to the version being served.
+    pub serving: BTreeMap<String, u64>,
+    pub outcomes: Vec<InstallOutcome>,
+}
+
+/// Online/offline, published retained (offline as the MQTT last will).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStatus {
+    pub device_id: String,
+    pub online: bool,
+    /// When the connection this status belongs to was made.
+    pub connected_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topics;
+
+    #[test]
+    fn device_ids_come_out_of_topics() {
+        assert_eq!(topics::device_of(&topics::reported("dev-1")), Some("dev-1"));
+        assert_eq!(topics::device_of("flotilla/v1/devices//reported"), None);
+        assert_eq!(topics::device_of("other/v1/devices/x/reported"), None);
+    }
+}
