@@ -41,6 +41,28 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+impl RegistryError {
+    /// A copy for error conversion where only a reference is at hand (the I/O and store
+    /// variants keep their message).
+    pub fn from_ref(error: &RegistryError) -> RegistryError {
+        match error {
+            RegistryError::BadName(n) => RegistryError::BadName(n.clone()),
+            RegistryError::NotLoadable(m) => RegistryError::NotLoadable(m.clone()),
+            RegistryError::UnknownModel(m) => RegistryError::UnknownModel(m.clone()),
+            RegistryError::UnknownVersion { model, version } => RegistryError::UnknownVersion {
+                model: model.clone(),
+                version: version.clone(),
+            },
+            RegistryError::Retired { model, version } => RegistryError::Retired {
+                model: model.clone(),
+                version: *version,
+            },
+            RegistryError::NumericAlias(a) => RegistryError::NumericAlias(a.clone()),
+            other => RegistryError::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
 /// Metadata given with a push.
 #[derive(Debug, Clone, Default)]
 pub struct PushMetadata {

@@ -10,9 +10,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{ApiState, bind, serve};
 use crate::data_dir::{DataDir, new_token, token_hash};
+use crate::fleet::Fleet;
 use crate::registry::Registry;
 use crate::store::{RegistryStore, Scope};
 use crate::time::{Clock, SystemClock};
+use crate::transport::broker::start_embedded;
+use crate::transport::mqtt::{BrokerAddress, HubMqtt};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -28,6 +31,18 @@ pub struct ServeArgs {
     /// Largest model file accepted, in bytes (default 2 GiB).
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_upload_bytes: u64,
+    /// Where the embedded MQTT broker listens.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Use this external broker instead of the embedded one: mqtt://[USER:PASS@]HOST:PORT.
+    #[arg(long)]
+    pub mqtt_url: Option<String>,
+    /// The broker address devices are told at enrollment (default: the broker's own).
+    #[arg(long)]
+    pub advertise_mqtt: Option<String>,
+    /// The API URL devices are told at enrollment for downloads (default: http://LISTEN).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -87,16 +102,44 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let broker = match &args.mqtt_url {
+        Some(url) => BrokerAddress::parse(url).map_err(anyhow::Error::msg)?,
+        None => {
+            start_embedded(args.mqtt_listen).map_err(anyhow::Error::msg)?;
+            BrokerAddress {
+                host: args.mqtt_listen.ip().to_string(),
+                port: args.mqtt_listen.port(),
+                credentials: None,
+            }
+        }
+    };
+    let advertise_mqtt = args
+        .advertise_mqtt
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", broker.host, broker.port));
+    let advertise_url = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let fleet = Arc::new(Fleet::new(
+        registry.clone(),
+        data_dir.load_signing_key()?,
+        advertise_mqtt.clone(),
+        advertise_url,
+    ));
+    let mqtt = HubMqtt::start(&broker, fleet.clone(), registry.store().clone());
     let state = ApiState {
         registry,
         max_upload_bytes: args.max_upload_bytes,
         upload_dir: args.data_dir.join("uploads"),
+        fleet: Some(fleet),
+        mqtt: Some(mqtt),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
-    println!("flotilla-hub ready api=http://{address}");
+    println!("flotilla-hub ready api=http://{address} mqtt={advertise_mqtt}");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}

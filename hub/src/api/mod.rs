@@ -2,6 +2,7 @@
 //! `flotilla` CLI is a client of this API and nothing else. Only this module knows HTTP DTOs.
 
 mod auth;
+mod devices;
 mod error;
 mod models;
 mod openapi;
@@ -30,6 +31,10 @@ pub struct ApiState {
     /// Where uploads are spooled while they arrive (inside the data folder, so the final
     /// rename into the artifact store never crosses file systems).
     pub upload_dir: std::path::PathBuf,
+    /// Devices and deployments; absent in a registry-only hub.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Where desired states are published.
+    pub mqtt: Option<crate::transport::mqtt::HubMqtt>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -57,6 +62,11 @@ pub fn router(state: ApiState) -> axum::Router {
             put(models::set_alias).delete(models::remove_alias),
         )
         .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
+        .route("/api/v1/enroll", post(devices::enroll))
+        .route("/api/v1/deployments", post(devices::deploy))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::show))
+        .route("/api/v1/artifacts/{sha256}", get(devices::artifact))
         .route("/api/v1/audit", get(audit))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /openapi.json lists them")

@@ -38,7 +38,12 @@ pub fn spec() -> serde_json::Value {
                 "delete": op("Remove an alias", "operator")
             },
             "/api/v1/enrollment-tokens": {"post": op("Create a one-time enrollment token: body {\"labels\": {..}, \"ttl_seconds\": N}", "operator")},
-            "/api/v1/audit": {"get": op("The newest 200 audit log entries", "read")}
+            "/api/v1/audit": {"get": op("The newest 200 audit log entries", "read")},
+            "/api/v1/enroll": {"post": {"summary": "Device enrollment with a one-time token (no admin token): body EnrollRequest", "responses": {"200": {"description": "EnrollResponse"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
+            "/api/v1/deployments": {"post": op("Set a model version (or alias) as desired on devices matching a label selector: body {\"model\", \"version\", \"selector\"}", "operator")},
+            "/api/v1/devices": {"get": op("Enrolled devices: labels, hardware, online, last seen, serving versions, last install outcomes", "read")},
+            "/api/v1/devices/{id}": {"get": op("One device with its desired state", "read")},
+            "/api/v1/artifacts/{sha256}": {"get": {"summary": "A model file by content hash; supports Range: bytes=N- for resumed downloads", "responses": {"200": {"description": "the file"}, "206": {"description": "a range"}, "416": {"$ref": "#/components/responses/Error"}}}}
         }
     })
 }

@@ -15,6 +15,15 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A loopback port free right now (the broker binds it by number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[derive(Debug)]
 pub struct HubProcess {
     pub child: Option<Child>,
@@ -66,7 +75,14 @@ impl HubProcess {
     /// Starts `serve` (again) on the same data folder.
     pub fn serve(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--data-dir",
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("hub.log")).unwrap())

@@ -1,0 +1,326 @@
+//! Devices: enrollment with one-time tokens, label selectors, and each device's signed
+//! desired state. The decisions here are pure functions of their inputs; `Fleet` adds the
+//! store and the signing key around them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flotilla_common::signing::{SigningKey, sign_envelope, verifying_key};
+use flotilla_proto::control::{
+    DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, EnrollRequest, EnrollResponse,
+};
+use flotilla_proto::trust::Envelope;
+
+use crate::data_dir::token_hash;
+use crate::registry::{Registry, RegistryError};
+use crate::store::{DesiredRecord, DeviceRecord, EnrollmentCheck, RegistryStore, StoreError};
+
+/// Desired states are valid for 30 days; the hub republishes before then.
+pub const DESIRED_LIFETIME_SECONDS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("enrollment token is not known to this hub")]
+    UnknownToken,
+    #[error(
+        "enrollment token was already used; ask the operator for a new one (flotilla enroll-token create)"
+    )]
+    TokenUsed,
+    #[error(
+        "enrollment token has expired; ask the operator for a new one (flotilla enroll-token create)"
+    )]
+    TokenExpired,
+    #[error("device public key is not valid: {0}")]
+    BadKey(String),
+    #[error("selector {0:?} is not key=value[,key=value]")]
+    BadSelector(String),
+    #[error("no enrolled device matches selector {0:?}")]
+    NoDevices(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the hub has no root metadata")]
+    NoRoot,
+}
+
+/// A device's id, derived from its key: re-enrolling the same key gives the same id.
+pub fn device_id_for(key_id: &str) -> String {
+    format!("dev-{}", &key_id[..key_id.len().min(16)])
+}
+
+/// Whether a device's labels satisfy every `key=value` of the selector (an empty selector
+/// matches every device).
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The next desired model list: `new` replaces any entry for the same model; it is marked a
+/// rollback when it moves to an older version than was desired.
+pub fn next_desired_models(current: &[DesiredModel], mut new: DesiredModel) -> Vec<DesiredModel> {
+    let mut models: Vec<DesiredModel> = current
+        .iter()
+        .filter(|m| m.name != new.name)
+        .cloned()
+        .collect();
+    new.rollback = current
+        .iter()
+        .any(|m| m.name == new.name && new.version < m.version);
+    models.push(new);
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    models
+}
+
+/// A desired state to publish: the topic's device and the signed envelope.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub device_id: String,
+    pub envelope: String,
+}
+
+#[derive(Debug)]
+pub struct Fleet {
+    registry: Arc<Registry>,
+    signing_key: SigningKey,
+    /// Broker address devices connect to, `HOST:PORT`.
+    pub mqtt_address: String,
+    /// Base URL devices download artifacts from.
+    pub artifacts_http: String,
+}
+
+impl Fleet {
+    pub fn new(
+        registry: Arc<Registry>,
+        signing_key: SigningKey,
+        mqtt_address: String,
+        artifacts_http: String,
+    ) -> Fleet {
+        Fleet {
+            registry,
+            signing_key,
+            mqtt_address,
+            artifacts_http,
+        }
+    }
+
+    fn store(&self) -> &Arc<dyn RegistryStore> {
+        self.registry.store()
+    }
+
+    pub fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, FleetError> {
+        verifying_key(&request.public_key).map_err(|e| FleetError::BadKey(e.to_string()))?;
+        let now = self.registry.now();
+        let device_id = device_id_for(&request.public_key.key_id);
+        let labels = match self.store().consume_enrollment_token(
+            &token_hash(&request.token),
+            &device_id,
+            now,
+        )? {
+            EnrollmentCheck::Accepted(labels) => labels,
+            EnrollmentCheck::Unknown => return Err(FleetError::UnknownToken),
+            EnrollmentCheck::AlreadyUsed => return Err(FleetError::TokenUsed),
+            EnrollmentCheck::Expired => return Err(FleetError::TokenExpired),
+        };
+        let existing = self.store().device(&device_id)?;
+        let device = DeviceRecord {
+            id: device_id.clone(),
+            public_key: serde_json::to_value(&request.public_key).expect("keys serialize"),
+            labels: labels.clone(),
+            hardware: request.hardware.clone(),
+            agent_version: request.agent_version.clone(),
+            enrolled_at: existing.as_ref().map(|d| d.enrolled_at).unwrap_or(now),
+            last_seen: Some(now),
+            online: false,
+            serving: existing
+                .as_ref()
+                .map(|d| d.serving.clone())
+                .unwrap_or_default(),
+            last_outcomes: existing
+                .as_ref()
+                .map(|d| d.last_outcomes.clone())
+                .unwrap_or(serde_json::json!([])),
+            reported_sequence: existing.as_ref().map(|d| d.reported_sequence).unwrap_or(0),
+        };
+        self.store().upsert_device(&device)?;
+        self.store().audit(
+            now,
+            &device_id,
+            "device.enroll",
+            &format!("labels {labels:?}"),
+        )?;
+        let root = self.store().latest_root()?.ok_or(FleetError::NoRoot)?;
+        let root: Envelope =
+            serde_json::from_str(&root).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(EnrollResponse {
+            device_id,
+            root,
+            mqtt: self.mqtt_address.clone(),
+            artifacts_http: self.artifacts_http.clone(),
+            labels,
+        })
+    }
+
+    /// Sets `model` at `version_or_alias` as desired on every device matching `selector`;
+    /// returns the signed desired states to publish.
+    pub fn deploy(
+        &self,
+        model: &str,
+        version_or_alias: &str,
+        selector_text: &str,
+        actor: &str,
+    ) -> Result<(u64, Vec<Publication>), FleetError> {
+        let selector = crate::data_dir::parse_labels(selector_text)
+            .map_err(|_| FleetError::BadSelector(selector_text.to_owned()))?;
+        let record = self.registry.resolve(model, version_or_alias)?;
+        if record.retired.is_some() {
+            return Err(RegistryError::Retired {
+                model: model.to_owned(),
+                version: record.version,
+            }
+            .into());
+        }
+        let manifest: Envelope = serde_json::from_str(&record.manifest)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let devices: Vec<DeviceRecord> = self
+            .store()
+            .devices()?
+            .into_iter()
+            .filter(|d| selector_matches(&selector, &d.labels))
+            .collect();
+        if devices.is_empty() {
+            return Err(FleetError::NoDevices(selector_text.to_owned()));
+        }
+        let now = self.registry.now();
+        let mut publications = Vec::with_capacity(devices.len());
+        for device in devices {
+            let current = self.store().desired(&device.id)?;
+            let current_models: Vec<DesiredModel> = match &current {
+                Some(record) => serde_json::from_str(&record.models)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let entry = DesiredModel {
+                name: model.to_owned(),
+                version: record.version,
+                manifest: manifest.clone(),
+                rollback: false,
+            };
+            let models = next_desired_models(&current_models, entry);
+            let sequence = current.map(|c| c.sequence).unwrap_or(0) + 1;
+            let state = DesiredState {
+                device_id: device.id.clone(),
+                sequence,
+                issued: now,
+                expires: now + DESIRED_LIFETIME_SECONDS,
+                models: models.clone(),
+            };
+            let envelope = sign_envelope(
+                DESIRED_PAYLOAD_TYPE,
+                serde_json::to_string(&state).expect("desired state serializes"),
+                &[&self.signing_key],
+            );
+            let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
+            self.store().set_desired(
+                &device.id,
+                &DesiredRecord {
+                    sequence,
+                    models: serde_json::to_string(&models).expect("models serialize"),
+                    envelope: envelope.clone(),
+                },
+            )?;
+            publications.push(Publication {
+                device_id: device.id,
+                envelope,
+            });
+        }
+        self.store().audit(
+            now,
+            actor,
+            "deploy",
+            &format!(
+                "{model} version {} to {} devices ({selector_text})",
+                record.version,
+                publications.len()
+            ),
+        )?;
+        Ok((record.version, publications))
+    }
+
+    /// Every stored desired state, for republishing after the hub (re)connects to the broker.
+    pub fn all_desired(&self) -> Result<Vec<Publication>, FleetError> {
+        let mut publications = Vec::new();
+        for device in self.store().devices()? {
+            if let Some(desired) = self.store().desired(&device.id)? {
+                publications.push(Publication {
+                    device_id: device.id,
+                    envelope: desired.envelope,
+                });
+            }
+        }
+        Ok(publications)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, version: u64) -> DesiredModel {
+        let manifest = Envelope {
+            payload_type: String::new(),
+            payload: String::new(),
+            signatures: vec![],
+        };
+        DesiredModel {
+            name: name.into(),
+            version,
+            manifest,
+            rollback: false,
+        }
+    }
+
+    #[test]
+    fn selectors_match_all_their_labels() {
+        let labels = BTreeMap::from([("region".into(), "eu".into()), ("hw".into(), "rpi4".into())]);
+        assert!(selector_matches(&BTreeMap::new(), &labels));
+        assert!(selector_matches(
+            &BTreeMap::from([("region".into(), "eu".into())]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &BTreeMap::from([("region".into(), "us".into())]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &BTreeMap::from([("site".into(), "x".into())]),
+            &labels
+        ));
+    }
+
+    #[test]
+    fn a_new_entry_replaces_its_model_and_going_back_is_a_rollback() {
+        let current = vec![entry("a", 3), entry("b", 1)];
+        let next = next_desired_models(&current, entry("a", 4));
+        assert_eq!(
+            next.iter()
+                .map(|m| (m.name.as_str(), m.version, m.rollback))
+                .collect::<Vec<_>>(),
+            [("a", 4, false), ("b", 1, false)]
+        );
+        let back = next_desired_models(&next, entry("a", 2));
+        assert_eq!((back[0].version, back[0].rollback), (2, true));
+        let added = next_desired_models(&current, entry("c", 1));
+        assert_eq!(added.len(), 3);
+    }
+
+    #[test]
+    fn device_ids_come_from_the_key() {
+        assert_eq!(
+            device_id_for("0123456789abcdef0123"),
+            "dev-0123456789abcdef"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The hub's MQTT client: publishes each device's signed desired state (retained), and
+//! takes in devices' reports and status, accepting only what the device's enrolled key signed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_common::signing::verify_envelope;
+use flotilla_proto::control::{
+    DeviceStatus, REPORTED_PAYLOAD_TYPE, ReportedState, STATUS_PAYLOAD_TYPE, topics,
+};
+use flotilla_proto::trust::{Envelope, PublicKey};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::fleet::{Fleet, Publication};
+use crate::store::RegistryStore;
+
+/// Counts of what the hub took in, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubMqtt {
+    client: AsyncClient,
+    pub counters: Arc<IngestCounters>,
+}
+
+/// Where the broker is and how to log in.
+#[derive(Debug, Clone)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerAddress {
+    /// Parses `mqtt://[USER:PASS@]HOST:PORT`.
+    pub fn parse(url: &str) -> Result<BrokerAddress, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| format!("{url:?} is not mqtt://HOST:PORT"))?;
+        let (credentials, host_port) = match rest.rsplit_once('@') {
+            Some((login, host_port)) => {
+                let (user, pass) = login
+                    .split_once(':')
+                    .ok_or_else(|| format!("{url:?}: credentials must be USER:PASS"))?;
+                (Some((user.to_owned(), pass.to_owned())), host_port)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = host_port
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{url:?} has no port"))?;
+        let port = port
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| format!("{url:?} has no valid port"))?;
+        Ok(BrokerAddress {
+            host: host.to_owned(),
+            port,
+            credentials,
+        })
+    }
+}
+
+impl HubMqtt {
+    /// Connects and keeps the connection: resubscribes and republishes every desired state
+    /// after each (re)connect, so a restarted broker converges too.
+    pub fn start(
+        address: &BrokerAddress,
+        fleet: Arc<Fleet>,
+        store: Arc<dyn RegistryStore>,
+    ) -> HubMqtt {
+        let mut options = MqttOptions::new(
+            format!("flotilla-hub-{}", std::process::id()),
+            &address.host,
+            address.port,
+        );
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(
+            super::broker::MAX_PAYLOAD_BYTES + 4096,
+            super::broker::MAX_PAYLOAD_BYTES + 4096,
+        );
+        if let Some((user, pass)) = &address.credentials {
+            options.set_credentials(user, pass);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let counters = Arc::new(IngestCounters::default());
+        let hub = HubMqtt {
+            client: client.clone(),
+            counters: counters.clone(),
+        };
+        let republisher = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        tracing::info!("connected to the MQTT broker");
+                        let client = client.clone();
+                        let (fleet, republisher) = (fleet.clone(), republisher.clone());
+                        tokio::spawn(async move {
+                            for filter in [topics::HUB_REPORTED, topics::HUB_STATUS] {
+                                if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await
+                                {
+                                    tracing::error!(%error, filter, "subscribe failed");
+                                }
+                            }
+                            match tokio::task::spawn_blocking(move || fleet.all_desired()).await {
+                                Ok(Ok(publications)) => {
+                                    republisher.publish_desired(&publications).await
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::error!(%error, "cannot read desired states")
+                                }
+                                Err(error) => tracing::error!(%error, "desired-state task failed"),
+                            }
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let store = store.clone();
+                        let counters = counters.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let accepted = ingest(store.as_ref(), &publish.topic, &publish.payload);
+                            let counter = if accepted.is_ok() {
+                                &counters.accepted
+                            } else {
+                                &counters.rejected
+                            };
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Err(reason) = accepted {
+                                tracing::warn!(topic = %publish.topic, %reason, "device message rejected");
+                            }
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "MQTT connection lost; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        hub
+    }
+
+    /// Publishes desired states, retained, at least once.
+    pub async fn publish_desired(&self, publications: &[Publication]) {
+        for publication in publications {
+            let topic = topics::desired(&publication.device_id);
+            if let Err(error) = self
+                .client
+                .publish(
+                    topic,
+                    QoS::AtLeastOnce,
+                    true,
+                    publication.envelope.clone().into_bytes(),
+                )
+                .await
+            {
+                tracing::error!(%error, device = %publication.device_id, "cannot publish desired state");
+            }
+        }
+    }
+}
+
+/// Verifies and stores one message from a device. Everything must check out: the topic's
+/// device is enrolled, the envelope is signed by that device's key, and the payload names
+/// the same device.
+pub fn ingest(store: &dyn RegistryStore, topic: &str, payload: &[u8]) -> Result<(), String> {
+    let device_id = topics::device_of(topic).ok_or("topic names no device")?;
+    let device = store
+        .device(device_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("device {device_id} is not enrolled"))?;
+    let key: PublicKey = serde_json::from_value(device.public_key.clone())
+        .map_err(|e| format!("stored key: {e}"))?;
+    let envelope: Envelope =
+        serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if topic.ends_with("/reported") {
+        verify_envelope(
+            &envelope,
+            REPORTED_PAYLOAD_TYPE,
+            std::slice::from_ref(&key),
+            1,
+        )
+        .map_err(|e| format!("report signature: {e}"))?;
+        let report: ReportedState =
+            serde_json::from_str(&envelope.payload).map_err(|e| format!("report: {e}"))?;
+        if report.device_id != device_id {
+            return Err(format!(
+                "report names device {} on device {device_id}'s topic",
+                report.device_id
+            ));
+        }
+        let outcomes = serde_json::to_value(&report.outcomes).expect("outcomes serialize");
+        store
+            .record_report(
+                device_id,
+                report.desired_sequence,
+                &report.serving,
+                &outcomes,
+                now,
+            )
+            .map_err(|e| e.to_string())
+    } else if topic.ends_with("/status") {
+        verify_envelope(
+            &envelope,
+            STATUS_PAYLOAD_TYPE,
+            std::slice::from_ref(&key),
+            1,
+        )
+        .map_err(|e| format!("status signature: {e}"))?;
+        let status: DeviceStatus =
+            serde_json::from_str(&envelope.payload).map_err(|e| format!("status: {e}"))?;
+        if status.device_id != device_id {
+            return Err(format!(
+                "status names device {} on device {device_id}'s topic",
+                status.device_id
+            ));
+        }
+        store
+            .record_status(device_id, status.online, now)
+            .map_err(|e| e.to_string())
+    } else {
+        Err("not a topic the hub takes in".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerAddress;
+
+    #[test]
+    fn broker_urls_parse() {
+        let plain = BrokerAddress::parse("mqtt://127.0.0.1:1883").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.credentials),
+            ("127.0.0.1", 1883, None)
+        );
+        let login = BrokerAddress::parse("mqtt://hub:s3cret@broker.local:8883").unwrap();
+        assert_eq!(login.credentials, Some(("hub".into(), "s3cret".into())));
+        assert!(BrokerAddress::parse("tcp://x:1").is_err());
+        assert!(BrokerAddress::parse("mqtt://x").is_err());
+    }
+}
