@@ -3,8 +3,13 @@
 //! and fleet-sim and the tests drive the same code in-process.
 
 pub mod config;
+pub mod install;
 pub mod metrics;
 pub mod repository;
+pub mod run_command;
 pub mod runtime;
 pub mod serve_command;
 pub mod server;
+pub mod store;
+pub mod sync;
+pub mod transport;

@@ -18,6 +18,12 @@ struct Cli {
 enum Command {
     /// Serve models locally on a Unix socket and/or loopback TCP.
     Serve(ServeArgs),
+    /// Follow a hub: enroll, install the models it assigns, serve them, report.
+    Run {
+        /// agent.toml (see docs/agent.md).
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -30,6 +36,11 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => {
+            flotilla_agent::run_command::RunConfig::load(&config).and_then(|config| {
+                tokio::runtime::Runtime::new()?.block_on(flotilla_agent::run_command::run(config))
+            })
+        }
         Command::Serve(args) => args
             .to_config()
             .and_then(|config| tokio::runtime::Runtime::new()?.block_on(serve(config))),

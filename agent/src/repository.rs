@@ -84,7 +84,10 @@ pub struct ReloadReport {
 
 #[derive(Debug)]
 pub struct ModelRepository {
-    sources: Vec<ModelSource>,
+    sources: RwLock<Vec<ModelSource>>,
+    /// Default versions chosen by the caller (the hub-driven install pins the version it
+    /// switched to). Unpinned models default to their highest version.
+    pins: RwLock<BTreeMap<String, u64>>,
     snapshot: RwLock<Arc<BTreeMap<String, Versions>>>,
     /// Versions whose file failed to load, with the fingerprint that failed: not retried
     /// until the file changes, so a bad file is reported once, not at every poll.
@@ -126,7 +129,8 @@ impl ModelRepository {
             snapshot.insert(source.name.clone(), versions);
         }
         Ok(ModelRepository {
-            sources,
+            sources: RwLock::new(sources),
+            pins: RwLock::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(snapshot)),
             failed: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -140,14 +144,49 @@ impl ModelRepository {
             .clone()
     }
 
-    /// The model version to run: `version` if given, else the highest.
+    /// Serves another model from now on (an empty repository is fine: the agent starts
+    /// with no model before its first install). Loading happens at the next `reload`.
+    pub fn add_source(&self, model: &ModelConfig) {
+        let mut sources = self
+            .sources
+            .write()
+            .expect("sources lock is never poisoned");
+        if !sources.iter().any(|s| s.name == model.name) {
+            sources.push(ModelSource {
+                name: model.name.clone(),
+                path: model.path.clone(),
+                settings: model.session_settings(),
+            });
+        }
+    }
+
+    /// Makes `version` the default of `name` in one step (it must be loaded). This is the
+    /// atomic switch of an install: requests already running keep their version.
+    pub fn pin(&self, name: &str, version: u64) -> Result<(), LookupError> {
+        self.get(name, Some(&version.to_string()))?;
+        self.pins
+            .write()
+            .expect("pins lock is never poisoned")
+            .insert(name.to_owned(), version);
+        Ok(())
+    }
+
+    /// The model version to run: `version` if given, else the pinned one, else the highest.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, LookupError> {
         let snapshot = self.snapshot();
         let versions = snapshot
             .get(name)
             .ok_or_else(|| LookupError::UnknownModel(name.to_owned()))?;
+        let pinned = self
+            .pins
+            .read()
+            .expect("pins lock is never poisoned")
+            .get(name)
+            .copied();
         let entry = match version {
-            None => versions.values().next_back(),
+            None => pinned
+                .and_then(|v| versions.get(&v))
+                .or_else(|| versions.values().next_back()),
             Some(text) => text.parse::<u64>().ok().and_then(|v| versions.get(&v)),
         };
         entry
@@ -172,13 +211,18 @@ impl ModelRepository {
     }
 
     pub fn is_known(&self, name: &str) -> bool {
-        self.sources.iter().any(|s| s.name == name)
+        self.sources
+            .read()
+            .expect("sources lock is never poisoned")
+            .iter()
+            .any(|s| s.name == name)
     }
 
     /// Whether every configured model has a version to serve.
     pub fn all_ready(&self) -> bool {
         let snapshot = self.snapshot();
-        self.sources
+        let sources = self.sources.read().expect("sources lock is never poisoned");
+        sources
             .iter()
             .all(|s| snapshot.get(&s.name).is_some_and(|v| !v.is_empty()))
     }
@@ -223,8 +267,13 @@ impl ModelRepository {
         let _one_reload_at_a_time = self.reload_lock.lock().await;
         let mut report = ReloadReport::default();
         let mut next = (*self.snapshot()).clone();
-        for source in self
+        // A copy: loading takes long, and the list must not stay locked meanwhile.
+        let sources: Vec<ModelSource> = self
             .sources
+            .read()
+            .expect("sources lock is never poisoned")
+            .clone();
+        for source in sources
             .iter()
             .filter(|s| only.is_none_or(|name| s.name == name))
         {

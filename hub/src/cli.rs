@@ -43,6 +43,25 @@ pub enum Command {
     /// One-time enrollment tokens for devices.
     #[command(subcommand, name = "enroll-token")]
     EnrollToken(EnrollTokenCommand),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Set MODEL at VERSION (a number or alias) as desired on the devices matching --to.
+    Deploy {
+        model: String,
+        version: String,
+        /// Label selector, k=v[,k=v]; empty for every device.
+        #[arg(long, default_value = "")]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List devices: online, last seen, serving versions, last install outcome.
+    List,
+    /// One device, with its desired state.
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +365,83 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             answer
+        }
+        Command::Deploy { model, version, to } => {
+            let body = serde_json::json!({"model": model, "version": version, "selector": to});
+            let answer = client
+                .json(Method::POST, "/api/v1/deployments", Some(body))
+                .await?;
+            if !cli.json {
+                let count = answer["devices"].as_array().map(Vec::len).unwrap_or(0);
+                println!(
+                    "{model} version {} set as desired on {count} device(s)",
+                    answer["version"]
+                );
+                return Ok(());
+            }
+            answer
+        }
+        Command::Device(DeviceCommand::List) => {
+            let answer = client.json(Method::GET, "/api/v1/devices", None).await?;
+            if !cli.json {
+                println!(
+                    "{:<22} {:<8} {:>11}  {:<24} {:<28} LAST OUTCOME",
+                    "DEVICE", "STATE", "LAST SEEN", "LABELS", "SERVING"
+                );
+                for device in answer.as_array().into_iter().flatten() {
+                    let labels: Vec<String> = device["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect();
+                    let serving: Vec<String> = device["serving"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}@{v}"))
+                        .collect();
+                    let outcome = device["last_outcomes"]
+                        .as_array()
+                        .and_then(|o| o.last())
+                        .map(|o| {
+                            let mut text = format!(
+                                "{}@{} {}",
+                                o["model"].as_str().unwrap_or(""),
+                                o["version"],
+                                o["state"].as_str().unwrap_or("")
+                            );
+                            if let Some(reason) = o["reason"].as_str() {
+                                text.push_str(&format!(": {reason}"));
+                            }
+                            text
+                        });
+                    println!(
+                        "{:<22} {:<8} {:>11}  {:<24} {:<28} {}",
+                        device["id"].as_str().unwrap_or(""),
+                        if device["online"].as_bool() == Some(true) {
+                            "online"
+                        } else {
+                            "offline"
+                        },
+                        device["last_seen"].to_string(),
+                        labels.join(","),
+                        serving.join(","),
+                        outcome.unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            answer
+        }
+        Command::Device(DeviceCommand::Show { id }) => {
+            client
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/devices/{}", query_escape(&id)),
+                    None,
+                )
+                .await?
         }
         Command::EnrollToken(EnrollTokenCommand::Create { labels, ttl }) => {
             let labels = parse_labels(&labels).map_err(anyhow::Error::msg)?;

@@ -30,9 +30,10 @@ pub mod topics {
     pub fn status(device_id: &str) -> String {
         format!("{PREFIX}/{device_id}/status")
     }
-    /// What the hub subscribes to for every device's reports and status.
-    pub const HUB_REPORTED: &str = "$share/hub/flotilla/v1/devices/+/reported";
-    pub const HUB_STATUS: &str = "$share/hub/flotilla/v1/devices/+/status";
+    /// What the hub subscribes to for every device's reports and status. One share group
+    /// per filter: rumqttd rotates a group across all its filters, which would drop messages.
+    pub const HUB_REPORTED: &str = "$share/hub-reported/flotilla/v1/devices/+/reported";
+    pub const HUB_STATUS: &str = "$share/hub-status/flotilla/v1/devices/+/status";
 
     /// The device id in a `flotilla/v1/devices/{id}/...` topic.
     pub fn device_of(topic: &str) -> Option<&str> {

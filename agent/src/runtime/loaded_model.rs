@@ -78,6 +78,53 @@ impl LoadedModel {
         })
     }
 
+    /// Runs the model once on an input derived from its schema (zeros, empty strings, dynamic
+    /// dimensions as 1): proof that it really runs before it is switched on.
+    pub async fn smoke_test(&self) -> Result<(), InferError> {
+        use flotilla_proto::inference::{Datatype, TensorData};
+        let inputs = self
+            .signature
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = spec
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 0 { 1 } else { d })
+                    .collect();
+                let count = shape.iter().product::<i64>().max(0) as usize;
+                let data = match spec.datatype {
+                    Datatype::Bool => TensorData::Bool(vec![false; count]),
+                    Datatype::Uint8 => TensorData::Uint8(vec![0; count]),
+                    Datatype::Uint16 => TensorData::Uint16(vec![0; count]),
+                    Datatype::Uint32 => TensorData::Uint32(vec![0; count]),
+                    Datatype::Uint64 => TensorData::Uint64(vec![0; count]),
+                    Datatype::Int8 => TensorData::Int8(vec![0; count]),
+                    Datatype::Int16 => TensorData::Int16(vec![0; count]),
+                    Datatype::Int32 => TensorData::Int32(vec![0; count]),
+                    Datatype::Int64 => TensorData::Int64(vec![0; count]),
+                    Datatype::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; count]),
+                    Datatype::Fp32 => TensorData::Fp32(vec![0.0; count]),
+                    Datatype::Fp64 => TensorData::Fp64(vec![0.0; count]),
+                    Datatype::Bf16 => TensorData::Bf16(vec![half::bf16::ZERO; count]),
+                    Datatype::Bytes => TensorData::Bytes(vec![Vec::new(); count]),
+                };
+                NamedTensor {
+                    name: spec.name.clone(),
+                    shape,
+                    data,
+                }
+            })
+            .collect();
+        let outputs = self
+            .signature
+            .outputs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        self.infer(inputs, outputs).await.map(|_| ())
+    }
+
     /// Runs the model; `outputs` names the outputs to return, in order.
     pub async fn infer(
         &self,

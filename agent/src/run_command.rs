@@ -1,0 +1,244 @@
+//! `flotilla-agent run --config agent.toml`: a device following its hub. Enrolls on first
+//! start, serves what is installed at once, then follows the signed desired state.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flotilla_common::backoff::{backoff_delay, random_jitter};
+use flotilla_common::signing::SigningKey;
+use flotilla_common::trust::verify_initial_root;
+use flotilla_proto::control::EnrollRequest;
+use serde::Deserialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::repository::ModelRepository;
+use crate::runtime::init_onnx_runtime;
+use crate::server::{AppState, start};
+use crate::store::AgentStore;
+use crate::sync::{InstalledModelSettings, Syncer, now_unix};
+use crate::transport::http::{HttpError, HubHttp};
+use crate::transport::mqtt::AgentMqtt;
+
+/// `flotilla-agent run` settings (agent.toml). Relative paths are relative to the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The hub's API, e.g. "http://hub.example:7070": enrollment and artifact downloads.
+    pub hub: String,
+    /// One-time enrollment token (flotilla enroll-token create); needed on first start only.
+    #[serde(default)]
+    pub enrollment_token: Option<String>,
+    /// Where the agent keeps its key, state database and installed models.
+    pub state_dir: PathBuf,
+    /// Unix socket for local inference.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Loopback TCP address for local inference.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// Path of libonnxruntime.so.1.31.1.
+    #[serde(default)]
+    pub ort_lib: Option<PathBuf>,
+    /// Sessions per installed model (default: CPU cores).
+    #[serde(default)]
+    pub sessions: Option<usize>,
+    /// ONNX Runtime threads inside one request (default 1).
+    #[serde(default)]
+    pub intra_op_threads: Option<usize>,
+    /// Hardware facts reported at enrollment, beside the detected ones.
+    #[serde(default)]
+    pub hardware: BTreeMap<String, String>,
+}
+
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+
+impl RunConfig {
+    pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
+        let mut config: RunConfig = flotilla_common::config_file::load_toml(path)?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            Some(&mut config.state_dir),
+            config.socket.as_mut(),
+            config.ort_lib.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = folder.join(&*p);
+            }
+        }
+        if config.socket.is_none() && config.http.is_none() {
+            bail!(
+                "{}: give socket and/or http so device apps can reach the agent",
+                path.display()
+            );
+        }
+        Ok(config)
+    }
+
+    fn serve_config(&self) -> ServeConfig {
+        ServeConfig {
+            socket: self.socket.clone(),
+            socket_mode: self.socket_mode.clone(),
+            http: self.http,
+            ort_lib: self.ort_lib.clone(),
+            ..ServeConfig::default()
+        }
+    }
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return SigningKey::from_hex(&text)
+            .with_context(|| format!("device key {} is damaged", path.display()));
+    }
+    let key = SigningKey::generate()?;
+    let folder = path.parent().expect("key path has a folder");
+    let mut file = tempfile::NamedTempFile::new_in(folder)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(key.to_hex().as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    tracing::info!(key_id = %key.key_id(), "device key created");
+    Ok(key)
+}
+
+fn detected_hardware(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut hardware = BTreeMap::from([
+        ("arch".to_owned(), std::env::consts::ARCH.to_owned()),
+        ("os".to_owned(), std::env::consts::OS.to_owned()),
+        (
+            "cpus".to_owned(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string(),
+        ),
+    ]);
+    hardware.extend(extra.clone());
+    hardware
+}
+
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    init_onnx_runtime(config.ort_lib.as_deref())?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state folder {}", config.state_dir.display()))?;
+    let key = Arc::new(load_or_create_key(&config.state_dir.join("device.key"))?);
+    let store = Arc::new(AgentStore::open(&config.state_dir.join("agent.db"))?);
+    let http = HubHttp::new(&config.hub)?;
+
+    let enrollment = match store.enrollment()? {
+        Some(enrollment) => enrollment,
+        None => {
+            let token = config.enrollment_token.clone().context("this device is not enrolled: set enrollment_token in the config (flotilla enroll-token create makes one)")?;
+            let request = EnrollRequest {
+                token,
+                public_key: key.public_key(),
+                hardware: detected_hardware(&config.hardware),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let mut attempt = 0;
+            let enrollment = loop {
+                match http.enroll(&request).await {
+                    Ok(enrollment) => break enrollment,
+                    Err(HttpError::Refused { status, message }) => {
+                        bail!("enrollment refused ({status}): {message}")
+                    }
+                    Err(error) => {
+                        let delay = backoff_delay(
+                            attempt,
+                            Duration::from_millis(500),
+                            Duration::from_secs(60),
+                            random_jitter(),
+                        );
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot enroll yet");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                }
+            };
+            verify_initial_root(&enrollment.root, now_unix())
+                .context("the hub's root metadata does not verify")?;
+            store.set_enrollment(&enrollment)?;
+            tracing::info!(device = %enrollment.device_id, "enrolled");
+            enrollment
+        }
+    };
+    let root = verify_initial_root(&enrollment.root, now_unix())
+        .context("the pinned root metadata no longer verifies")?;
+
+    let settings = InstalledModelSettings {
+        sessions: config.sessions,
+        intra_op_threads: config.intra_op_threads,
+        queue_depth: None,
+    };
+    let models_dir = config.state_dir.join("models");
+    let repository = Arc::new(tokio::task::spawn_blocking(|| ModelRepository::load(&[])).await??);
+    Syncer::restore_serving(&repository, &store, &models_dir, &settings)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let serve_config = config.serve_config();
+    let state = AppState {
+        repository: repository.clone(),
+        metrics: Arc::new(Metrics::default()),
+        max_body_bytes: serve_config.max_body_bytes,
+    };
+    let server = start(&serve_config, state).await?;
+    let mut ready = format!("flotilla-agent ready device={}", enrollment.device_id);
+    if let Some(path) = &server.socket {
+        ready.push_str(&format!(" socket={}", path.display()));
+    }
+    if let Some(address) = server.http {
+        ready.push_str(&format!(" http={address}"));
+    }
+    println!("{ready}");
+
+    let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
+    let mqtt = AgentMqtt::start(
+        &enrollment.mqtt,
+        &enrollment.device_id,
+        key.clone(),
+        now_unix(),
+        desired_tx,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let artifacts = HubHttp::new(&enrollment.artifacts_http)?;
+    let syncer = Syncer {
+        device_id: enrollment.device_id.clone(),
+        key,
+        root,
+        store,
+        repository,
+        http: artifacts,
+        mqtt,
+        models_dir,
+        downloads_dir: config.state_dir.join("downloads"),
+        settings,
+    };
+    tokio::spawn(syncer.run(desired_rx));
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown();
+    server.wait().await;
+    Ok(())
+}

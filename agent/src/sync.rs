@@ -1,0 +1,416 @@
+//! Following the hub: accept a signed desired state, install what it names step by step
+//! (`install.rs` decides the order), and report. Serving never stops: a failed install keeps
+//! the running version, and the report says which step failed and why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_common::backoff::{backoff_delay, random_jitter};
+use flotilla_common::signing::{SigningKey, sign_envelope, verify_envelope};
+use flotilla_common::trust::verify_manifest;
+use flotilla_proto::control::{
+    DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, InstallOutcome, InstallState,
+    REPORTED_PAYLOAD_TYPE, ReportedState,
+};
+use flotilla_proto::trust::{Envelope, ModelManifest, RootMetadata};
+use tokio::sync::mpsc;
+
+use crate::config::ModelConfig;
+use crate::install::{Progress, Step, after, installs_needed};
+use crate::repository::{ModelRepository, VERSION_FILE_NAME};
+use crate::store::AgentStore;
+use crate::transport::http::HubHttp;
+use crate::transport::mqtt::AgentMqtt;
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Sessions and threads for models the hub installs.
+#[derive(Debug, Clone)]
+pub struct InstalledModelSettings {
+    pub sessions: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+    pub queue_depth: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Syncer {
+    pub device_id: String,
+    pub key: Arc<SigningKey>,
+    pub root: RootMetadata,
+    pub store: Arc<AgentStore>,
+    pub repository: Arc<ModelRepository>,
+    pub http: HubHttp,
+    pub mqtt: AgentMqtt,
+    pub models_dir: PathBuf,
+    pub downloads_dir: PathBuf,
+    pub settings: InstalledModelSettings,
+}
+
+impl Syncer {
+    pub fn model_config(
+        models_dir: &Path,
+        name: &str,
+        settings: &InstalledModelSettings,
+    ) -> ModelConfig {
+        ModelConfig {
+            name: name.to_owned(),
+            path: models_dir.join(name),
+            sessions: settings.sessions,
+            intra_op_threads: settings.intra_op_threads,
+            queue_depth: settings.queue_depth,
+        }
+    }
+
+    /// Serves what was installed before this start, at the versions recorded as serving.
+    pub async fn restore_serving(
+        repository: &ModelRepository,
+        store: &AgentStore,
+        models_dir: &Path,
+        settings: &InstalledModelSettings,
+    ) -> Result<(), String> {
+        for (name, version) in store.serving().map_err(|e| e.to_string())? {
+            repository.add_source(&Self::model_config(models_dir, &name, settings));
+            let report = repository.reload(Some(&name)).await;
+            for error in report.errors {
+                tracing::warn!("restoring {name}: {error}");
+            }
+            repository
+                .pin(&name, version)
+                .map_err(|e| format!("cannot serve {name} version {version} after restart: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn run(self, mut desired: mpsc::Receiver<Vec<u8>>) {
+        while let Some(payload) = desired.recv().await {
+            match self.accept_desired(&payload) {
+                Ok(Some(state)) => {
+                    for entry in
+                        installs_needed(&state.models, &self.store.serving().unwrap_or_default())
+                    {
+                        let outcome = self.install(entry).await;
+                        if let Err(error) = self.store.record_outcome(&outcome) {
+                            tracing::error!(%error, "cannot record the install outcome");
+                        }
+                        self.report(state.sequence).await;
+                    }
+                    self.report(state.sequence).await;
+                }
+                Ok(None) => {
+                    tracing::info!("ignoring a desired state older than the one already followed")
+                }
+                Err(reason) => tracing::warn!(%reason, "desired state refused"),
+            }
+        }
+    }
+
+    /// Checks a desired state before anything is trusted or stored: hub signature, this
+    /// device, unexpired, not older than the newest one followed. `None` for an older one.
+    pub fn accept_desired(&self, payload: &[u8]) -> Result<Option<DesiredState>, String> {
+        let envelope: Envelope =
+            serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
+        verify_envelope(
+            &envelope,
+            DESIRED_PAYLOAD_TYPE,
+            &self.root.signing_keys,
+            self.root.signing_threshold,
+        )
+        .map_err(|e| format!("signature: {e}"))?;
+        let state: DesiredState =
+            serde_json::from_str(&envelope.payload).map_err(|e| format!("payload: {e}"))?;
+        let now = now_unix();
+        if state.device_id != self.device_id {
+            return Err(format!(
+                "it is for device {}, not {}",
+                state.device_id, self.device_id
+            ));
+        }
+        if state.expires <= now || self.root.expires <= now {
+            return Err(format!(
+                "it expired at {} (root at {}); the hub must re-sign",
+                state.expires, self.root.expires
+            ));
+        }
+        let followed = self.store.desired_sequence().map_err(|e| e.to_string())?;
+        if state.sequence < followed {
+            return Ok(None);
+        }
+        self.store
+            .set_desired_sequence(state.sequence)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(state))
+    }
+
+    fn version_dir(&self, model: &str, version: u64) -> PathBuf {
+        self.models_dir.join(model).join(version.to_string())
+    }
+
+    /// Runs the install steps in order; the first failure ends it.
+    pub async fn install(&self, entry: &DesiredModel) -> InstallOutcome {
+        tracing::info!(model = %entry.name, version = entry.version, "installing");
+        let mut manifest: Option<ModelManifest> = None;
+        let replaced = self
+            .store
+            .serving()
+            .unwrap_or_default()
+            .get(&entry.name)
+            .copied();
+        let mut step = Step::FIRST;
+        loop {
+            let result = self.run_step(step, entry, &mut manifest).await;
+            match after(step, result) {
+                Progress::Next(next) => step = next,
+                Progress::Installed => {
+                    let outcome = self.outcome(entry, InstallState::Installed, None, None);
+                    let document_version =
+                        manifest.as_ref().map(|m| m.document_version).unwrap_or(0);
+                    if let Err(error) = self.store.record_installed(
+                        &entry.name,
+                        entry.version,
+                        document_version,
+                        &outcome,
+                    ) {
+                        tracing::error!(%error, "cannot record the install");
+                    }
+                    self.clean_up(&entry.name, entry.version, replaced).await;
+                    tracing::info!(model = %entry.name, version = entry.version, "installed and serving");
+                    return outcome;
+                }
+                Progress::Failed { step, reason } => {
+                    tracing::warn!(model = %entry.name, version = entry.version, step = step.name(), %reason, "install failed; still serving the previous version");
+                    if matches!(step, Step::Load | Step::SmokeTest) {
+                        // Never leave a version that failed its checks where it could be served.
+                        let _ =
+                            std::fs::remove_dir_all(self.version_dir(&entry.name, entry.version));
+                        self.repository.reload(Some(&entry.name)).await;
+                    }
+                    return self.outcome(
+                        entry,
+                        InstallState::Failed,
+                        Some(step.name().to_owned()),
+                        Some(reason),
+                    );
+                }
+            }
+        }
+    }
+
+    fn outcome(
+        &self,
+        entry: &DesiredModel,
+        state: InstallState,
+        step: Option<String>,
+        reason: Option<String>,
+    ) -> InstallOutcome {
+        InstallOutcome {
+            model: entry.name.clone(),
+            version: entry.version,
+            state,
+            step,
+            reason,
+            at: now_unix(),
+        }
+    }
+
+    async fn run_step(
+        &self,
+        step: Step,
+        entry: &DesiredModel,
+        manifest: &mut Option<ModelManifest>,
+    ) -> Result<(), String> {
+        match step {
+            Step::VerifyManifest => {
+                let trusted = self.store.trusted(&entry.name).map_err(|e| e.to_string())?;
+                let checked = verify_manifest(
+                    &self.root,
+                    &entry.manifest,
+                    now_unix(),
+                    trusted,
+                    entry.rollback,
+                )
+                .map_err(|e| e.to_string())?;
+                if checked.model != entry.name || checked.version != entry.version {
+                    return Err(format!(
+                        "manifest is for {} version {}, desired state says {} version {}",
+                        checked.model, checked.version, entry.name, entry.version
+                    ));
+                }
+                *manifest = Some(checked);
+                Ok(())
+            }
+            Step::Download => {
+                let m = manifest.as_ref().expect("verified before download");
+                let installed = self
+                    .version_dir(&m.model, m.version)
+                    .join(VERSION_FILE_NAME);
+                if crate::transport::http::file_sha256(&installed)
+                    .is_ok_and(|(sha, _)| sha == m.artifact_sha256)
+                {
+                    return Ok(());
+                }
+                std::fs::create_dir_all(&self.downloads_dir)
+                    .map_err(|e| format!("cannot create {}: {e}", self.downloads_dir.display()))?;
+                let part = self
+                    .downloads_dir
+                    .join(format!("{}.part", m.artifact_sha256));
+                let mut attempt = 0;
+                loop {
+                    match self
+                        .http
+                        .download(&m.artifact_sha256, &part, m.artifact_size)
+                        .await
+                    {
+                        Ok(()) => return Ok(()),
+                        Err(error @ crate::transport::http::HttpError::TooLarge { .. }) => {
+                            return Err(error.to_string());
+                        }
+                        Err(error) if attempt >= 4 => return Err(error.to_string()),
+                        Err(error) => {
+                            let delay = backoff_delay(
+                                attempt,
+                                Duration::from_millis(200),
+                                Duration::from_secs(10),
+                                random_jitter(),
+                            );
+                            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                    }
+                }
+            }
+            Step::CheckArtifact => {
+                let m = manifest
+                    .as_ref()
+                    .expect("verified before the artifact check");
+                let target_dir = self.version_dir(&m.model, m.version);
+                let installed = target_dir.join(VERSION_FILE_NAME);
+                if crate::transport::http::file_sha256(&installed)
+                    .is_ok_and(|(sha, _)| sha == m.artifact_sha256)
+                {
+                    return Ok(());
+                }
+                let part = self
+                    .downloads_dir
+                    .join(format!("{}.part", m.artifact_sha256));
+                let (sha, size) = crate::transport::http::file_sha256(&part)
+                    .map_err(|e| format!("cannot read the download: {e}"))?;
+                if size != m.artifact_size || sha != m.artifact_sha256 {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(format!(
+                        "artifact does not match its signed manifest (sha256 {sha}, {size} bytes; manifest says {}, {} bytes): tampered or corrupted, discarded",
+                        m.artifact_sha256, m.artifact_size
+                    ));
+                }
+                place_verified(&part, &target_dir)
+                    .map_err(|e| format!("cannot install the artifact: {e}"))
+            }
+            Step::Load => {
+                self.repository.add_source(&Self::model_config(
+                    &self.models_dir,
+                    &entry.name,
+                    &self.settings,
+                ));
+                let report = self.repository.reload(Some(&entry.name)).await;
+                if let Some(error) = report
+                    .errors
+                    .iter()
+                    .find(|e| e.contains(&format!("version {}", entry.version)))
+                {
+                    return Err(error.clone());
+                }
+                self.repository
+                    .get(&entry.name, Some(&entry.version.to_string()))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Step::SmokeTest => {
+                let model = self
+                    .repository
+                    .get(&entry.name, Some(&entry.version.to_string()))
+                    .map_err(|e| e.to_string())?;
+                model.smoke_test().await.map_err(|e| e.to_string())
+            }
+            Step::Switch => self
+                .repository
+                .pin(&entry.name, entry.version)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Keeps the new version and the one it replaced (for instant rollback); removes older
+    /// version folders and downloads, then unloads them.
+    async fn clean_up(&self, model: &str, version: u64, previous: Option<u64>) {
+        if let Ok(entries) = std::fs::read_dir(self.models_dir.join(model)) {
+            for entry in entries.flatten() {
+                let keep = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|v| v == version || Some(v) == previous);
+                if !keep {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.downloads_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        self.repository.reload(Some(model)).await;
+    }
+
+    /// Publishes a signed report of what is served and how installs went.
+    pub async fn report(&self, desired_sequence: u64) {
+        let report = ReportedState {
+            device_id: self.device_id.clone(),
+            desired_sequence,
+            at: now_unix(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            serving: self.store.serving().unwrap_or_default(),
+            outcomes: self
+                .store
+                .outcomes()
+                .unwrap_or_default()
+                .into_values()
+                .collect::<Vec<_>>(),
+        };
+        let envelope = sign_envelope(
+            REPORTED_PAYLOAD_TYPE,
+            serde_json::to_string(&report).expect("report serializes"),
+            &[&self.key],
+        );
+        self.mqtt
+            .publish_report(serde_json::to_vec(&envelope).expect("envelope serializes"))
+            .await;
+    }
+}
+
+/// Moves a verified download into its version folder: written beside, fsynced, renamed, so
+/// a version folder appears whole or not at all (the repository loads whatever is there).
+fn place_verified(part: &Path, target_dir: &Path) -> std::io::Result<()> {
+    let model_dir = target_dir
+        .parent()
+        .expect("version folders have a model folder");
+    std::fs::create_dir_all(model_dir)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(model_dir)?;
+    let file = staging.path().join(VERSION_FILE_NAME);
+    std::fs::rename(part, &file)?;
+    std::fs::File::open(&file)?.sync_all()?;
+    if target_dir.exists() {
+        std::fs::remove_dir_all(target_dir)?;
+    }
+    let staging = staging.keep();
+    std::fs::rename(&staging, target_dir)?;
+    std::fs::File::open(model_dir)?.sync_all()?;
+    Ok(())
+}

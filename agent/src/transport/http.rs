@@ -1,0 +1,199 @@
+//! HTTP to the hub: enrollment, and artifact downloads that resume from the bytes already
+//! on disk and never write more than the manifest says the artifact holds.
+
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use flotilla_proto::control::{EnrollRequest, EnrollResponse};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("hub URL {0:?} is not http://HOST:PORT")]
+    BadUrl(String),
+    #[error("cannot reach the hub at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("hub answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("hub's answer is not valid: {0}")]
+    BadAnswer(String),
+    #[error("artifact is larger than its manifest says ({expected} bytes)")]
+    TooLarge { expected: u64 },
+    #[error("cannot write the download: {0}")]
+    Disk(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct HubHttp {
+    url: String,
+    authority: String,
+}
+
+impl HubHttp {
+    pub fn new(url: &str) -> Result<HubHttp, HttpError> {
+        let authority = url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+            .ok_or_else(|| HttpError::BadUrl(url.to_owned()))?;
+        Ok(HubHttp {
+            url: url.trim_end_matches('/').to_owned(),
+            authority: authority.to_owned(),
+        })
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
+        let unreachable = |cause: String| HttpError::Unreachable {
+            url: self.url.clone(),
+            cause,
+        };
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(connection);
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))
+    }
+
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+    }
+
+    pub async fn enroll(&self, enroll: &EnrollRequest) -> Result<EnrollResponse, HttpError> {
+        let body = Bytes::from(serde_json::to_vec(enroll).expect("enroll request serializes"));
+        let request = self
+            .request(Method::POST, "/api/v1/enroll")
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .expect("valid request");
+        let response = self.send(request).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| HttpError::BadAnswer(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(refused(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| HttpError::BadAnswer(e.to_string()))
+    }
+
+    /// Downloads artifact `sha256` into `part`, continuing from what `part` already holds.
+    /// Returns once `part` holds `expected_size` bytes; the caller checks the hash.
+    pub async fn download(
+        &self,
+        sha256: &str,
+        part: &Path,
+        expected_size: u64,
+    ) -> Result<(), HttpError> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(part)?;
+        let mut have = file.metadata()?.len();
+        if have > expected_size {
+            file.set_len(0)?;
+            have = 0;
+        }
+        if have == expected_size {
+            return Ok(());
+        }
+        let mut request = self.request(Method::GET, &format!("/api/v1/artifacts/{sha256}"));
+        if have > 0 {
+            request = request.header("range", format!("bytes={have}-"));
+        }
+        let response = self
+            .send(
+                request
+                    .body(Full::new(Bytes::new()))
+                    .expect("valid request"),
+            )
+            .await?;
+        let status = response.status();
+        if status == StatusCode::OK && have > 0 {
+            // The server ignored the range: start over.
+            file.set_len(0)?;
+            have = 0;
+        } else if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refused(status, &body));
+        }
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| HttpError::Unreachable {
+                url: self.url.clone(),
+                cause: format!("download interrupted: {e}"),
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            have += data.len() as u64;
+            if have > expected_size {
+                file.set_len(0)?;
+                return Err(HttpError::TooLarge {
+                    expected: expected_size,
+                });
+            }
+            file.write_all(&data)?;
+        }
+        file.sync_all()?;
+        if have < expected_size {
+            return Err(HttpError::Unreachable {
+                url: self.url.clone(),
+                cause: format!("download ended at {have} of {expected_size} bytes"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn refused(status: StatusCode, body: &[u8]) -> HttpError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    HttpError::Refused {
+        status: status.as_u16(),
+        message,
+    }
+}
+
+/// Hex SHA-256 and size of a file.
+pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
