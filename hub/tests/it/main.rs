@@ -1,5 +1,6 @@
 //! Integration tests of the hub: the real `flotilla-hub` and `flotilla` binaries, a real
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
+mod fleet;
 mod registry;
 mod support;

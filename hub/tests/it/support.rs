@@ -169,3 +169,147 @@ pub fn stderr_of_failure(output: &Output) -> String {
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The agent binary, built by `cargo test --workspace` beside this test's binaries.
+pub fn agent_binary() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let binary = deps.parent().unwrap().join("flotilla-agent");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with cargo test --workspace (deploy/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A `flotilla-agent run` process with its own state folder.
+#[derive(Debug)]
+pub struct AgentRun {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub device_id: String,
+}
+
+impl AgentRun {
+    /// Writes agent.toml for `hub` with `token` and starts the agent; waits for its ready line.
+    pub fn start(hub: &HubProcess, token: &str) -> Result<AgentRun, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n",
+            hub.url
+        );
+        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+        let mut agent = AgentRun {
+            child: None,
+            dir,
+            device_id: String::new(),
+        };
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// Starts (again) on the same state folder.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut child = Command::new(agent_binary())
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("agent.toml"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                self.device_id = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("device="))
+                    .unwrap_or_default()
+                    .to_owned();
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(self.log())
+            }
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs the scaler model on `x` over the agent's Unix socket; `(version, y)` or the error.
+    pub fn scale(&self, model: &str, x: f32) -> Result<(u64, f64), String> {
+        use std::io::{Read, Write};
+        let body =
+            format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[{x}]}}]}}"#);
+        let request = format!(
+            "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("agent.sock"))
+                .map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|_| answer.clone())?;
+        match (
+            value["model_version"].as_str(),
+            value["outputs"][0]["data"][0].as_f64(),
+        ) {
+            (Some(version), Some(y)) => Ok((version.parse().unwrap(), y)),
+            _ => Err(value.to_string()),
+        }
+    }
+
+    /// Waits until the agent serves `model` at `version` (checked by inference).
+    pub fn wait_serving(&self, model: &str, version: u64) {
+        for _ in 0..600 {
+            if self.scale(model, 1.0).is_ok_and(|(v, _)| v == version) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "agent {} never served {model} version {version}:\n{}",
+            self.device_id,
+            self.log()
+        );
+    }
+}
+
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}

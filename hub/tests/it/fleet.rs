@@ -1,0 +1,182 @@
+//! End to end with real processes on loopback: a hub with its embedded broker and several
+//! agents. Push, deploy, every agent serves the new version through its inference socket;
+//! rollback; a tampered artifact is refused and the old version keeps serving; kill -9.
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::json;
+
+use crate::support::*;
+
+async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
+    let labels = flotilla_hub::data_dir::parse_labels(labels).unwrap();
+    let answer = hub
+        .operator()
+        .json(
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(json!({"labels": labels, "ttl_seconds": 600})),
+        )
+        .await
+        .unwrap();
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
+    hub.operator()
+        .upload(
+            "/api/v1/models/scaler/versions",
+            std::fs::read(fixture(fixture_name)).unwrap().into(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn deploy(hub: &HubProcess, version: &str, selector: &str) -> serde_json::Value {
+    hub.operator()
+        .json(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"model": "scaler", "version": version, "selector": selector})),
+        )
+        .await
+        .unwrap()
+}
+
+async fn device(hub: &HubProcess, id: &str) -> serde_json::Value {
+    hub.reader()
+        .json(Method::GET, &format!("/api/v1/devices/{id}"), None)
+        .await
+        .unwrap()
+}
+
+/// Waits until the hub's inventory shows what the device reported.
+async fn wait_reported(
+    hub: &HubProcess,
+    id: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..300 {
+        let value = device(hub, id).await;
+        if check(&value) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "device {id} never reported as expected: {}",
+        device(hub, id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_deploy_upgrade_rollback_and_survive_kill_9() {
+    let mut hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let mut agents = Vec::new();
+    for labels in ["region=eu", "region=eu", "region=us"] {
+        let token = enroll_token(&hub, labels).await;
+        agents.push(AgentRun::start(&hub, &token).unwrap());
+    }
+
+    // Everyone gets version 1.
+    let answer = deploy(&hub, "1", "").await;
+    assert_eq!(answer["devices"].as_array().unwrap().len(), 3);
+    for agent in &agents {
+        agent.wait_serving("scaler", 1);
+        assert_eq!(agent.scale("scaler", 3.0).unwrap(), (1, 3.0));
+        wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 1).await;
+    }
+
+    // Only region=eu moves to version 2.
+    deploy(&hub, "2", "region=eu").await;
+    agents[0].wait_serving("scaler", 2);
+    agents[1].wait_serving("scaler", 2);
+    assert_eq!(agents[0].scale("scaler", 3.0).unwrap(), (2, 6.0));
+    assert_eq!(
+        agents[2].scale("scaler", 3.0).unwrap(),
+        (1, 3.0),
+        "region=us untouched"
+    );
+    let reported = wait_reported(&hub, &agents[0].device_id, |d| d["serving"]["scaler"] == 2).await;
+    assert_eq!(reported["last_outcomes"][0]["state"], "installed");
+    assert_eq!(reported["labels"]["region"], "eu");
+
+    // Rollback to 1: the kept previous version, named as a rollback by the signed desired state.
+    deploy(&hub, "1", "region=eu").await;
+    agents[0].wait_serving("scaler", 1);
+    agents[1].wait_serving("scaler", 1);
+
+    // kill -9, hub gone too: the agent restarts serving its last good version by itself.
+    hub.stop();
+    agents[0].kill_9();
+    agents[0].restart().unwrap();
+    assert_eq!(agents[0].scale("scaler", 2.0).unwrap(), (1, 2.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_artifact_is_refused_and_the_running_version_keeps_serving() {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    let v2 = push(&hub, "scaler_v2.onnx").await;
+    let token = enroll_token(&hub, "site=lab").await;
+    let agent = AgentRun::start(&hub, &token).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+
+    // Flip one byte of version 2 on the hub's disk.
+    let sha = v2["sha256"].as_str().unwrap();
+    let path = hub
+        .data_dir()
+        .join("artifacts/sha256")
+        .join(&sha[..2])
+        .join(sha);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    deploy(&hub, "2", "").await;
+    let reported = wait_reported(&hub, &agent.device_id, |d| {
+        d["last_outcomes"][0]["state"] == "failed"
+    })
+    .await;
+    let outcome = &reported["last_outcomes"][0];
+    assert_eq!(outcome["step"], "check_artifact");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its signed manifest"),
+        "{outcome}"
+    );
+    assert_eq!(reported["serving"]["scaler"], 1);
+    assert_eq!(
+        agent.scale("scaler", 5.0).unwrap(),
+        (1, 5.0),
+        "the old version keeps serving"
+    );
+    let versions = std::fs::read_dir(agent.dir.path().join("state/models/scaler"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        versions, 1,
+        "nothing unverified was written where models are loaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_tokens_work_once() {
+    let hub = HubProcess::start();
+    let token = enroll_token(&hub, "").await;
+    let _first = AgentRun::start(&hub, &token).unwrap();
+    let refused = AgentRun::start(&hub, &token).unwrap_err();
+    assert!(
+        refused.contains("enrollment refused (403)") && refused.contains("already used"),
+        "{refused}"
+    );
+    let refused = AgentRun::start(&hub, "flo_enroll_forged").unwrap_err();
+    assert!(refused.contains("enrollment refused (401)"), "{refused}");
+}
