@@ -180,3 +180,26 @@ async fn enrollment_tokens_work_once() {
     let refused = AgentRun::start(&hub, "flo_enroll_forged").unwrap_err();
     assert!(refused.contains("enrollment refused (401)"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_flow_through_an_external_mosquitto_broker() {
+    let mosquitto = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let hub = HubProcess::start_with(&["--mqtt-url", &url]);
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let mut agents = Vec::new();
+    for _ in 0..2 {
+        let token = enroll_token(&hub, "broker=mosquitto").await;
+        agents.push(AgentRun::start(&hub, &token).unwrap());
+    }
+    deploy(&hub, "2", "broker=mosquitto").await;
+    for agent in &agents {
+        agent.wait_serving("scaler", 2);
+        let reported = wait_reported(&hub, &agent.device_id, |d| {
+            d["serving"]["scaler"] == 2 && d["online"] == true
+        })
+        .await;
+        assert_eq!(reported["last_outcomes"][0]["state"], "installed");
+    }
+}

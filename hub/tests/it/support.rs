@@ -31,11 +31,18 @@ pub struct HubProcess {
     pub url: String,
     pub operator_token: String,
     pub read_token: String,
+    /// Extra `serve` flags (e.g. an external broker).
+    pub serve_flags: Vec<String>,
 }
 
 impl HubProcess {
     /// `flotilla-hub init` in a temp folder, then `serve` on a free loopback port.
     pub fn start() -> HubProcess {
+        Self::start_with(&[])
+    }
+
+    /// `start`, with extra `serve` flags.
+    pub fn start_with(serve_flags: &[&str]) -> HubProcess {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
             .args(["init", "--data-dir"])
@@ -63,6 +70,7 @@ impl HubProcess {
             operator_token: token("operator token"),
             read_token: token("read-only token"),
             dir,
+            serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
         };
         hub.serve();
         hub
@@ -84,6 +92,7 @@ impl HubProcess {
                 "--data-dir",
             ])
             .arg(self.dir.path())
+            .args(&self.serve_flags)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("hub.log")).unwrap())
             .spawn()
@@ -311,5 +320,56 @@ impl AgentRun {
 impl Drop for AgentRun {
     fn drop(&mut self) {
         self.kill_9();
+    }
+}
+
+/// A Mosquitto broker (Debian package `mosquitto`, installed by .ci/run) on a free port.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let binary =
+            binary.expect("mosquitto is not installed: apt-get install mosquitto (.ci/run does)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Mosquitto {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("mosquitto did not start on port {port}");
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
