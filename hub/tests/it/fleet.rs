@@ -203,3 +203,83 @@ async fn the_same_flow_through_an_external_mosquitto_broker() {
         assert_eq!(reported["last_outcomes"][0]["state"], "installed");
     }
 }
+
+/// A report signed by another device's key (or by no enrolled key) on a device's topic is
+/// refused: a broker without ACLs cannot let one device speak for another.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_signed_by_another_device_are_refused() {
+    use flotilla_common::signing::{SigningKey, sign_envelope};
+    use flotilla_proto::control::{REPORTED_PAYLOAD_TYPE, ReportedState, topics};
+
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    let victim = AgentRun::start(&hub, &enroll_token(&hub, "role=victim").await).unwrap();
+    let attacker = AgentRun::start(&hub, &enroll_token(&hub, "role=attacker").await).unwrap();
+    deploy(&hub, "1", "role=victim").await;
+    victim.wait_serving("scaler", 1);
+    wait_reported(&hub, &victim.device_id, |d| d["serving"]["scaler"] == 1).await;
+
+    let attacker_key = SigningKey::from_hex(
+        &std::fs::read_to_string(attacker.dir.path().join("state/device.key")).unwrap(),
+    )
+    .unwrap();
+    let forged = ReportedState {
+        device_id: victim.device_id.clone(),
+        desired_sequence: 99,
+        at: 0,
+        agent_version: "forged".into(),
+        serving: [("scaler".to_owned(), 42)].into(),
+        outcomes: vec![],
+    };
+    let envelope = sign_envelope(
+        REPORTED_PAYLOAD_TYPE,
+        serde_json::to_string(&forged).unwrap(),
+        &[&attacker_key],
+    );
+    let port: u16 = hub.mqtt_port();
+    let mut options = rumqttc::MqttOptions::new("intruder", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+        .publish(
+            topics::reported(&victim.device_id),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&envelope).unwrap(),
+        )
+        .await
+        .unwrap();
+    let unsigned = serde_json::to_vec(&sign_envelope(
+        REPORTED_PAYLOAD_TYPE,
+        serde_json::to_string(&forged).unwrap(),
+        &[],
+    ))
+    .unwrap();
+    client
+        .publish(
+            topics::reported(&victim.device_id),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            unsigned,
+        )
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if hub.log().matches("device message rejected").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        hub.log().matches("device message rejected").count() >= 2,
+        "{}",
+        hub.log()
+    );
+    let after = device(&hub, &victim.device_id).await;
+    assert_eq!(
+        after["serving"]["scaler"], 1,
+        "the forged report changed nothing"
+    );
+    assert_ne!(after["agent_version"], "forged");
+}

@@ -31,6 +31,8 @@ pub struct HubProcess {
     pub url: String,
     pub operator_token: String,
     pub read_token: String,
+    /// The broker address from the ready line, HOST:PORT.
+    pub mqtt: String,
     /// Extra `serve` flags (e.g. an external broker).
     pub serve_flags: Vec<String>,
 }
@@ -67,6 +69,7 @@ impl HubProcess {
         let mut hub = HubProcess {
             child: None,
             url: String::new(),
+            mqtt: String::new(),
             operator_token: token("operator token"),
             read_token: token("read-only token"),
             dir,
@@ -74,6 +77,11 @@ impl HubProcess {
         };
         hub.serve();
         hub
+    }
+
+    /// The MQTT port the hub told us in its ready line.
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -111,6 +119,11 @@ impl HubProcess {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("api="))
             .expect("ready line names the API")
+            .to_owned();
+        self.mqtt = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("mqtt="))
+            .unwrap_or_default()
             .to_owned();
         self.child = Some(child);
     }
