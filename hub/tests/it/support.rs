@@ -359,7 +359,7 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .unwrap();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config)
             .stdout(Stdio::null())
@@ -376,6 +376,8 @@ impl Mosquitto {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("mosquitto did not start on port {port}");
     }
 }
