@@ -197,3 +197,175 @@ pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     }
     Ok((hex::encode(hasher.finalize()), size))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+
+    use axum::body::{Body, HttpBody};
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+
+    /// Sends `data` and then fails, like a connection cut mid-download.
+    struct CutBody(Option<Bytes>);
+
+    impl HttpBody for CutBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(match self.0.take() {
+                Some(data) => Ok(hyper::body::Frame::data(data)),
+                None => Err(std::io::Error::other("connection cut")),
+            }))
+        }
+    }
+
+    #[derive(Clone)]
+    struct Artifact {
+        bytes: Bytes,
+        /// The first full-range request is cut halfway.
+        cut_next: Arc<AtomicBool>,
+        /// Where the last request started, from its Range header.
+        last_start: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    async fn serve_artifact(State(artifact): State<Artifact>, headers: HeaderMap) -> Response {
+        let start: usize = headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.trim_end_matches('-').parse().ok())
+            .unwrap_or(0);
+        artifact.last_start.store(start, Ordering::SeqCst);
+        let rest = artifact.bytes.slice(start..);
+        let status = if start > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        if artifact.cut_next.swap(false, Ordering::SeqCst) {
+            let half = rest.slice(..rest.len() / 2);
+            return (
+                status,
+                [("content-length", rest.len().to_string())],
+                Body::new(CutBody(Some(half))),
+            )
+                .into_response();
+        }
+        (status, rest).into_response()
+    }
+
+    async fn start(bytes: Vec<u8>, cut_first: bool) -> HubHttp {
+        start_with(bytes, cut_first).await.0
+    }
+
+    async fn start_with(bytes: Vec<u8>, cut_first: bool) -> (HubHttp, Artifact) {
+        let artifact = Artifact {
+            bytes: Bytes::from(bytes),
+            cut_next: Arc::new(AtomicBool::new(cut_first)),
+            last_start: Default::default(),
+        };
+        let seen = artifact.clone();
+        let router = axum::Router::new()
+            .route(
+                "/api/v1/artifacts/{sha}",
+                axum::routing::get(serve_artifact),
+            )
+            .with_state(artifact);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (HubHttp::new(&format!("http://{address}")).unwrap(), seen)
+    }
+
+    #[tokio::test]
+    async fn a_cut_download_completes_on_retry() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let http = start(bytes.clone(), true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("a.part");
+        let first = http.download("ab", &part, bytes.len() as u64).await;
+        assert!(
+            matches!(first, Err(HttpError::Unreachable { .. })),
+            "{first:?}"
+        );
+        assert!(std::fs::metadata(&part).unwrap().len() < bytes.len() as u64);
+        http.download("ab", &part, bytes.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&part).unwrap(),
+            bytes,
+            "byte for byte after the retry"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_download_resumes_from_the_bytes_on_disk_with_a_range_request() {
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+        let (http, served) = start_with(bytes.clone(), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("r.part");
+        // What a cut download or a killed agent leaves behind: the first 20,000 bytes.
+        std::fs::write(&part, &bytes[..20_000]).unwrap();
+        http.download("ab", &part, bytes.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&part).unwrap(), bytes);
+        assert_eq!(
+            served.last_start.load(Ordering::SeqCst),
+            20_000,
+            "only the missing bytes were asked for"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_artifact_larger_than_its_manifest_is_cut_off_and_discarded() {
+        let http = start(vec![7u8; 5000], false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("b.part");
+        let result = http.download("cd", &part, 1000).await;
+        assert!(
+            matches!(result, Err(HttpError::TooLarge { expected: 1000 })),
+            "{result:?}"
+        );
+        assert_eq!(
+            std::fs::metadata(&part).unwrap().len(),
+            0,
+            "nothing beyond the manifest's size is kept"
+        );
+        // A server that sends fewer bytes than promised is a truncated download, not a success.
+        let short = start(vec![1u8; 10], false).await;
+        let result = short.download("ef", &dir.path().join("c.part"), 20).await;
+        assert!(
+            matches!(result, Err(HttpError::Unreachable { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_hub_is_a_clear_error() {
+        let http = HubHttp::new("http://127.0.0.1:1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let error = http
+            .download("ab", &dir.path().join("x.part"), 10)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cannot reach the hub at http://127.0.0.1:1"),
+            "{error}"
+        );
+        assert!(HubHttp::new("ftp://x").is_err());
+    }
+}
