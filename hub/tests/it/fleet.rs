@@ -283,3 +283,38 @@ async fn reports_signed_by_another_device_are_refused() {
     );
     assert_ne!(after["agent_version"], "forged");
 }
+
+/// A version the hub accepted but the device cannot run: the smoke test catches it, the
+/// install fails at that step with ONNX Runtime's reason, and the running version stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_the_device_cannot_run_fails_its_smoke_test_and_changes_nothing() {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "needs_three.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    deploy(&hub, "2", "").await;
+    let reported = wait_reported(&hub, &agent.device_id, |d| {
+        d["last_outcomes"][0]["state"] == "failed"
+    })
+    .await;
+    let outcome = &reported["last_outcomes"][0];
+    assert_eq!(
+        (outcome["version"].as_u64(), outcome["step"].as_str()),
+        (Some(2), Some("smoke_test")),
+        "{outcome}"
+    );
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ONNX Runtime could not run"),
+        "{outcome}"
+    );
+    assert_eq!(agent.scale("scaler", 4.0).unwrap(), (1, 4.0));
+    assert!(
+        !agent.dir.path().join("state/models/scaler/2").exists(),
+        "the failed version is not left to be served"
+    );
+}
