@@ -318,3 +318,58 @@ async fn a_model_the_device_cannot_run_fails_its_smoke_test_and_changes_nothing(
         "the failed version is not left to be served"
     );
 }
+
+/// kill -9 at many instants of installs: after every restart the agent serves its last good
+/// version at once, and it converges to the desired version.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_any_instant_of_an_install_recovers() {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let mut agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    for (round, delay_ms) in [0u64, 1, 3, 6, 10, 15, 25, 40].into_iter().enumerate() {
+        let target = if round % 2 == 0 { 2 } else { 1 };
+        deploy(&hub, &target.to_string(), "").await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        agent.kill_9();
+        agent.restart().unwrap();
+        let (version, y) = agent.scale("scaler", 1.0).unwrap_or_else(|e| {
+            panic!(
+                "round {round}: nothing served after restart: {e}\n{}",
+                agent.log()
+            )
+        });
+        assert_eq!(
+            y, version as f64,
+            "round {round}: version {version} answers as itself"
+        );
+        agent.wait_serving("scaler", target);
+    }
+}
+
+/// The hub restarts right after a deployment: its embedded broker forgot the retained
+/// message, so the hub republishes every desired state when it reconnects, and the agent
+/// (which kept serving throughout) converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_restart_mid_deployment_converges() {
+    let mut hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    hub.stop();
+    assert_eq!(
+        agent.scale("scaler", 2.0).unwrap(),
+        (1, 2.0),
+        "serving while the hub is down"
+    );
+    hub.serve();
+    deploy(&hub, "2", "").await;
+    hub.stop();
+    hub.serve();
+    agent.wait_serving("scaler", 2);
+    wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 2).await;
+}

@@ -33,6 +33,8 @@ pub struct HubProcess {
     pub read_token: String,
     /// The broker address from the ready line, HOST:PORT.
     pub mqtt: String,
+    /// API and MQTT ports, chosen once so a restarted hub is where agents were told it is.
+    pub ports: (u16, u16),
     /// Extra `serve` flags (e.g. an external broker).
     pub serve_flags: Vec<String>,
 }
@@ -70,6 +72,7 @@ impl HubProcess {
             child: None,
             url: String::new(),
             mqtt: String::new(),
+            ports: (free_port(), free_port()),
             operator_token: token("operator token"),
             read_token: token("read-only token"),
             dir,
@@ -94,9 +97,9 @@ impl HubProcess {
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{}", self.ports.0),
                 "--mqtt-listen",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{}", self.ports.1),
                 "--data-dir",
             ])
             .arg(self.dir.path())
