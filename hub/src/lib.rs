@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod data_dir;
 pub mod fleet;
+pub mod metrics;
 pub mod registry;
 pub mod serve_command;
 pub mod store;

@@ -127,13 +127,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         advertise_mqtt.clone(),
         advertise_url,
     ));
-    let mqtt = HubMqtt::start(&broker, fleet.clone(), registry.store().clone());
+    let metrics = Arc::new(crate::metrics::HubMetrics::default());
+    let mqtt = HubMqtt::start(
+        &broker,
+        fleet.clone(),
+        registry.store().clone(),
+        metrics.clone(),
+    );
     let state = ApiState {
         registry,
         max_upload_bytes: args.max_upload_bytes,
         upload_dir: args.data_dir.join("uploads"),
         fleet: Some(fleet),
         mqtt: Some(mqtt),
+        metrics,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

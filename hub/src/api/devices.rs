@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ApiError, ApiState, Caller, blocking};
 use crate::fleet::FleetError;
+use crate::metrics::HubMetrics;
 use crate::store::Scope;
 
 impl From<FleetError> for ApiError {
@@ -38,7 +39,14 @@ pub(super) async fn enroll(
         .fleet
         .clone()
         .ok_or_else(|| ApiError::internal("this hub serves no fleet"))?;
-    let response = blocking(move || Ok(fleet.enroll(&request)?)).await?;
+    let response = blocking(move || Ok(fleet.enroll(&request)?)).await;
+    let counter = if response.is_ok() {
+        &state.metrics.enrollments
+    } else {
+        &state.metrics.enrollments_refused
+    };
+    HubMetrics::add(counter, 1);
+    let response = response?;
     Ok(Json(
         serde_json::to_value(response).expect("enroll response serializes"),
     ))
@@ -73,6 +81,7 @@ pub(super) async fn deploy(
     .await?;
     if let Some(mqtt) = &state.mqtt {
         mqtt.publish_desired(&publications).await;
+        HubMetrics::add(&state.metrics.deployments, 1);
     }
     let devices: Vec<&str> = publications.iter().map(|p| p.device_id.as_str()).collect();
     Ok(Json(
@@ -180,6 +189,7 @@ pub(super) async fn artifact(
         None => (StatusCode::OK, 0, size.saturating_sub(1)),
     };
     let length = if size == 0 { 0 } else { end - start + 1 };
+    HubMetrics::add(&state.metrics.artifact_bytes_served, length);
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;

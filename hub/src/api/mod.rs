@@ -35,11 +35,13 @@ pub struct ApiState {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Where desired states are published.
     pub mqtt: Option<crate::transport::mqtt::HubMqtt>,
+    pub metrics: Arc<crate::metrics::HubMetrics>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/api/v1/root", get(root))
         .route("/api/v1/models", get(models::list))
@@ -154,6 +156,22 @@ async fn create_enrollment_token(
         ))
     })
     .await
+}
+
+/// Prometheus text; unauthenticated like most scrape targets, and free of secrets.
+async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResponse {
+    let registry = state.registry.clone();
+    let metrics = state.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || metrics.render(registry.store().as_ref()))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }
 
 async fn audit(

@@ -162,6 +162,7 @@ pub(super) async fn push(
     })
     .await?;
     let (model, result) = result;
+    crate::metrics::HubMetrics::add(&state.metrics.pushes, 1);
     let status = if result.created {
         StatusCode::CREATED
     } else {

@@ -26,6 +26,7 @@ pub fn spec() -> serde_json::Value {
         },
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "responses": {"200": {"description": "text"}}}},
             "/api/v1/root": {"get": op("Newest signed root metadata", "read")},
             "/api/v1/models": {"get": op("List models with version counts and aliases", "read")},
             "/api/v1/models/{model}": {"get": op("A model: versions, aliases, alias history", "read")},

@@ -12,19 +12,12 @@ use flotilla_proto::trust::{Envelope, PublicKey};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::fleet::{Fleet, Publication};
+use crate::metrics::HubMetrics;
 use crate::store::RegistryStore;
-
-/// Counts of what the hub took in, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct IngestCounters {
-    pub accepted: std::sync::atomic::AtomicU64,
-    pub rejected: std::sync::atomic::AtomicU64,
-}
 
 #[derive(Debug, Clone)]
 pub struct HubMqtt {
     client: AsyncClient,
-    pub counters: Arc<IngestCounters>,
 }
 
 /// Where the broker is and how to log in.
@@ -72,6 +65,7 @@ impl HubMqtt {
         address: &BrokerAddress,
         fleet: Arc<Fleet>,
         store: Arc<dyn RegistryStore>,
+        metrics: Arc<HubMetrics>,
     ) -> HubMqtt {
         let mut options = MqttOptions::new(
             format!("flotilla-hub-{}", std::process::id()),
@@ -87,10 +81,8 @@ impl HubMqtt {
             options.set_credentials(user, pass);
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let counters = Arc::new(IngestCounters::default());
         let hub = HubMqtt {
             client: client.clone(),
-            counters: counters.clone(),
         };
         let republisher = hub.clone();
         tokio::spawn(async move {
@@ -120,15 +112,15 @@ impl HubMqtt {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         let store = store.clone();
-                        let counters = counters.clone();
+                        let metrics = metrics.clone();
                         tokio::task::spawn_blocking(move || {
                             let accepted = ingest(store.as_ref(), &publish.topic, &publish.payload);
                             let counter = if accepted.is_ok() {
-                                &counters.accepted
+                                &metrics.device_messages_accepted
                             } else {
-                                &counters.rejected
+                                &metrics.device_messages_rejected
                             };
-                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            HubMetrics::add(counter, 1);
                             if let Err(reason) = accepted {
                                 tracing::warn!(topic = %publish.topic, %reason, "device message rejected");
                             }

@@ -282,6 +282,23 @@ async fn reports_signed_by_another_device_are_refused() {
         "the forged report changed nothing"
     );
     assert_ne!(after["agent_version"], "forged");
+    let client = flotilla_hub::client::AdminClient::new(&hub.url, None).unwrap();
+    let (_, metrics) = client
+        .request(Method::GET, "/metrics", "text/plain", Default::default())
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flotilla_hub_device_messages_rejected_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rejected >= 2, "{metrics}");
+    assert!(
+        metrics.contains("flotilla_hub_enrollments_total 2"),
+        "{metrics}"
+    );
 }
 
 /// A version the hub accepted but the device cannot run: the smoke test catches it, the
