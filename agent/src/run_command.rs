@@ -220,6 +220,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let artifacts = HubHttp::new(&enrollment.artifacts_http)?;
+    let quic = match (
+        &enrollment.artifacts_quic,
+        &enrollment.quic_certificate_sha256,
+    ) {
+        (Some(address), Some(pin)) => {
+            Some(crate::transport::quic::QuicArtifacts::new(address, pin)?)
+        }
+        _ => None,
+    };
     let syncer = Syncer {
         device_id: enrollment.device_id.clone(),
         key,
@@ -227,6 +236,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         store,
         repository,
         http: artifacts,
+        quic,
         mqtt,
         models_dir,
         downloads_dir: config.state_dir.join("downloads"),

@@ -46,6 +46,8 @@ pub struct Syncer {
     pub store: Arc<AgentStore>,
     pub repository: Arc<ModelRepository>,
     pub http: HubHttp,
+    /// QUIC downloads, when the hub offers them; HTTP ranges otherwise or when UDP fails.
+    pub quic: Option<crate::transport::quic::QuicArtifacts>,
     pub mqtt: AgentMqtt,
     pub models_dir: PathBuf,
     pub downloads_dir: PathBuf,
@@ -259,31 +261,7 @@ impl Syncer {
                 let part = self
                     .downloads_dir
                     .join(format!("{}.part", m.artifact_sha256));
-                let mut attempt = 0;
-                loop {
-                    match self
-                        .http
-                        .download(&m.artifact_sha256, &part, m.artifact_size)
-                        .await
-                    {
-                        Ok(()) => return Ok(()),
-                        Err(error @ crate::transport::http::HttpError::TooLarge { .. }) => {
-                            return Err(error.to_string());
-                        }
-                        Err(error) if attempt >= 4 => return Err(error.to_string()),
-                        Err(error) => {
-                            let delay = backoff_delay(
-                                attempt,
-                                Duration::from_millis(200),
-                                Duration::from_secs(10),
-                                random_jitter(),
-                            );
-                            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
-                            tokio::time::sleep(delay).await;
-                            attempt += 1;
-                        }
-                    }
-                }
+                self.fetch(&m.artifact_sha256, &part, m.artifact_size).await
             }
             Step::CheckArtifact => {
                 let m = manifest
@@ -341,6 +319,60 @@ impl Syncer {
                 .repository
                 .pin(&entry.name, entry.version)
                 .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Fetches an artifact into `part`: over QUIC when the hub offers it, falling back to
+    /// HTTP ranges when QUIC cannot connect (UDP blocked); interrupted downloads resume from
+    /// the bytes on disk, with jittered backoff between attempts.
+    async fn fetch(&self, sha256: &str, part: &Path, size: u64) -> Result<(), String> {
+        use crate::transport::http::HttpError;
+        use crate::transport::quic::QuicError;
+        let mut use_quic = self.quic.is_some();
+        let mut attempt = 0;
+        loop {
+            let error = match (&self.quic, use_quic) {
+                (Some(quic), true) => match quic.download(sha256, part, size).await {
+                    Ok(()) => {
+                        tracing::info!(sha256, size, "downloaded over QUIC");
+                        return Ok(());
+                    }
+                    Err(QuicError::TooLarge { expected }) => {
+                        return Err(HttpError::TooLarge { expected }.to_string());
+                    }
+                    Err(QuicError::Refused(message)) => {
+                        return Err(format!("hub refused the download: {message}"));
+                    }
+                    Err(error @ (QuicError::Unreachable { .. } | QuicError::Setup(_)))
+                        if attempt == 0 =>
+                    {
+                        tracing::warn!(%error, "QUIC unavailable; falling back to HTTP ranges");
+                        use_quic = false;
+                        continue;
+                    }
+                    Err(error) => error.to_string(),
+                },
+                _ => match self.http.download(sha256, part, size).await {
+                    Ok(()) => {
+                        tracing::info!(sha256, size, "downloaded over HTTP");
+                        return Ok(());
+                    }
+                    Err(error @ HttpError::TooLarge { .. }) => return Err(error.to_string()),
+                    Err(error) => error.to_string(),
+                },
+            };
+            if attempt >= 4 {
+                return Err(error);
+            }
+            let delay = backoff_delay(
+                attempt,
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+                random_jitter(),
+            );
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 

@@ -2,6 +2,7 @@
 //! trust decisions, where to find ONNX Runtime, and loading TOML config files with errors
 //! that name the file. Sketches and drift metrics join it with their issue.
 
+pub mod artifact_protocol;
 pub mod backoff;
 pub mod config_file;
 pub mod onnx_runtime_library;

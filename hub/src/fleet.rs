@@ -89,6 +89,8 @@ pub struct Fleet {
     pub mqtt_address: String,
     /// Base URL devices download artifacts from.
     pub artifacts_http: String,
+    /// QUIC artifact endpoint and the certificate pin, when QUIC is on.
+    pub artifacts_quic: Option<(String, String)>,
 }
 
 impl Fleet {
@@ -103,7 +105,14 @@ impl Fleet {
             signing_key,
             mqtt_address,
             artifacts_http,
+            artifacts_quic: None,
         }
+    }
+
+    /// Tells devices at enrollment to fetch over QUIC at `address`, pinning `certificate_sha256`.
+    pub fn with_quic(mut self, address: String, certificate_sha256: String) -> Fleet {
+        self.artifacts_quic = Some((address, certificate_sha256));
+        self
     }
 
     fn store(&self) -> &Arc<dyn RegistryStore> {
@@ -159,6 +168,8 @@ impl Fleet {
             root,
             mqtt: self.mqtt_address.clone(),
             artifacts_http: self.artifacts_http.clone(),
+            artifacts_quic: self.artifacts_quic.as_ref().map(|(a, _)| a.clone()),
+            quic_certificate_sha256: self.artifacts_quic.as_ref().map(|(_, p)| p.clone()),
             labels,
         })
     }

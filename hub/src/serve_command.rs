@@ -16,6 +16,7 @@ use crate::store::{RegistryStore, Scope};
 use crate::time::{Clock, SystemClock};
 use crate::transport::broker::start_embedded;
 use crate::transport::mqtt::{BrokerAddress, HubMqtt};
+use crate::transport::quic::QuicIdentity;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -40,6 +41,15 @@ pub struct ServeArgs {
     /// The broker address devices are told at enrollment (default: the broker's own).
     #[arg(long)]
     pub advertise_mqtt: Option<String>,
+    /// Where the QUIC artifact endpoint listens (UDP).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub quic_listen: SocketAddr,
+    /// The QUIC address devices are told at enrollment (default: the endpoint's own).
+    #[arg(long)]
+    pub advertise_quic: Option<String>,
+    /// Serve artifacts over HTTP only.
+    #[arg(long)]
+    pub no_quic: bool,
     /// The API URL devices are told at enrollment for downloads (default: http://LISTEN).
     #[arg(long)]
     pub advertise_url: Option<String>,
@@ -121,13 +131,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    let fleet = Arc::new(Fleet::new(
+    let metrics = Arc::new(crate::metrics::HubMetrics::default());
+    let mut fleet = Fleet::new(
         registry.clone(),
         data_dir.load_signing_key()?,
         advertise_mqtt.clone(),
         advertise_url,
-    ));
-    let metrics = Arc::new(crate::metrics::HubMetrics::default());
+    );
+    let mut quic_line = String::new();
+    if !args.no_quic {
+        let identity =
+            QuicIdentity::load_or_create(&data_dir.keys()).map_err(anyhow::Error::msg)?;
+        let quic_address = crate::transport::quic::start(
+            args.quic_listen,
+            &identity,
+            data_dir.artifacts(),
+            metrics.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let advertise_quic = args
+            .advertise_quic
+            .clone()
+            .unwrap_or_else(|| quic_address.to_string());
+        quic_line = format!(" quic={advertise_quic}");
+        fleet = fleet.with_quic(advertise_quic, identity.pin());
+    }
+    let fleet = Arc::new(fleet);
     let mqtt = HubMqtt::start(
         &broker,
         fleet.clone(),
@@ -146,7 +175,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
-    println!("flotilla-hub ready api=http://{address} mqtt={advertise_mqtt}");
+    println!("flotilla-hub ready api=http://{address} mqtt={advertise_mqtt}{quic_line}");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}

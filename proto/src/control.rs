@@ -65,6 +65,12 @@ pub struct EnrollResponse {
     pub mqtt: String,
     /// Base URL for artifact downloads over HTTP (range requests supported).
     pub artifacts_http: String,
+    /// QUIC artifact endpoint, `IP:PORT`, when the hub runs one.
+    #[serde(default)]
+    pub artifacts_quic: Option<String>,
+    /// Hex SHA-256 of the hub's QUIC certificate: the only certificate the agent accepts.
+    #[serde(default)]
+    pub quic_certificate_sha256: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
 

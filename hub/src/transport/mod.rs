@@ -1,5 +1,6 @@
-//! The hub's network edges to devices: the embedded MQTT broker and the hub's MQTT client.
-//! Only this module touches MQTT.
+//! The hub's network edges to devices: the embedded MQTT broker, the hub's MQTT client and
+//! the QUIC artifact endpoint. Only this module touches MQTT and QUIC.
 
 pub mod broker;
 pub mod mqtt;
+pub mod quic;

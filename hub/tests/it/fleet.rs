@@ -81,11 +81,16 @@ async fn push_deploy_upgrade_rollback_and_survive_kill_9() {
         agents.push(AgentRun::start(&hub, &token).unwrap());
     }
 
-    // Everyone gets version 1.
+    // Everyone gets version 1, over QUIC.
     let answer = deploy(&hub, "1", "").await;
     assert_eq!(answer["devices"].as_array().unwrap().len(), 3);
     for agent in &agents {
         agent.wait_serving("scaler", 1);
+        assert!(
+            agent.log().contains("downloaded over QUIC"),
+            "{}",
+            agent.log()
+        );
         assert_eq!(agent.scale("scaler", 3.0).unwrap(), (1, 3.0));
         wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 1).await;
     }
@@ -389,4 +394,21 @@ async fn a_hub_restart_mid_deployment_converges() {
     hub.serve();
     agent.wait_serving("scaler", 2);
     wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 2).await;
+}
+
+/// UDP blocked (the advertised QUIC address answers nothing): agents fall back to HTTP
+/// range downloads and install all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_udp_blocked_downloads_fall_back_to_http_ranges() {
+    let nowhere = format!("127.0.0.1:{}", free_udp_port());
+    let hub = HubProcess::start_with(&["--advertise-quic", &nowhere]);
+    push(&hub, "scaler_v1.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    let log = agent.log();
+    assert!(
+        log.contains("falling back to HTTP ranges") && log.contains("downloaded over HTTP"),
+        "{log}"
+    );
 }

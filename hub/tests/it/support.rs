@@ -24,6 +24,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback UDP port free right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[derive(Debug)]
 pub struct HubProcess {
     pub child: Option<Child>,
@@ -33,8 +42,8 @@ pub struct HubProcess {
     pub read_token: String,
     /// The broker address from the ready line, HOST:PORT.
     pub mqtt: String,
-    /// API and MQTT ports, chosen once so a restarted hub is where agents were told it is.
-    pub ports: (u16, u16),
+    /// API, MQTT and QUIC ports, chosen once so a restarted hub is where agents were told it is.
+    pub ports: (u16, u16, u16),
     /// Extra `serve` flags (e.g. an external broker).
     pub serve_flags: Vec<String>,
 }
@@ -72,7 +81,7 @@ impl HubProcess {
             child: None,
             url: String::new(),
             mqtt: String::new(),
-            ports: (free_port(), free_port()),
+            ports: (free_port(), free_port(), free_udp_port()),
             operator_token: token("operator token"),
             read_token: token("read-only token"),
             dir,
@@ -100,6 +109,8 @@ impl HubProcess {
                 &format!("127.0.0.1:{}", self.ports.0),
                 "--mqtt-listen",
                 &format!("127.0.0.1:{}", self.ports.1),
+                "--quic-listen",
+                &format!("127.0.0.1:{}", self.ports.2),
                 "--data-dir",
             ])
             .arg(self.dir.path())

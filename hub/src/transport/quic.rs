@@ -1,0 +1,273 @@
+//! The QUIC artifact endpoint (quinn): devices fetch model files by content hash, resuming
+//! from an offset. Its self-signed certificate is pinned by agents (the pin comes with the
+//! enrollment answer), so no CA is involved. UDP may be blocked: agents then use the HTTP
+//! range endpoint of the API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flotilla_common::artifact_protocol::{
+    ALPN, ArtifactHeader, ArtifactRequest, MAX_LINE_BYTES, SERVER_NAME,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::metrics::HubMetrics;
+
+/// The hub's QUIC certificate and key (DER), made once and kept in the data folder.
+#[derive(Debug, Clone)]
+pub struct QuicIdentity {
+    pub certificate: Vec<u8>,
+    pub private_key: Vec<u8>,
+}
+
+impl QuicIdentity {
+    /// Loads `keys/quic.crt` and `keys/quic.key`, making them first if they do not exist.
+    pub fn load_or_create(keys_dir: &Path) -> Result<QuicIdentity, String> {
+        let (cert_path, key_path) = (keys_dir.join("quic.crt"), keys_dir.join("quic.key"));
+        if let (Ok(certificate), Ok(private_key)) =
+            (std::fs::read(&cert_path), std::fs::read(&key_path))
+        {
+            return Ok(QuicIdentity {
+                certificate,
+                private_key,
+            });
+        }
+        let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| format!("cannot make the QUIC certificate: {e}"))?;
+        let identity = QuicIdentity {
+            certificate: made.cert.der().to_vec(),
+            private_key: made.signing_key.serialize_der(),
+        };
+        write_private(&key_path, &identity.private_key)?;
+        std::fs::write(&cert_path, &identity.certificate)
+            .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+        Ok(identity)
+    }
+
+    /// What agents pin: hex SHA-256 of the certificate.
+    pub fn pin(&self) -> String {
+        hex::encode(Sha256::digest(&self.certificate))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let folder = path.parent().expect("key paths have a folder");
+    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(|e| e.to_string())?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    file.write_all(bytes).map_err(|e| e.to_string())?;
+    file.as_file().sync_all().map_err(|e| e.to_string())?;
+    file.persist(path).map_err(|e| e.error.to_string())?;
+    Ok(())
+}
+
+/// Starts serving artifacts from `artifacts` (the content-addressed folder) on `listen`.
+pub fn start(
+    listen: SocketAddr,
+    identity: &QuicIdentity,
+    artifacts: PathBuf,
+    metrics: Arc<HubMetrics>,
+) -> Result<SocketAddr, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(identity.certificate.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.private_key.clone())),
+        )
+        .map_err(|e| format!("QUIC certificate: {e}"))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, listen)
+        .map_err(|e| format!("cannot listen for QUIC on {listen}: {e}"))?;
+    let address = endpoint.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (artifacts, metrics) = (artifacts.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((send, receive)) = connection.accept_bi().await {
+                    let (artifacts, metrics) = (artifacts.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_stream(send, receive, &artifacts, &metrics).await
+                        {
+                            tracing::debug!(%error, "QUIC artifact stream ended early");
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(address)
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+    artifacts: &Path,
+    metrics: &HubMetrics,
+) -> Result<(), String> {
+    let request = receive
+        .read_to_end(MAX_LINE_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request: Result<ArtifactRequest, String> =
+        serde_json::from_slice(request.trim_ascii_end()).map_err(|e| format!("bad request: {e}"));
+    let opened = match request {
+        Ok(request)
+            if request.sha256.len() == 64
+                && request.sha256.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            let path = artifacts.join(&request.sha256[..2]).join(&request.sha256);
+            match tokio::fs::File::open(&path).await {
+                Ok(file) => Ok((file, request.offset)),
+                Err(_) => Err(format!("no artifact {}", request.sha256)),
+            }
+        }
+        Ok(_) => Err("artifacts are named by their 64-hex-digit SHA-256".to_owned()),
+        Err(error) => Err(error),
+    };
+    let (mut file, offset) = match opened {
+        Ok(found) => found,
+        Err(error) => {
+            let header = ArtifactHeader {
+                size: 0,
+                error: Some(error),
+            };
+            send.write_all(&line(&header))
+                .await
+                .map_err(|e| e.to_string())?;
+            return send.finish().map_err(|e| e.to_string());
+        }
+    };
+    let size = file.metadata().await.map_err(|e| e.to_string())?.len();
+    if offset > size {
+        let header = ArtifactHeader {
+            size,
+            error: Some(format!("offset {offset} is beyond the {size} bytes")),
+        };
+        send.write_all(&line(&header))
+            .await
+            .map_err(|e| e.to_string())?;
+        return send.finish().map_err(|e| e.to_string());
+    }
+    send.write_all(&line(&ArtifactHeader { size, error: None }))
+        .await
+        .map_err(|e| e.to_string())?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = file.read(&mut buffer).await.map_err(|e| e.to_string())?;
+        if read == 0 {
+            break;
+        }
+        send.write_all(&buffer[..read])
+            .await
+            .map_err(|e| e.to_string())?;
+        HubMetrics::add(&metrics.artifact_bytes_served, read as u64);
+    }
+    send.finish().map_err(|e| e.to_string())
+}
+
+fn line<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(value).expect("headers serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_agent::transport::quic::{QuicArtifacts, QuicError};
+
+    use super::*;
+
+    async fn serve(bytes: &[u8]) -> (tempfile::TempDir, SocketAddr, QuicIdentity, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = hex::encode(Sha256::digest(bytes));
+        let artifacts = dir.path().join("artifacts");
+        std::fs::create_dir_all(artifacts.join(&sha[..2])).unwrap();
+        std::fs::write(artifacts.join(&sha[..2]).join(&sha), bytes).unwrap();
+        let identity = QuicIdentity::load_or_create(dir.path()).unwrap();
+        let address = start(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity,
+            artifacts,
+            Arc::new(HubMetrics::default()),
+        )
+        .unwrap();
+        (dir, address, identity, sha)
+    }
+
+    #[tokio::test]
+    async fn downloads_resume_over_quic_with_the_pinned_certificate() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let (dir, address, identity, sha) = serve(&bytes).await;
+        let client = QuicArtifacts::new(&address.to_string(), &identity.pin()).unwrap();
+        let part = dir.path().join("download.part");
+        std::fs::write(&part, &bytes[..123_456]).unwrap();
+        client
+            .download(&sha, &part, bytes.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&part).unwrap(),
+            bytes,
+            "resumed at the offset, byte for byte"
+        );
+        // The identity is kept: a restarted hub keeps the pin devices hold.
+        assert_eq!(
+            QuicIdentity::load_or_create(dir.path()).unwrap().pin(),
+            identity.pin()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_pin_unknown_artifacts_and_oversized_files_are_refused() {
+        let (dir, address, _, sha) = serve(&[5u8; 1000]).await;
+        let other_keys = dir.path().join("other-keys");
+        std::fs::create_dir_all(&other_keys).unwrap();
+        let other = QuicIdentity::load_or_create(&other_keys).unwrap();
+        let impostor = QuicArtifacts::new(&address.to_string(), &other.pin()).unwrap();
+        let error = impostor
+            .download(&sha, &dir.path().join("a.part"), 1000)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("does not match the pin"),
+            "{error}"
+        );
+
+        let identity = QuicIdentity::load_or_create(dir.path()).unwrap();
+        let client = QuicArtifacts::new(&address.to_string(), &identity.pin()).unwrap();
+        let missing = client
+            .download(&"0".repeat(64), &dir.path().join("b.part"), 10)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, QuicError::Refused(ref m) if m.contains("no artifact")),
+            "{missing}"
+        );
+        let too_large = client
+            .download(&sha, &dir.path().join("c.part"), 999)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(too_large, QuicError::TooLarge { expected: 999 }),
+            "{too_large}"
+        );
+    }
+}
