@@ -261,7 +261,8 @@ impl Syncer {
                 let part = self
                     .downloads_dir
                     .join(format!("{}.part", m.artifact_sha256));
-                self.fetch(&m.artifact_sha256, &part, m.artifact_size).await
+                self.fetch(&m.model, &m.artifact_sha256, &part, m.artifact_size)
+                    .await
             }
             Step::CheckArtifact => {
                 let m = manifest
@@ -322,58 +323,130 @@ impl Syncer {
         }
     }
 
-    /// Fetches an artifact into `part`: over QUIC when the hub offers it, falling back to
-    /// HTTP ranges when QUIC cannot connect (UDP blocked); interrupted downloads resume from
-    /// the bytes on disk, with jittered backoff between attempts.
-    async fn fetch(&self, sha256: &str, part: &Path, size: u64) -> Result<(), String> {
-        use crate::transport::http::HttpError;
-        use crate::transport::quic::QuicError;
-        let mut use_quic = self.quic.is_some();
+    /// Fetches an artifact into `part` (the raw file). Over QUIC when the hub offers it:
+    /// first as a zstd patch against the version being served (when the hub made one), then
+    /// zstd-compressed, then raw; each form resumes from the bytes on disk. When QUIC cannot
+    /// connect at all (UDP blocked), over HTTP ranges. Decompression is bounded by the
+    /// manifest's size.
+    async fn fetch(&self, model: &str, sha256: &str, part: &Path, size: u64) -> Result<(), String> {
+        if let Some(quic) = &self.quic {
+            match self.fetch_quic(quic, model, sha256, part, size).await {
+                QuicOutcome::Done => return Ok(()),
+                QuicOutcome::Failed(reason) => return Err(reason),
+                QuicOutcome::Unavailable(reason) => {
+                    tracing::warn!(%reason, "QUIC unavailable; falling back to HTTP ranges")
+                }
+            }
+        }
         let mut attempt = 0;
         loop {
-            let error = match (&self.quic, use_quic) {
-                (Some(quic), true) => match quic.download(sha256, part, size).await {
+            match self.http.download(sha256, part, size).await {
+                Ok(()) => {
+                    tracing::info!(sha256, size, "downloaded over HTTP");
+                    return Ok(());
+                }
+                Err(error @ crate::transport::http::HttpError::TooLarge { .. }) => {
+                    return Err(error.to_string());
+                }
+                Err(error) if attempt >= 4 => return Err(error.to_string()),
+                Err(error) => {
+                    let delay = backoff_delay(
+                        attempt,
+                        Duration::from_millis(200),
+                        Duration::from_secs(10),
+                        random_jitter(),
+                    );
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// The artifact this device serves for `model` now, as a patch base: (sha256, path).
+    fn serving_artifact(&self, model: &str) -> Option<(String, PathBuf)> {
+        let version = *self.store.serving().ok()?.get(model)?;
+        let path = self.version_dir(model, version).join(VERSION_FILE_NAME);
+        let (sha, _) = crate::transport::http::file_sha256(&path).ok()?;
+        Some((sha, path))
+    }
+
+    async fn fetch_quic(
+        &self,
+        quic: &crate::transport::quic::QuicArtifacts,
+        model: &str,
+        sha256: &str,
+        part: &Path,
+        size: u64,
+    ) -> QuicOutcome {
+        use crate::transport::quic::QuicError;
+        use flotilla_common::artifact_protocol::Encoding;
+        let mut forms: Vec<(Encoding, Option<PathBuf>)> = Vec::new();
+        if let Some((base_sha256, base)) = self
+            .serving_artifact(model)
+            .filter(|(base, _)| base != sha256)
+        {
+            forms.push((Encoding::Patch { base_sha256 }, Some(base)));
+        }
+        forms.push((Encoding::Zstd, None));
+        forms.push((Encoding::Raw, None));
+        let mut connected = false;
+        for (encoding, reference) in forms {
+            let form_part = if encoding == Encoding::Raw {
+                part.to_path_buf()
+            } else {
+                self.downloads_dir
+                    .join(format!("{sha256}.{}.part", encoding.label()))
+            };
+            let mut attempt = 0;
+            loop {
+                match quic.download(sha256, &encoding, &form_part, size).await {
                     Ok(()) => {
-                        tracing::info!(sha256, size, "downloaded over QUIC");
-                        return Ok(());
-                    }
-                    Err(QuicError::TooLarge { expected }) => {
-                        return Err(HttpError::TooLarge { expected }.to_string());
+                        let transferred =
+                            std::fs::metadata(&form_part).map(|m| m.len()).unwrap_or(0);
+                        if encoding != Encoding::Raw {
+                            if let Err(error) = decode(&form_part, reference.as_deref(), part, size)
+                            {
+                                tracing::warn!(%error, form = %encoding.label(), "cannot decode the download; trying another form");
+                                let _ = std::fs::remove_file(&form_part);
+                                break;
+                            }
+                            let _ = std::fs::remove_file(&form_part);
+                        }
+                        tracing::info!(sha256, size, transferred, form = %encoding.label(), "downloaded over QUIC");
+                        return QuicOutcome::Done;
                     }
                     Err(QuicError::Refused(message)) => {
-                        return Err(format!("hub refused the download: {message}"));
+                        connected = true;
+                        tracing::debug!(%message, form = %encoding.label(), "form not offered");
+                        break;
+                    }
+                    Err(error @ QuicError::TooLarge { .. }) => {
+                        return QuicOutcome::Failed(error.to_string());
                     }
                     Err(error @ (QuicError::Unreachable { .. } | QuicError::Setup(_)))
-                        if attempt == 0 =>
+                        if !connected && attempt == 0 && file_len(&form_part) == 0 =>
                     {
-                        tracing::warn!(%error, "QUIC unavailable; falling back to HTTP ranges");
-                        use_quic = false;
-                        continue;
+                        return QuicOutcome::Unavailable(error.to_string());
                     }
-                    Err(error) => error.to_string(),
-                },
-                _ => match self.http.download(sha256, part, size).await {
-                    Ok(()) => {
-                        tracing::info!(sha256, size, "downloaded over HTTP");
-                        return Ok(());
+                    Err(error) if attempt >= 4 => return QuicOutcome::Failed(error.to_string()),
+                    Err(error) => {
+                        connected = true;
+                        let delay = backoff_delay(
+                            attempt,
+                            Duration::from_millis(200),
+                            Duration::from_secs(10),
+                            random_jitter(),
+                        );
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
                     }
-                    Err(error @ HttpError::TooLarge { .. }) => return Err(error.to_string()),
-                    Err(error) => error.to_string(),
-                },
-            };
-            if attempt >= 4 {
-                return Err(error);
+                }
             }
-            let delay = backoff_delay(
-                attempt,
-                Duration::from_millis(200),
-                Duration::from_secs(10),
-                random_jitter(),
-            );
-            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "download interrupted; resuming");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
         }
+        QuicOutcome::Failed("the hub offered no form of the artifact".into())
     }
 
     /// Keeps the new version and the one it replaced (for instant rollback); removes older
@@ -423,6 +496,41 @@ impl Syncer {
             .publish_report(serde_json::to_vec(&envelope).expect("envelope serializes"))
             .await;
     }
+}
+
+enum QuicOutcome {
+    Done,
+    /// The download cannot complete (e.g. larger than the manifest says).
+    Failed(String),
+    /// QUIC could not connect at all: use HTTP.
+    Unavailable(String),
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Decodes a compressed download into the raw `part`, never writing more than `size` bytes.
+fn decode(
+    compressed: &Path,
+    reference: Option<&Path>,
+    part: &Path,
+    size: u64,
+) -> Result<(), String> {
+    let reference = reference
+        .map(std::fs::read)
+        .transpose()
+        .map_err(|e| format!("cannot read the patch base: {e}"))?;
+    let input = std::fs::File::open(compressed).map_err(|e| e.to_string())?;
+    let mut output = std::fs::File::create(part).map_err(|e| e.to_string())?;
+    flotilla_common::compression::decompress_bounded(
+        input,
+        reference.as_deref(),
+        size,
+        &mut output,
+    )
+    .map_err(|e| e.to_string())?;
+    output.sync_all().map_err(|e| e.to_string())
 }
 
 /// Moves a verified download into its version folder: written beside, fsynced, renamed, so

@@ -13,18 +13,65 @@ pub const SERVER_NAME: &str = "flotilla-hub";
 /// Largest request or header line.
 pub const MAX_LINE_BYTES: usize = 4096;
 
+/// How the artifact's bytes travel. Compressed forms are offered by the hub when it made
+/// them at push time; the offset of a resumed download counts bytes of that form.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Encoding {
+    /// The file as it is.
+    #[default]
+    Raw,
+    /// zstd-compressed.
+    Zstd,
+    /// A zstd patch against an earlier artifact the device holds.
+    Patch { base_sha256: String },
+}
+
+impl Encoding {
+    /// A name for file names and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Encoding::Raw => "raw".into(),
+            Encoding::Zstd => "zstd".into(),
+            Encoding::Patch { base_sha256 } => {
+                format!("patch-from-{}", &base_sha256[..base_sha256.len().min(16)])
+            }
+        }
+    }
+
+    /// The file name of this form of artifact `sha256` in the hub's store.
+    pub fn file_name(&self, sha256: &str) -> String {
+        match self {
+            Encoding::Raw => sha256.to_owned(),
+            Encoding::Zstd => format!("{sha256}.zst"),
+            Encoding::Patch { base_sha256 } => format!("{sha256}.from-{base_sha256}.zst"),
+        }
+    }
+
+    /// Most bytes a form of an artifact of `size` bytes may take: zstd can grow
+    /// incompressible data slightly, never by much.
+    pub fn max_transfer_bytes(&self, size: u64) -> u64 {
+        match self {
+            Encoding::Raw => size,
+            _ => size + size / 64 + 64 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactRequest {
     pub sha256: String,
-    /// Resume from this byte.
+    /// Resume from this byte (of the requested encoding).
     pub offset: u64,
+    #[serde(default)]
+    pub encoding: Encoding,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactHeader {
-    /// The whole artifact's size; the stream carries `size - offset` bytes after the header.
+    /// The size of the requested form; the stream carries `size - offset` bytes after the header.
     pub size: u64,
     /// Set instead of bytes when the request cannot be served.
     #[serde(default)]

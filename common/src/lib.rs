@@ -4,6 +4,7 @@
 
 pub mod artifact_protocol;
 pub mod backoff;
+pub mod compression;
 pub mod config_file;
 pub mod onnx_runtime_library;
 pub mod signing;

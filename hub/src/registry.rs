@@ -220,6 +220,9 @@ impl Registry {
             PushOutcome::Created(v) => (v, true),
             PushOutcome::Existing(v) => (v, false),
         };
+        if created {
+            self.prepare_transfer_forms(model, version, sha256);
+        }
         Ok(PushResult {
             version,
             created,
@@ -247,6 +250,66 @@ impl Registry {
         std::fs::create_dir_all(path.parent().expect("artifact paths have a folder"))?;
         upload.as_file().sync_all()?;
         upload.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Makes the compressed forms agents download: the whole file zstd-compressed, and a
+    /// patch against the model's previous active version when that is smaller. A failure
+    /// here only costs bandwidth (agents fall back to the raw file), so it is logged, not
+    /// returned.
+    fn prepare_transfer_forms(&self, model: &str, version: u64, sha256: &str) {
+        use flotilla_common::artifact_protocol::Encoding;
+        use flotilla_common::compression::{compress, compress_patch};
+        let result = (|| -> Result<(), String> {
+            let raw = std::fs::read(self.data_dir.artifact(sha256)).map_err(|e| e.to_string())?;
+            let whole = compress(&raw).map_err(|e| e.to_string())?;
+            self.write_form(sha256, &Encoding::Zstd, &whole)?;
+            let previous = self
+                .store
+                .versions(model)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|v| {
+                    v.version < version && v.retired.is_none() && v.artifact_sha256 != sha256
+                })
+                .max_by_key(|v| v.version);
+            if let Some(previous) = previous {
+                let reference = std::fs::read(self.data_dir.artifact(&previous.artifact_sha256))
+                    .map_err(|e| e.to_string())?;
+                let patch = compress_patch(&reference, &raw).map_err(|e| e.to_string())?;
+                if patch.len() < whole.len() {
+                    self.write_form(
+                        sha256,
+                        &Encoding::Patch {
+                            base_sha256: previous.artifact_sha256.clone(),
+                        },
+                        &patch,
+                    )?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::warn!(model, version, %error, "cannot prepare compressed transfer forms; devices will download the raw file");
+        }
+    }
+
+    fn write_form(
+        &self,
+        sha256: &str,
+        encoding: &flotilla_common::artifact_protocol::Encoding,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        use std::io::Write;
+        let path = self
+            .data_dir
+            .artifact(sha256)
+            .with_file_name(encoding.file_name(sha256));
+        let folder = path.parent().expect("artifact paths have a folder");
+        let mut file = NamedTempFile::new_in(folder).map_err(|e| e.to_string())?;
+        file.write_all(bytes).map_err(|e| e.to_string())?;
+        file.as_file().sync_all().map_err(|e| e.to_string())?;
+        file.persist(&path).map_err(|e| e.error.to_string())?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_common::artifact_protocol::{
-    ALPN, ArtifactHeader, ArtifactRequest, SERVER_NAME, split_line,
+    ALPN, ArtifactHeader, ArtifactRequest, Encoding, SERVER_NAME, split_line,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -126,28 +126,32 @@ impl QuicArtifacts {
         Ok(QuicArtifacts { endpoint, server })
     }
 
-    /// Downloads `sha256` into `part`, continuing from what `part` holds, never beyond
-    /// `expected_size` bytes. The caller checks the hash.
+    /// Downloads artifact `sha256` in `encoding` into `part`, continuing from what `part`
+    /// holds. `size` is the artifact's size from the signed manifest: a raw download must be
+    /// exactly that long, a compressed one at most a little longer. The caller decodes and
+    /// checks the hash.
     pub async fn download(
         &self,
         sha256: &str,
+        encoding: &Encoding,
         part: &Path,
-        expected_size: u64,
+        size: u64,
     ) -> Result<(), QuicError> {
         let unreachable = |cause: String| QuicError::Unreachable {
             address: self.server,
             cause,
         };
+        let limit = encoding.max_transfer_bytes(size);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(part)?;
         let mut have = file.metadata()?.len();
-        if have > expected_size {
+        if have > limit {
             file.set_len(0)?;
             have = 0;
         }
-        if have == expected_size {
+        if *encoding == Encoding::Raw && have == size {
             return Ok(());
         }
         let connecting = self
@@ -162,18 +166,19 @@ impl QuicArtifacts {
             .open_bi()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let mut request = serde_json::to_vec(&ArtifactRequest {
+        let request = ArtifactRequest {
             sha256: sha256.to_owned(),
             offset: have,
-        })
-        .expect("requests serialize");
+            encoding: encoding.clone(),
+        };
+        let mut request = serde_json::to_vec(&request).expect("requests serialize");
         request.push(b'\n');
         send.write_all(&request)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         send.finish().map_err(|e| unreachable(e.to_string()))?;
-        let mut pending = Vec::new();
-        let mut header: Option<ArtifactHeader> = None;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total: Option<u64> = None;
         let mut buffer = vec![0u8; 256 * 1024];
         loop {
             let Some(read) = receive
@@ -183,46 +188,42 @@ impl QuicArtifacts {
             else {
                 break;
             };
-            let mut data = &buffer[..read];
-            if header.is_none() {
-                pending.extend_from_slice(data);
-                match split_line::<ArtifactHeader>(&pending).map_err(QuicError::Refused)? {
-                    None => continue,
-                    Some((parsed, rest)) => {
-                        if let Some(error) = &parsed.error {
-                            return Err(QuicError::Refused(error.clone()));
-                        }
-                        if parsed.size > expected_size {
-                            return Err(QuicError::TooLarge {
-                                expected: expected_size,
-                            });
-                        }
-                        let rest = rest.to_vec();
-                        header = Some(parsed);
-                        pending = rest;
-                        data = &pending;
-                    }
+            let body: Vec<u8>;
+            let data: &[u8] = if total.is_none() {
+                pending.extend_from_slice(&buffer[..read]);
+                let Some((header, rest)) =
+                    split_line::<ArtifactHeader>(&pending).map_err(QuicError::Refused)?
+                else {
+                    continue;
+                };
+                if let Some(error) = header.error {
+                    return Err(QuicError::Refused(error));
                 }
-            }
+                if header.size > limit || (*encoding == Encoding::Raw && header.size != size) {
+                    file.set_len(0)?;
+                    return Err(QuicError::TooLarge { expected: size });
+                }
+                total = Some(header.size);
+                body = rest.to_vec();
+                &body
+            } else {
+                &buffer[..read]
+            };
             have += data.len() as u64;
-            if have > expected_size {
+            if have > total.unwrap_or(limit) {
                 file.set_len(0)?;
-                return Err(QuicError::TooLarge {
-                    expected: expected_size,
-                });
+                return Err(QuicError::TooLarge { expected: size });
             }
             file.write_all(data)?;
-            if !pending.is_empty() {
-                pending.clear();
-            }
         }
         file.sync_all()?;
         connection.close(0u32.into(), b"done");
-        if have < expected_size {
-            return Err(unreachable(format!(
-                "download ended at {have} of {expected_size} bytes"
-            )));
+        match total {
+            Some(total) if have == total => Ok(()),
+            Some(total) => Err(unreachable(format!(
+                "download ended at {have} of {total} bytes"
+            ))),
+            None => Err(unreachable("the stream ended before its header".into())),
         }
-        Ok(())
     }
 }

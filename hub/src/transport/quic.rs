@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flotilla_common::artifact_protocol::{
-    ALPN, ArtifactHeader, ArtifactRequest, MAX_LINE_BYTES, SERVER_NAME,
+    ALPN, ArtifactHeader, ArtifactRequest, Encoding, MAX_LINE_BYTES, SERVER_NAME,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -130,9 +130,16 @@ async fn serve_stream(
             if request.sha256.len() == 64
                 && request.sha256.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
-            let path = artifacts.join(&request.sha256[..2]).join(&request.sha256);
+            let path = artifacts
+                .join(&request.sha256[..2])
+                .join(request.encoding.file_name(&request.sha256));
             match tokio::fs::File::open(&path).await {
                 Ok(file) => Ok((file, request.offset)),
+                Err(_) if request.encoding != Encoding::Raw => Err(format!(
+                    "no {} form of artifact {}",
+                    request.encoding.label(),
+                    request.sha256
+                )),
                 Err(_) => Err(format!("no artifact {}", request.sha256)),
             }
         }
@@ -220,7 +227,7 @@ mod tests {
         let part = dir.path().join("download.part");
         std::fs::write(&part, &bytes[..123_456]).unwrap();
         client
-            .download(&sha, &part, bytes.len() as u64)
+            .download(&sha, &Encoding::Raw, &part, bytes.len() as u64)
             .await
             .unwrap();
         assert_eq!(
@@ -243,7 +250,7 @@ mod tests {
         let other = QuicIdentity::load_or_create(&other_keys).unwrap();
         let impostor = QuicArtifacts::new(&address.to_string(), &other.pin()).unwrap();
         let error = impostor
-            .download(&sha, &dir.path().join("a.part"), 1000)
+            .download(&sha, &Encoding::Raw, &dir.path().join("a.part"), 1000)
             .await
             .unwrap_err();
         assert!(
@@ -254,7 +261,12 @@ mod tests {
         let identity = QuicIdentity::load_or_create(dir.path()).unwrap();
         let client = QuicArtifacts::new(&address.to_string(), &identity.pin()).unwrap();
         let missing = client
-            .download(&"0".repeat(64), &dir.path().join("b.part"), 10)
+            .download(
+                &"0".repeat(64),
+                &Encoding::Raw,
+                &dir.path().join("b.part"),
+                10,
+            )
             .await
             .unwrap_err();
         assert!(
@@ -262,7 +274,7 @@ mod tests {
             "{missing}"
         );
         let too_large = client
-            .download(&sha, &dir.path().join("c.part"), 999)
+            .download(&sha, &Encoding::Raw, &dir.path().join("c.part"), 999)
             .await
             .unwrap_err();
         assert!(

@@ -105,6 +105,11 @@ async fn push_deploy_upgrade_rollback_and_survive_kill_9() {
         (1, 3.0),
         "region=us untouched"
     );
+    let log = agents[0].log();
+    assert!(
+        log.contains("form=patch-from-") || log.contains("form=zstd"),
+        "compressed transfer: {log}"
+    );
     let reported = wait_reported(&hub, &agents[0].device_id, |d| d["serving"]["scaler"] == 2).await;
     assert_eq!(reported["last_outcomes"][0]["state"], "installed");
     assert_eq!(reported["labels"]["region"], "eu");
@@ -131,17 +136,22 @@ async fn a_tampered_artifact_is_refused_and_the_running_version_keeps_serving() 
     deploy(&hub, "1", "").await;
     agent.wait_serving("scaler", 1);
 
-    // Flip one byte of version 2 on the hub's disk.
+    // Flip one byte of version 2 on the hub's disk, in every form the hub keeps (raw, zstd,
+    // patch), as a disk error or an intruder on the hub would.
     let sha = v2["sha256"].as_str().unwrap();
-    let path = hub
-        .data_dir()
-        .join("artifacts/sha256")
-        .join(&sha[..2])
-        .join(sha);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
+    let folder = hub.data_dir().join("artifacts/sha256").join(&sha[..2]);
+    let mut tampered = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap().starts_with(sha) {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            tampered += 1;
+        }
+    }
+    assert!(tampered >= 2, "raw and zstd forms exist");
 
     deploy(&hub, "2", "").await;
     let reported = wait_reported(&hub, &agent.device_id, |d| {
