@@ -52,7 +52,7 @@ pub struct ModelConfig {
     /// A model file (served as version 1), or a folder of numbered version folders
     /// (DIR/1/model.onnx, DIR/2/model.onnx, ...) whose highest version is the default.
     pub path: PathBuf,
-    /// Sessions for this model, each on its own thread: how many requests run at once.
+    /// Sessions for this model: how many of its requests run at once.
     /// Default: the number of CPU cores.
     #[serde(default)]
     pub sessions: Option<usize>,

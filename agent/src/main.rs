@@ -1,5 +1,7 @@
 //! The `flotilla-agent` command: parses flags and hands over to the library.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use flotilla_agent::serve_command::{ServeArgs, serve};
 
@@ -26,6 +28,18 @@ enum Command {
     },
 }
 
+/// Runs the command on a tokio runtime. The command itself lets in-flight requests finish
+/// within the grace period; model runs still going after that (their clients were cut off)
+/// are abandoned, so the process exits promptly.
+fn run_to_completion(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -37,14 +51,11 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => {
-            flotilla_agent::run_command::RunConfig::load(&config).and_then(|config| {
-                tokio::runtime::Runtime::new()?.block_on(flotilla_agent::run_command::run(config))
-            })
-        }
+        Command::Run { config } => flotilla_agent::run_command::RunConfig::load(&config)
+            .and_then(|config| run_to_completion(flotilla_agent::run_command::run(config))),
         Command::Serve(args) => args
             .to_config()
-            .and_then(|config| tokio::runtime::Runtime::new()?.block_on(serve(config))),
+            .and_then(|config| run_to_completion(serve(config))),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

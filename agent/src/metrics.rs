@@ -183,6 +183,22 @@ impl Metrics {
     }
 }
 
+/// The `flotilla_inference_waiting` gauge: requests waiting for a free session, per model
+/// version (read from the repository when scraped).
+pub fn render_waiting(rows: &[(String, u64, usize)]) -> String {
+    let mut out = String::from(
+        "# HELP flotilla_inference_waiting Requests waiting for a free session.\n# TYPE flotilla_inference_waiting gauge\n",
+    );
+    for (model, version, waiting) in rows {
+        let _ = writeln!(
+            out,
+            "flotilla_inference_waiting{{model=\"{}\",version=\"{version}\"}} {waiting}",
+            escape(model)
+        );
+    }
+    out
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")

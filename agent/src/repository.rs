@@ -202,6 +202,19 @@ impl ModelRepository {
             })
     }
 
+    /// Requests waiting for a session, per loaded model version.
+    pub fn waiting(&self) -> Vec<(String, u64, usize)> {
+        let snapshot = self.snapshot();
+        snapshot
+            .iter()
+            .flat_map(|(name, versions)| {
+                versions
+                    .iter()
+                    .map(move |(v, e)| (name.clone(), *v, e.model.waiting()))
+            })
+            .collect()
+    }
+
     /// Loaded versions of a model, ascending.
     pub fn versions(&self, name: &str) -> Vec<u64> {
         self.snapshot()

@@ -11,7 +11,7 @@ use super::signature::ModelSignature;
 /// How many sessions and threads serve one model version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionSettings {
-    /// Sessions, each on its own worker thread: requests to this model run this many at a time.
+    /// Sessions: how many requests to this model run at a time.
     pub sessions: usize,
     /// ONNX Runtime intra-op threads per session (parallelism inside one request).
     pub intra_op_threads: usize,
@@ -76,6 +76,11 @@ impl LoadedModel {
             signature,
             pool,
         })
+    }
+
+    /// Requests waiting for a free session of this version now.
+    pub fn waiting(&self) -> usize {
+        self.pool.waiting()
     }
 
     /// Runs the model once on an input derived from its schema (zeros, empty strings, dynamic

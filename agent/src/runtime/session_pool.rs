@@ -11,8 +11,8 @@
 //! pool so they never stall the async runtime. A model counts as slow until measured.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::inference::TensorData;
@@ -55,17 +55,46 @@ pub enum InferError {
     },
 }
 
+/// Sessions and the bookkeeping that must outlive any one request: a request that is
+/// cancelled (its client went away) while its run is on the blocking pool still returns the
+/// session and its permit when the run ends.
+#[derive(Debug)]
+struct Shared {
+    idle: Mutex<Vec<Session>>,
+    /// One permit per session: holding one guarantees `idle` has a session to take.
+    permits: Arc<Semaphore>,
+    /// Moving average of run time, in nanoseconds (`UNMEASURED` until the first run).
+    typical_run_nanos: AtomicU64,
+}
+
 #[derive(Debug)]
 pub(crate) struct SessionPool {
     model: String,
     version: u64,
     queue_depth: usize,
-    idle: Mutex<Vec<Session>>,
-    /// One permit per session: holding one guarantees `idle` has a session to take.
-    permits: Semaphore,
-    waiting: AtomicUsize,
-    /// Moving average of run time, in nanoseconds (`UNMEASURED` until the first run).
-    typical_run_nanos: AtomicU64,
+    shared: Arc<Shared>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a request as waiting for a session until dropped, cancelled or not.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many runs may happen inline at once, across all models: one fewer than the async
+/// workers, so a run that turns out slow can never stall the whole runtime.
+fn inline_slots() -> &'static Semaphore {
+    static SLOTS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Semaphore::new(workers.saturating_sub(1).max(1))
+    })
 }
 
 impl SessionPool {
@@ -79,11 +108,18 @@ impl SessionPool {
             model: model.to_owned(),
             version,
             queue_depth,
-            permits: Semaphore::new(sessions.len()),
-            idle: Mutex::new(sessions),
-            waiting: AtomicUsize::new(0),
-            typical_run_nanos: AtomicU64::new(UNMEASURED),
+            shared: Arc::new(Shared {
+                permits: Arc::new(Semaphore::new(sessions.len())),
+                idle: Mutex::new(sessions),
+                typical_run_nanos: AtomicU64::new(UNMEASURED),
+            }),
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Requests waiting for a session of this model now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn infer(
@@ -91,71 +127,99 @@ impl SessionPool {
         inputs: Vec<NamedTensor>,
         outputs: Vec<String>,
     ) -> Result<Vec<NamedTensor>, InferError> {
-        let permit = match self.permits.try_acquire() {
+        let run_error = |message: String| InferError::Run {
+            model: self.model.clone(),
+            version: self.version,
+            message,
+        };
+        let permit = match self.shared.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _waiting = Waiting(self.waiting.clone());
                 if waiting >= self.queue_depth {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(InferError::Busy {
                         model: self.model.clone(),
                         version: self.version,
                         waiting,
                     });
                 }
-                let acquired = self.permits.acquire().await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                acquired.expect("the semaphore is never closed")
+                self.shared
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| run_error("the model is being unloaded".into()))?
             }
         };
-        let mut session = self
+        let Some(mut session) = self
+            .shared
             .idle
             .lock()
-            .expect("session list lock is never poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .expect("a permit guarantees an idle session");
-        let typical = self.typical_run_nanos.load(Ordering::Relaxed);
+        else {
+            return Err(run_error(
+                "no free session although one was reserved (a bug: please report it)".into(),
+            ));
+        };
+        let typical = self.shared.typical_run_nanos.load(Ordering::Relaxed);
         let input_bytes: usize = inputs.iter().map(|i| i.data.byte_len()).sum();
-        let inline =
+        let fast =
             typical < INLINE_RUN_LIMIT.as_nanos() as u64 && input_bytes <= INLINE_INPUT_LIMIT_BYTES;
-        let (result, run_time) = if inline {
-            run_guarded(&mut session, inputs, &outputs)
+        let inline_slot = if fast {
+            inline_slots().try_acquire().ok()
         } else {
-            let (returned, outcome) = tokio::task::spawn_blocking(move || {
-                let outcome = run_guarded(&mut session, inputs, &outputs);
-                (session, outcome)
+            None
+        };
+        let result = if inline_slot.is_some() {
+            // Synchronous from here to the return of the session: nothing can cancel it.
+            let (result, run_time) = run_guarded(&mut session, inputs, &outputs);
+            self.shared.finish(session, permit, run_time, input_bytes);
+            result
+        } else {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                let (result, run_time) = run_guarded(&mut session, inputs, &outputs);
+                // Returned here, on the blocking thread: even if the request was dropped.
+                shared.finish(session, permit, run_time, input_bytes);
+                result
             })
             .await
-            .expect("run_guarded catches panics, so the blocking task cannot fail");
-            session = returned;
-            outcome
+            .map_err(|e| run_error(format!("the run was lost: {e}")))?
         };
+        result.map_err(run_error)
+    }
+}
+
+impl Shared {
+    /// Gives the session back, then the permit (in that order, so the next holder of the
+    /// permit finds it), and learns from the run time.
+    fn finish(
+        &self,
+        session: Session,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        run_time: Duration,
+        input_bytes: usize,
+    ) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(session);
+        drop(permit);
         // Only requests that could run inline teach the model's typical run time; a big
         // batch must not send the next small requests to the blocking pool.
         if input_bytes <= INLINE_INPUT_LIMIT_BYTES {
-            self.record_run_time(run_time);
+            let sample = run_time.as_nanos().min(u64::MAX as u128 / 2) as u64;
+            let previous = self.typical_run_nanos.load(Ordering::Relaxed);
+            // A slow run moves the estimate at once; fast runs bring it down gradually.
+            let next = if previous == UNMEASURED || sample > previous {
+                sample
+            } else {
+                (previous / 8) * 7 + sample / 8
+            };
+            self.typical_run_nanos.store(next, Ordering::Relaxed);
         }
-        self.idle
-            .lock()
-            .expect("session list lock is never poisoned")
-            .push(session);
-        drop(permit);
-        result.map_err(|message| InferError::Run {
-            model: self.model.clone(),
-            version: self.version,
-            message,
-        })
-    }
-
-    fn record_run_time(&self, elapsed: Duration) {
-        let sample = elapsed.as_nanos().min(u64::MAX as u128 / 2) as u64;
-        let previous = self.typical_run_nanos.load(Ordering::Relaxed);
-        let next = if previous == UNMEASURED {
-            sample
-        } else {
-            (previous / 8) * 7 + sample / 8
-        };
-        self.typical_run_nanos.store(next, Ordering::Relaxed);
     }
 }
 

@@ -13,6 +13,8 @@ use crate::runtime::InferError;
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Overrides the status the kind implies (e.g. 405).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::BadRequest,
             message: message.into(),
+            status: None,
         }
     }
 
@@ -27,10 +30,19 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::NotFound,
             message: message.into(),
+            status: None,
         }
     }
 
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = Some(status);
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
+        if let Some(status) = self.status {
+            return status;
+        }
         match self.kind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -56,6 +68,7 @@ impl From<InferError> for ApiError {
         ApiError {
             kind,
             message: error.to_string(),
+            status: None,
         }
     }
 }

@@ -19,7 +19,10 @@ use crate::metrics::ErrorKind;
 
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(serde_json::json!({"live": true})) }),
+        )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
@@ -39,15 +42,45 @@ pub fn router(state: AppState) -> axum::Router {
                 "no such endpoint; the agent serves the Open Inference Protocol under /v2",
             )
         })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError {
+                    kind: ErrorKind::BadRequest,
+                    message: format!("{method} is not allowed on {}", uri.path()),
+                    status: None,
+                }
+                .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            },
+        )
         .with_state(state)
 }
 
-async fn server_ready(State(state): State<AppState>) -> StatusCode {
-    if state.repository.all_ready() {
+/// The path's model and version; a path that cannot be decoded is a JSON 400 like every
+/// other client mistake.
+struct ModelPath(HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ModelPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<ModelPath, ApiError> {
+        Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Path(params)| ModelPath(params))
+            .map_err(|rejection| ApiError::bad_request(format!("bad path: {rejection}")))
+    }
+}
+
+async fn server_ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let ready = state.repository.all_ready();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, Json(serde_json::json!({"ready": ready})))
 }
 
 async fn server_metadata() -> Json<ServerMetadata> {
@@ -60,7 +93,7 @@ async fn server_metadata() -> Json<ServerMetadata> {
 
 async fn model_metadata(
     State(state): State<AppState>,
-    Path(params): Path<HashMap<String, String>>,
+    ModelPath(params): ModelPath,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let name = &params["model"];
     let model = state
@@ -92,17 +125,19 @@ async fn model_metadata(
 
 async fn model_ready(
     State(state): State<AppState>,
-    Path(params): Path<HashMap<String, String>>,
-) -> Result<StatusCode, ApiError> {
+    ModelPath(params): ModelPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
     state
         .repository
         .get(&params["model"], params.get("version").map(String::as_str))?;
-    Ok(StatusCode::OK)
+    Ok(Json(
+        serde_json::json!({"name": params["model"], "ready": true}),
+    ))
 }
 
 async fn infer(
     State(state): State<AppState>,
-    Path(params): Path<HashMap<String, String>>,
+    ModelPath(params): ModelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -193,6 +228,7 @@ fn body_error(error: axum::Error, limit: usize) -> ApiError {
             message: format!(
                 "request body is larger than the limit of {limit} bytes (max_body_bytes)"
             ),
+            status: None,
         }
     } else {
         ApiError::bad_request(format!("could not read the request body: {error}"))
@@ -226,8 +262,7 @@ async fn repository_load(
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    text.push_str(&crate::metrics::render_waiting(&state.repository.waiting()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

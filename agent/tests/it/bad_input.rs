@@ -62,6 +62,20 @@ async fn request_errors_are_answered_and_the_agent_keeps_serving() {
     )
     .await;
     expect_error(get(&socket, "/v3/other").await, 404, &["/v2"]).await;
+    // Every error is JSON: a wrong method, and a path that is not valid UTF-8.
+    expect_error(get(&socket, infer).await, 405, &["GET is not allowed"]).await;
+    expect_error(
+        send(&socket, "POST", "/v2/health/live", &[], Vec::new()).await,
+        405,
+        &["not allowed"],
+    )
+    .await;
+    expect_error(
+        get(&socket, "/v2/models/%FF/ready").await,
+        400,
+        &["bad path"],
+    )
+    .await;
 
     let mut missing = multi_request();
     missing["inputs"].as_array_mut().unwrap().pop();

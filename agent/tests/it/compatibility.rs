@@ -11,6 +11,7 @@ fn stock_clients_get_correct_metadata_and_outputs() {
         &[
             ("iris", &fixture("iris_classifier.onnx")),
             ("text", &fixture("text_lookup.onnx")),
+            ("all", &fixture("all_types.onnx")),
         ],
         &[],
     );

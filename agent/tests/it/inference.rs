@@ -316,8 +316,14 @@ async fn metadata_health_and_versions_from_a_version_folder() {
         &[],
     );
     let endpoint = agent.unix();
-    assert_eq!(get(&endpoint, "/v2/health/live").await.status, 200);
-    assert_eq!(get(&endpoint, "/v2/health/ready").await.status, 200);
+    let live = get(&endpoint, "/v2/health/live").await;
+    assert_eq!(
+        (live.status, live.json()),
+        (200, json!({"live": true})),
+        "KServe clients parse this body"
+    );
+    let ready = get(&endpoint, "/v2/health/ready").await;
+    assert_eq!((ready.status, ready.json()), (200, json!({"ready": true})));
     let server = get(&endpoint, "/v2").await.json();
     assert_eq!(server["name"], "flotilla-agent");
     assert!(

@@ -288,15 +288,18 @@ impl TensorData {
             Datatype::Int32 => TensorData::Int32(convert(scalars, d, integer)?),
             Datatype::Int64 => TensorData::Int64(convert(scalars, d, integer)?),
             Datatype::Fp16 => {
-                TensorData::Fp16(convert(scalars, d, |s| float(s).map(f16::from_f64))?)
+                // A number beyond the type's range would become infinity: refused, not changed.
+                TensorData::Fp16(convert(scalars, d, |s| {
+                    float(s).map(f16::from_f64).filter(|v| v.is_finite())
+                })?)
             }
-            Datatype::Fp32 => {
-                TensorData::Fp32(convert(scalars, d, |s| float(s).map(|v| v as f32))?)
-            }
+            Datatype::Fp32 => TensorData::Fp32(convert(scalars, d, |s| {
+                float(s).map(|v| v as f32).filter(|v| v.is_finite())
+            })?),
             Datatype::Fp64 => TensorData::Fp64(convert(scalars, d, float)?),
-            Datatype::Bf16 => {
-                TensorData::Bf16(convert(scalars, d, |s| float(s).map(bf16::from_f64))?)
-            }
+            Datatype::Bf16 => TensorData::Bf16(convert(scalars, d, |s| {
+                float(s).map(bf16::from_f64).filter(|v| v.is_finite())
+            })?),
             Datatype::Bytes => {
                 let texts = scalars
                     .into_iter()
@@ -545,6 +548,21 @@ mod tests {
         assert!(TensorData::from_json(Datatype::Bool, flat("[1]")).is_err());
         assert!(TensorData::from_json(Datatype::Bytes, flat("[1]")).is_err());
         assert!(TensorData::from_json(Datatype::Fp32, flat("[\"1\"]")).is_err());
+        // Beyond the type's range: refused rather than turned into infinity.
+        let err = TensorData::from_json(Datatype::Fp32, flat("[1, 1e39]")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::BadElement {
+                    index: 1,
+                    datatype: Datatype::Fp32,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(TensorData::from_json(Datatype::Fp16, flat("[70000]")).is_err());
+        assert!(TensorData::from_json(Datatype::Fp16, flat("[65000]")).is_ok());
     }
 
     #[test]
