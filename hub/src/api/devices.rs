@@ -193,7 +193,7 @@ pub(super) async fn artifact(
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let stream = tokio_util::io::ReaderStream::new(file.take(length));
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), 256 * 1024);
     let mut response = (status, Body::from_stream(stream)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, length.into());
