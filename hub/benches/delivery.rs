@@ -198,10 +198,11 @@ fn main() {
         }
     }
 
-    let shm = Path::new("/dev/shm")
-        .exists()
-        .then(|| PathBuf::from("/dev/shm"))
-        .unwrap_or_else(std::env::temp_dir);
+    let shm = if Path::new("/dev/shm").exists() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
     let downloads = tempfile::tempdir_in(shm).unwrap();
     let size = v1.len() as u64;
     let total = size * clients as u64;
