@@ -358,3 +358,80 @@ async fn admin_api_documents_itself_and_audits_changes() {
         "{actions:?}"
     );
 }
+
+/// Manifests are re-signed before they expire, with a higher document version, so devices
+/// never hold an expired manifest of a live version, and an old copy is recognisably older.
+#[test]
+fn manifests_are_re_signed_before_they_expire() {
+    use std::sync::Arc;
+
+    use flotilla_hub::data_dir::DataDir;
+    use flotilla_hub::registry::{
+        MANIFEST_LIFETIME_SECONDS, PushMetadata, RESIGN_BEFORE_SECONDS, Registry,
+    };
+    use flotilla_hub::store::RegistryStore;
+    use flotilla_hub::time::{Clock, ManualClock};
+
+    flotilla_agent::runtime::init_onnx_runtime(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::new(dir.path());
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    data_dir.init(clock.now_unix()).unwrap();
+    let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store().unwrap());
+    let registry = Registry::new(
+        data_dir.clone(),
+        store.clone(),
+        data_dir.load_signing_key().unwrap(),
+        clock.clone(),
+    );
+    let bytes = std::fs::read(fixture("scaler_v1.onnx")).unwrap();
+    let upload = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+    std::fs::write(upload.path(), &bytes).unwrap();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    registry
+        .push(
+            "scaler",
+            upload,
+            &sha,
+            bytes.len() as u64,
+            PushMetadata::default(),
+            "test",
+        )
+        .unwrap();
+    assert_eq!(
+        registry.resign_expiring().unwrap(),
+        0,
+        "a fresh manifest is left alone"
+    );
+
+    clock.advance(MANIFEST_LIFETIME_SECONDS - RESIGN_BEFORE_SECONDS + 60);
+    assert_eq!(registry.resign_expiring().unwrap(), 1);
+    let record = store.version("scaler", 1).unwrap().unwrap();
+    let envelope: Envelope = serde_json::from_str(&record.manifest).unwrap();
+    let root: Envelope = serde_json::from_str(&store.latest_root().unwrap().unwrap()).unwrap();
+    let root = verify_initial_root(&root, clock.now_unix()).unwrap();
+    let manifest = verify_manifest(
+        &root,
+        &envelope,
+        clock.now_unix(),
+        Some(TrustedVersion {
+            version: 1,
+            document_version: 1,
+        }),
+        false,
+    )
+    .unwrap();
+    assert_eq!(manifest.document_version, 2);
+    assert_eq!(
+        manifest.expires,
+        clock.now_unix() + MANIFEST_LIFETIME_SECONDS
+    );
+    assert_eq!(record.manifest_expires, manifest.expires);
+    assert!(
+        store
+            .audit_log(10)
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "manifest.resign")
+    );
+}
