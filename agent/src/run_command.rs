@@ -181,8 +181,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             enrollment
         }
     };
-    let root = verify_initial_root(&enrollment.root, now_unix())
-        .context("the pinned root metadata no longer verifies")?;
+    let trusted_root = store.root()?.unwrap_or_else(|| enrollment.root.clone());
+    let root = verify_initial_root(&trusted_root, now_unix())
+        .context("the trusted root metadata no longer verifies")?;
 
     let settings = InstalledModelSettings {
         sessions: config.sessions,
@@ -232,7 +233,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let syncer = Syncer {
         device_id: enrollment.device_id.clone(),
         key,
-        root,
+        root: std::sync::RwLock::new(root),
         store,
         repository,
         http: artifacts,

@@ -79,6 +79,15 @@ impl AgentStore {
         self.set(&[("enrollment", enrollment)])
     }
 
+    /// The newest root metadata this device has verified (after rotations; the enrollment
+    /// root before any).
+    pub fn root(&self) -> Result<Option<flotilla_proto::trust::Envelope>, AgentStoreError> {
+        self.get("root")
+    }
+    pub fn set_root(&self, root: &flotilla_proto::trust::Envelope) -> Result<(), AgentStoreError> {
+        self.set(&[("root", root)])
+    }
+
     pub fn desired_sequence(&self) -> Result<u64, AgentStoreError> {
         Ok(self.get("desired_sequence")?.unwrap_or(0))
     }

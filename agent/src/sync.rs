@@ -42,7 +42,8 @@ pub struct InstalledModelSettings {
 pub struct Syncer {
     pub device_id: String,
     pub key: Arc<SigningKey>,
-    pub root: RootMetadata,
+    /// The trusted root; replaced by the next version when the hub rotates its keys.
+    pub root: std::sync::RwLock<RootMetadata>,
     pub store: Arc<AgentStore>,
     pub repository: Arc<ModelRepository>,
     pub http: HubHttp,
@@ -91,7 +92,14 @@ impl Syncer {
 
     pub async fn run(self, mut desired: mpsc::Receiver<Vec<u8>>) {
         while let Some(payload) = desired.recv().await {
-            match self.accept_desired(&payload) {
+            let mut accepted = self.accept_desired(&payload);
+            if matches!(&accepted, Err(reason) if reason.starts_with("signature"))
+                && self.refresh_root().await
+            {
+                // Signed by a key the trusted root does not name: the hub may have rotated.
+                accepted = self.accept_desired(&payload);
+            }
+            match accepted {
                 Ok(Some(state)) => {
                     for entry in
                         installs_needed(&state.models, &self.store.serving().unwrap_or_default())
@@ -112,16 +120,57 @@ impl Syncer {
         }
     }
 
+    fn trusted_root(&self) -> RootMetadata {
+        self.root.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Walks the hub's root metadata from the trusted version upwards, one version at a time,
+    /// each checked against the one before (DESIGN.md section 4) and stored only after it
+    /// passed. Returns whether the trusted root changed.
+    pub async fn refresh_root(&self) -> bool {
+        let mut changed = false;
+        loop {
+            let trusted = self.trusted_root();
+            let next = match self.http.root(trusted.version + 1).await {
+                Ok(Some(envelope)) => envelope,
+                Ok(None) => return changed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot fetch root metadata");
+                    return changed;
+                }
+            };
+            match flotilla_common::trust::verify_root_update(&trusted, &next, now_unix()) {
+                Ok(root) => {
+                    if let Err(error) = self.store.set_root(&next) {
+                        tracing::error!(%error, "cannot store the new root");
+                        return changed;
+                    }
+                    tracing::info!(
+                        version = root.version,
+                        "trusting the hub's rotated root metadata"
+                    );
+                    *self.root.write().unwrap_or_else(|e| e.into_inner()) = root;
+                    changed = true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the hub's next root metadata does not verify; keeping the trusted one");
+                    return changed;
+                }
+            }
+        }
+    }
+
     /// Checks a desired state before anything is trusted or stored: hub signature, this
     /// device, unexpired, not older than the newest one followed. `None` for an older one.
     pub fn accept_desired(&self, payload: &[u8]) -> Result<Option<DesiredState>, String> {
         let envelope: Envelope =
             serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
+        let root = self.trusted_root();
         verify_envelope(
             &envelope,
             DESIRED_PAYLOAD_TYPE,
-            &self.root.signing_keys,
-            self.root.signing_threshold,
+            &root.signing_keys,
+            root.signing_threshold,
         )
         .map_err(|e| format!("signature: {e}"))?;
         let state: DesiredState =
@@ -133,10 +182,10 @@ impl Syncer {
                 state.device_id, self.device_id
             ));
         }
-        if state.expires <= now || self.root.expires <= now {
+        if state.expires <= now || root.expires <= now {
             return Err(format!(
                 "it expired at {} (root at {}); the hub must re-sign",
-                state.expires, self.root.expires
+                state.expires, root.expires
             ));
         }
         let followed = self.store.desired_sequence().map_err(|e| e.to_string())?;
@@ -230,7 +279,7 @@ impl Syncer {
             Step::VerifyManifest => {
                 let trusted = self.store.trusted(&entry.name).map_err(|e| e.to_string())?;
                 let checked = verify_manifest(
-                    &self.root,
+                    &self.trusted_root(),
                     &entry.manifest,
                     now_unix(),
                     trusted,

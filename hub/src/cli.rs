@@ -46,6 +46,9 @@ pub enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Set MODEL at VERSION (a number or alias) as desired on the devices matching --to.
     Deploy {
         model: String,
@@ -54,6 +57,13 @@ pub enum Command {
         #[arg(long, default_value = "")]
         to: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Rotate the signing key (the root key must be on the hub; otherwise use
+    /// flotilla-hub root rotate on the hub machine).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +372,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             if !cli.json {
                 println!("{name} version {version} retired");
+                return Ok(());
+            }
+            answer
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let answer = client
+                .json(Method::POST, "/api/v1/keys/rotate", None)
+                .await?;
+            if !cli.json {
+                println!(
+                    "signing key rotated: root metadata version {}; {} devices' desired state re-signed",
+                    answer["root_version"], answer["devices_updated"]
+                );
                 return Ok(());
             }
             answer

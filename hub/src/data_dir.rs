@@ -30,6 +30,10 @@ pub enum DataDirError {
     Key { path: PathBuf, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the root key is not on this hub (it was exported and removed); rotate with flotilla-hub root rotate --data-dir DIR --root-key FILE on the hub machine"
+    )]
+    RootKeyOffline,
     #[error("cannot make a key: {0}")]
     Signing(#[from] flotilla_common::signing::SigningError),
 }
@@ -137,6 +141,39 @@ impl DataDir {
 
     pub fn load_signing_key(&self) -> Result<SigningKey, DataDirError> {
         read_key(&self.signing_key())
+    }
+
+    /// The root key, when it is kept on the hub.
+    pub fn load_root_key(&self, from: Option<&Path>) -> Result<SigningKey, DataDirError> {
+        let path = from
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root_key());
+        if !path.exists() {
+            return Err(DataDirError::RootKeyOffline);
+        }
+        read_key(&path)
+    }
+
+    /// Writes a new signing key in place of the old one, which is kept as `signing.key.old`.
+    pub fn replace_signing_key(&self, key: &SigningKey) -> Result<(), DataDirError> {
+        let old = self.keys().join("signing.key.old");
+        std::fs::rename(self.signing_key(), &old)
+            .map_err(|source| DataDirError::Write { path: old, source })?;
+        write_secret(&self.signing_key(), &key.to_hex())
+    }
+
+    /// Copies the root key to `out` (mode 0600), and with `remove` deletes it from the hub so
+    /// it can be kept offline.
+    pub fn export_root_key(&self, out: &Path, remove: bool) -> Result<(), DataDirError> {
+        let key = self.load_root_key(None)?;
+        write_secret(out, &key.to_hex())?;
+        if remove {
+            std::fs::remove_file(self.root_key()).map_err(|source| DataDirError::Write {
+                path: self.root_key(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 }
 

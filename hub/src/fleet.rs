@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flotilla_common::signing::{SigningKey, sign_envelope, verifying_key};
+use flotilla_common::signing::{sign_envelope, verifying_key};
 use flotilla_proto::control::{
     DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, EnrollRequest, EnrollResponse,
 };
@@ -84,7 +84,6 @@ pub struct Publication {
 #[derive(Debug)]
 pub struct Fleet {
     registry: Arc<Registry>,
-    signing_key: SigningKey,
     /// Broker address devices connect to, `HOST:PORT`.
     pub mqtt_address: String,
     /// Base URL devices download artifacts from.
@@ -94,15 +93,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(
-        registry: Arc<Registry>,
-        signing_key: SigningKey,
-        mqtt_address: String,
-        artifacts_http: String,
-    ) -> Fleet {
+    pub fn new(registry: Arc<Registry>, mqtt_address: String, artifacts_http: String) -> Fleet {
         Fleet {
             registry,
-            signing_key,
             mqtt_address,
             artifacts_http,
             artifacts_quic: None,
@@ -231,7 +224,7 @@ impl Fleet {
             let envelope = sign_envelope(
                 DESIRED_PAYLOAD_TYPE,
                 serde_json::to_string(&state).expect("desired state serializes"),
-                &[&self.signing_key],
+                &[self.registry.signing_key().as_ref()],
             );
             let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
             self.store().set_desired(
@@ -258,6 +251,55 @@ impl Fleet {
             ),
         )?;
         Ok((record.version, publications))
+    }
+
+    /// After a key rotation: every device's desired state again, with the re-signed
+    /// manifests and the new signing key (next sequence), to publish.
+    pub fn resign_all_desired(&self) -> Result<Vec<Publication>, FleetError> {
+        let now = self.registry.now();
+        let mut publications = Vec::new();
+        for device in self.store().devices()? {
+            let Some(current) = self.store().desired(&device.id)? else {
+                continue;
+            };
+            let models: Vec<DesiredModel> = serde_json::from_str(&current.models)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut refreshed = Vec::with_capacity(models.len());
+            for mut entry in models {
+                if let Some(record) = self.store().version(&entry.name, entry.version)? {
+                    entry.manifest = serde_json::from_str(&record.manifest)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                }
+                refreshed.push(entry);
+            }
+            let sequence = current.sequence + 1;
+            let state = DesiredState {
+                device_id: device.id.clone(),
+                sequence,
+                issued: now,
+                expires: now + DESIRED_LIFETIME_SECONDS,
+                models: refreshed.clone(),
+            };
+            let envelope = sign_envelope(
+                DESIRED_PAYLOAD_TYPE,
+                serde_json::to_string(&state).expect("desired state serializes"),
+                &[self.registry.signing_key().as_ref()],
+            );
+            let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
+            self.store().set_desired(
+                &device.id,
+                &DesiredRecord {
+                    sequence,
+                    models: serde_json::to_string(&refreshed).expect("models serialize"),
+                    envelope: envelope.clone(),
+                },
+            )?;
+            publications.push(Publication {
+                device_id: device.id,
+                envelope,
+            });
+        }
+        Ok(publications)
     }
 
     /// Every stored desired state, for republishing after the hub (re)connects to the broker.

@@ -28,6 +28,31 @@ enum Command {
     /// Admin tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The root key, kept offline: export it, and rotate the signing key with it.
+    #[command(subcommand)]
+    Root(RootCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RootCommand {
+    /// Copy the root key to a file (mode 0600); with --remove, delete it from the hub.
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Rotate the signing key with a root key held offline (stop the hub first; it takes the
+    /// new key and republishes desired states when it starts).
+    Rotate {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The exported root key.
+        #[arg(long)]
+        root_key: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +86,14 @@ fn main() {
             scope,
             name,
         }) => create_token(&data_dir, &scope, &name),
+        Command::Root(RootCommand::Export {
+            data_dir,
+            out,
+            remove,
+        }) => flotilla_hub::serve_command::export_root(&data_dir, &out, remove),
+        Command::Root(RootCommand::Rotate { data_dir, root_key }) => {
+            flotilla_hub::serve_command::rotate_offline(&data_dir, &root_key)
+        }
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run(args))),

@@ -85,7 +85,8 @@ pub struct PushResult {
 pub struct Registry {
     data_dir: DataDir,
     store: Arc<dyn RegistryStore>,
-    signing_key: SigningKey,
+    /// Swapped whole when the signing key is rotated; readers take an `Arc`.
+    signing_key: std::sync::RwLock<Arc<SigningKey>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -112,9 +113,17 @@ impl Registry {
         Registry {
             data_dir,
             store,
-            signing_key,
+            signing_key: std::sync::RwLock::new(Arc::new(signing_key)),
             clock,
         }
+    }
+
+    /// The current signing key.
+    pub fn signing_key(&self) -> Arc<SigningKey> {
+        self.signing_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn store(&self) -> &Arc<dyn RegistryStore> {
@@ -235,7 +244,7 @@ impl Registry {
         let envelope = sign_envelope(
             MANIFEST_PAYLOAD_TYPE,
             serde_json::to_string(manifest).expect("manifest serializes"),
-            &[&self.signing_key],
+            &[self.signing_key().as_ref()],
         );
         serde_json::to_string(&envelope).expect("envelope serializes")
     }
@@ -390,33 +399,121 @@ impl Registry {
     /// Re-signs manifests that expire within `RESIGN_BEFORE_SECONDS`, each with the next
     /// document version, so devices never hold an expired manifest of a live version.
     pub fn resign_expiring(&self) -> Result<usize, RegistryError> {
-        let now = self.now();
-        let due = self.store.manifests_expiring(now + RESIGN_BEFORE_SECONDS)?;
+        let due = self
+            .store
+            .manifests_expiring(self.now() + RESIGN_BEFORE_SECONDS)?;
         for record in &due {
-            let envelope: Envelope = serde_json::from_str(&record.manifest)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut manifest: ModelManifest = serde_json::from_str(&envelope.payload)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            manifest.document_version += 1;
-            manifest.expires = now + MANIFEST_LIFETIME_SECONDS;
-            self.store.replace_manifest(
-                &record.model,
-                record.version,
-                &self.sign_manifest(&manifest),
-                manifest.expires,
-            )?;
-            self.store.audit(
-                now,
-                "hub",
-                "manifest.resign",
-                &format!(
-                    "{} version {} document {}",
-                    record.model, record.version, manifest.document_version
-                ),
-            )?;
+            self.resign(record, "hub")?;
         }
         Ok(due.len())
     }
+
+    /// Re-signs one version's manifest with the current signing key: next document
+    /// version, a fresh expiry.
+    fn resign(&self, record: &VersionRecord, actor: &str) -> Result<(), RegistryError> {
+        let now = self.now();
+        let envelope: Envelope = serde_json::from_str(&record.manifest)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut manifest: ModelManifest = serde_json::from_str(&envelope.payload)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        manifest.document_version += 1;
+        manifest.expires = now + MANIFEST_LIFETIME_SECONDS;
+        self.store.replace_manifest(
+            &record.model,
+            record.version,
+            &self.sign_manifest(&manifest),
+            manifest.expires,
+        )?;
+        self.store.audit(
+            now,
+            actor,
+            "manifest.resign",
+            &format!(
+                "{} version {} document {}",
+                record.model, record.version, manifest.document_version
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Rotates the signing key: a new key, root metadata version N+1 naming it (signed by the
+    /// root key: from `root_key_file` or the hub's own), every live manifest re-signed.
+    /// Agents take root N+1 when a document signed by the new key reaches them.
+    pub fn rotate_signing_key(
+        &self,
+        root_key_file: Option<&Path>,
+        actor: &str,
+    ) -> Result<u64, RotationError> {
+        use flotilla_common::signing::sign_envelope;
+        use flotilla_proto::trust::{ROOT_PAYLOAD_TYPE, RootMetadata};
+        let root_key = self.data_dir.load_root_key(root_key_file)?;
+        let current: Envelope =
+            serde_json::from_str(&self.store.latest_root()?.ok_or(RotationError::NoRoot)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let current: RootMetadata = serde_json::from_str(&current.payload)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !current
+            .root_keys
+            .iter()
+            .any(|k| k.key_id == root_key.key_id())
+        {
+            return Err(RotationError::WrongRootKey);
+        }
+        let signing_key = SigningKey::generate().map_err(|e| RotationError::Key(e.to_string()))?;
+        let next = RootMetadata {
+            version: current.version + 1,
+            expires: self.now() + crate::data_dir::ROOT_LIFETIME_SECONDS,
+            root_keys: current.root_keys.clone(),
+            root_threshold: current.root_threshold,
+            signing_keys: vec![signing_key.public_key()],
+            signing_threshold: 1,
+        };
+        let envelope = sign_envelope(
+            ROOT_PAYLOAD_TYPE,
+            serde_json::to_string(&next).expect("root serializes"),
+            &[&root_key],
+        );
+        self.store.insert_root(
+            next.version,
+            &serde_json::to_string(&envelope).expect("envelope serializes"),
+        )?;
+        self.data_dir.replace_signing_key(&signing_key)?;
+        *self.signing_key.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signing_key);
+        for model in self.store.models()? {
+            for record in self
+                .store
+                .versions(&model.name)?
+                .iter()
+                .filter(|v| v.retired.is_none())
+            {
+                self.resign(record, actor)?;
+            }
+        }
+        self.store.audit(
+            self.now(),
+            actor,
+            "keys.rotate",
+            &format!("root version {} names a new signing key", next.version),
+        )?;
+        Ok(next.version)
+    }
+}
+
+/// Why a key rotation could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    #[error("the given root key is not a root key of the current root metadata")]
+    WrongRootKey,
+    #[error("the hub has no root metadata")]
+    NoRoot,
+    #[error("cannot make a key: {0}")]
+    Key(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Hashes a file's content (hex SHA-256) and returns its size.

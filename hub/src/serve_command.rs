@@ -85,6 +85,51 @@ pub fn create_token(data_dir: &std::path::Path, scope: &str, name: &str) -> anyh
     Ok(())
 }
 
+pub fn export_root(
+    data_dir: &std::path::Path,
+    out: &std::path::Path,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    dir.export_root_key(out, remove)?;
+    let store = dir.open_store()?;
+    store.audit(
+        SystemClock.now_unix(),
+        "flotilla-hub root export",
+        "root.export",
+        &format!("to {} (removed from the hub: {remove})", out.display()),
+    )?;
+    println!(
+        "root key written to {}{}",
+        out.display(),
+        if remove { "; removed from the hub" } else { "" }
+    );
+    Ok(())
+}
+
+/// Rotation with an offline root key; the desired states are re-signed here and published
+/// when the hub starts (it republishes everything on connect).
+pub fn rotate_offline(
+    data_dir: &std::path::Path,
+    root_key: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    let store: Arc<dyn RegistryStore> = Arc::new(dir.open_store()?);
+    let registry = Arc::new(Registry::new(
+        dir.clone(),
+        store,
+        dir.load_signing_key()?,
+        Arc::new(SystemClock),
+    ));
+    let version = registry.rotate_signing_key(Some(root_key), "flotilla-hub root rotate")?;
+    let fleet = Fleet::new(registry, String::new(), String::new());
+    let updated = fleet.resign_all_desired()?.len();
+    println!(
+        "root metadata version {version} names the new signing key; {updated} desired states re-signed"
+    );
+    Ok(())
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -132,12 +177,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
     let metrics = Arc::new(crate::metrics::HubMetrics::default());
-    let mut fleet = Fleet::new(
-        registry.clone(),
-        data_dir.load_signing_key()?,
-        advertise_mqtt.clone(),
-        advertise_url,
-    );
+    let mut fleet = Fleet::new(registry.clone(), advertise_mqtt.clone(), advertise_url);
     let mut quic_line = String::new();
     if !args.no_quic {
         let identity =

@@ -94,6 +94,34 @@ impl HubHttp {
         serde_json::from_slice(&body).map_err(|e| HttpError::BadAnswer(e.to_string()))
     }
 
+    /// Root metadata of `version`, or `None` when the hub has no such version yet.
+    pub async fn root(
+        &self,
+        version: u64,
+    ) -> Result<Option<flotilla_proto::trust::Envelope>, HttpError> {
+        let request = self
+            .request(Method::GET, &format!("/api/v1/roots/{version}"))
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let response = self.send(request).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| HttpError::BadAnswer(e.to_string()))?
+            .to_bytes();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(refused(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| HttpError::BadAnswer(e.to_string()))
+    }
+
     /// Downloads artifact `sha256` into `part`, continuing from what `part` already holds.
     /// Returns once `part` holds `expected_size` bytes; the caller checks the hash.
     pub async fn download(

@@ -65,6 +65,8 @@ pub fn router(state: ApiState) -> axum::Router {
         )
         .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
         .route("/api/v1/enroll", post(devices::enroll))
+        .route("/api/v1/roots/{version}", get(root_version))
+        .route("/api/v1/keys/rotate", post(rotate_keys))
         .route("/api/v1/deployments", post(devices::deploy))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{id}", get(devices::show))
@@ -114,6 +116,54 @@ async fn root(
     })?;
     Ok(Json(
         serde_json::from_str(&envelope).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
+}
+
+/// Root metadata by version, for agents walking from the root they trust to the newest.
+/// Public: root metadata is signed and holds no secret.
+async fn root_version(
+    State(state): State<ApiState>,
+    axum::extract::Path(version): axum::extract::Path<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = state.registry.clone();
+    let envelope = blocking(move || Ok(registry.store().root(version)?)).await?;
+    let envelope = envelope
+        .ok_or_else(|| ApiError::not_found(format!("no root metadata version {version}")))?;
+    Ok(Json(
+        serde_json::from_str(&envelope).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
+}
+
+/// Rotates the signing key (needs the root key on the hub), re-signs every manifest and
+/// desired state, and republishes the desired states.
+async fn rotate_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Operator)?;
+    let (registry, fleet) = (state.registry.clone(), state.fleet.clone());
+    let actor = caller.name.clone();
+    let (root_version, publications) = blocking(move || {
+        let version = registry
+            .rotate_signing_key(None, &actor)
+            .map_err(|e| match e {
+                crate::registry::RotationError::DataDir(
+                    crate::data_dir::DataDirError::RootKeyOffline,
+                ) => ApiError::new(axum::http::StatusCode::CONFLICT, e.to_string()),
+                other => ApiError::internal(other.to_string()),
+            })?;
+        let publications = match fleet {
+            Some(fleet) => fleet.resign_all_desired()?,
+            None => Vec::new(),
+        };
+        Ok((version, publications))
+    })
+    .await?;
+    if let Some(mqtt) = &state.mqtt {
+        mqtt.publish_desired(&publications).await;
+    }
+    Ok(Json(
+        serde_json::json!({"root_version": root_version, "devices_updated": publications.len()}),
     ))
 }
 

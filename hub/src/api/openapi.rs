@@ -40,6 +40,8 @@ pub fn spec() -> serde_json::Value {
             },
             "/api/v1/enrollment-tokens": {"post": op("Create a one-time enrollment token: body {\"labels\": {..}, \"ttl_seconds\": N}", "operator")},
             "/api/v1/audit": {"get": op("The newest 200 audit log entries", "read")},
+            "/api/v1/roots/{version}": {"get": {"summary": "Signed root metadata by version (public; agents walk the chain)", "responses": {"200": {"description": "envelope"}, "404": {"$ref": "#/components/responses/Error"}}}},
+            "/api/v1/keys/rotate": {"post": op("Rotate the signing key: root metadata N+1, every manifest and desired state re-signed and republished; 409 when the root key is offline", "operator")},
             "/api/v1/enroll": {"post": {"summary": "Device enrollment with a one-time token (no admin token): body EnrollRequest", "responses": {"200": {"description": "EnrollResponse"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
             "/api/v1/deployments": {"post": op("Set a model version (or alias) as desired on devices matching a label selector: body {\"model\", \"version\", \"selector\"}", "operator")},
             "/api/v1/devices": {"get": op("Enrolled devices: labels, hardware, online, last seen, serving versions, last install outcomes", "read")},

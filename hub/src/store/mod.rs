@@ -200,6 +200,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         expires: i64,
     ) -> Result<(), StoreError>;
     fn latest_root(&self) -> Result<Option<String>, StoreError>;
+    /// Root metadata of one version (agents walk the chain one version at a time).
+    fn root(&self, version: u64) -> Result<Option<String>, StoreError>;
     fn insert_root(&self, version: u64, envelope: &str) -> Result<(), StoreError>;
     fn insert_admin_token(
         &self,

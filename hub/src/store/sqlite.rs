@@ -317,6 +317,18 @@ impl RegistryStore for SqliteStore {
         })
     }
 
+    fn root(&self, version: u64) -> Result<Option<String>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT envelope FROM roots WHERE version = ?1",
+                    params![version as i64],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+    }
+
     fn insert_root(&self, version: u64, envelope: &str) -> Result<(), StoreError> {
         self.with(|connection| {
             connection.execute(

@@ -422,3 +422,91 @@ async fn with_udp_blocked_downloads_fall_back_to_http_ranges() {
         "{log}"
     );
 }
+
+/// Rotating the signing key: root metadata N+1 names the new key; agents that meet a document
+/// signed by it fetch the next root, check it against the one they trust, and carry on. With
+/// the root key exported (kept offline), the online rotation is refused and the offline one
+/// works.
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_key_rotations_online_and_offline_reach_the_agents() {
+    let mut hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+
+    let rotated = hub
+        .operator()
+        .json(Method::POST, "/api/v1/keys/rotate", None)
+        .await
+        .unwrap();
+    assert_eq!(rotated["root_version"], 2);
+    deploy(&hub, "2", "").await;
+    agent.wait_serving("scaler", 2);
+    assert!(
+        agent
+            .log()
+            .contains("trusting the hub's rotated root metadata"),
+        "{}",
+        agent.log()
+    );
+    match hub
+        .reader()
+        .json(Method::POST, "/api/v1/keys/rotate", None)
+        .await
+    {
+        Err(flotilla_hub::client::ClientError::Api { status: 403, .. }) => {}
+        other => panic!("a read-only token must not rotate keys: {other:?}"),
+    }
+
+    // Take the root key offline; the hub can no longer rotate by itself.
+    let exported = hub.data_dir().join("root-key-offline");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
+        .args(["root", "export", "--remove", "--data-dir"])
+        .arg(hub.data_dir())
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!hub.data_dir().join("keys/root.key").exists());
+    match hub
+        .operator()
+        .json(Method::POST, "/api/v1/keys/rotate", None)
+        .await
+    {
+        Err(flotilla_hub::client::ClientError::Api {
+            status: 409,
+            message,
+        }) => assert!(message.contains("root rotate"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    hub.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
+        .args(["root", "rotate", "--data-dir"])
+        .arg(hub.data_dir())
+        .arg("--root-key")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root metadata version 3"));
+    hub.serve();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    let root: serde_json::Value = hub
+        .reader()
+        .json(Method::GET, "/api/v1/root", None)
+        .await
+        .unwrap();
+    assert!(root["payload"].as_str().unwrap().contains("\"version\":3"));
+}
