@@ -135,6 +135,18 @@ pub enum EnrollTokenCommand {
     },
 }
 
+/// "12s ago", "3m ago", "never" for a Unix time.
+fn seen_ago(at: Option<i64>) -> String {
+    let Some(at) = at else { return "never".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(at);
+    match (now - at).max(0) {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
 /// Parses 90s, 30m, 24h, 7d.
 pub fn parse_duration_seconds(text: &str) -> anyhow::Result<i64> {
     let (number, unit) = text.split_at(
@@ -447,7 +459,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         } else {
                             "offline"
                         },
-                        device["last_seen"].to_string(),
+                        seen_ago(device["last_seen"].as_i64()),
                         labels.join(","),
                         serving.join(","),
                         outcome.unwrap_or_default()
