@@ -134,16 +134,50 @@ fn detected_hardware(extra: &BTreeMap<String, String>) -> BTreeMap<String, Strin
     hardware
 }
 
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+/// One agent core: everything a device does (enrollment, local inference server when
+/// listeners are configured, following the hub), without the process around it. The binary
+/// runs one; fleet-sim and benchmarks run thousands in one process.
+#[derive(Debug)]
+pub struct AgentCore {
+    pub device_id: String,
+    pub repository: Arc<ModelRepository>,
+    pub store: Arc<AgentStore>,
+    server: crate::server::RunningServer,
+    mqtt: AgentMqtt,
+    sync: tokio::task::JoinHandle<()>,
+}
+
+impl AgentCore {
+    /// The line the binary prints once it serves.
+    pub fn ready_line(&self) -> String {
+        let mut ready = format!("flotilla-agent ready device={}", self.device_id);
+        if let Some(path) = &self.server.socket {
+            ready.push_str(&format!(" socket={}", path.display()));
+        }
+        if let Some(address) = self.server.http {
+            ready.push_str(&format!(" http={address}"));
+        }
+        ready
+    }
+
+    /// Stops following the hub and lets in-flight local requests finish.
+    pub async fn stop(self) {
+        self.sync.abort();
+        self.mqtt.stop();
+        self.server.shutdown();
+        self.server.wait().await;
+    }
+}
+
+/// Starts an agent core: key, enrollment (first start), restore what was served, local
+/// listeners, MQTT and the sync loop.
+pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
     init_onnx_runtime(config.ort_lib.as_deref())?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state folder {}", config.state_dir.display()))?;
     let key = Arc::new(load_or_create_key(&config.state_dir.join("device.key"))?);
     let store = Arc::new(AgentStore::open(&config.state_dir.join("agent.db"))?);
     let http = HubHttp::new(&config.hub)?;
-
     let enrollment = match store.enrollment()? {
         Some(enrollment) => enrollment,
         None => {
@@ -202,14 +236,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         max_body_bytes: serve_config.max_body_bytes,
     };
     let server = start(&serve_config, state).await?;
-    let mut ready = format!("flotilla-agent ready device={}", enrollment.device_id);
-    if let Some(path) = &server.socket {
-        ready.push_str(&format!(" socket={}", path.display()));
-    }
-    if let Some(address) = server.http {
-        ready.push_str(&format!(" http={address}"));
-    }
-    println!("{ready}");
 
     let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
     let mqtt = AgentMqtt::start(
@@ -234,22 +260,38 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         device_id: enrollment.device_id.clone(),
         key,
         root: std::sync::RwLock::new(root),
-        store,
-        repository,
+        store: store.clone(),
+        repository: repository.clone(),
         http: artifacts,
         quic,
-        mqtt,
+        mqtt: mqtt.clone(),
         models_dir,
         downloads_dir: config.state_dir.join("downloads"),
         settings,
     };
-    tokio::spawn(syncer.run(desired_rx));
+    let sync = tokio::spawn(syncer.run(desired_rx));
+    Ok(AgentCore {
+        device_id: enrollment.device_id,
+        repository,
+        store,
+        server,
+        mqtt,
+        sync,
+    })
+}
+
+/// `flotilla-agent run`: one core until SIGTERM or SIGINT.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let core = start_core(&config).await?;
+    // Scripts and tests wait for this line on stdout.
+    println!("{}", core.ready_line());
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
-    server.shutdown();
-    server.wait().await;
+    core.stop().await;
     Ok(())
 }

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub struct AgentMqtt {
     client: AsyncClient,
     device_id: String,
+    /// The event loop task, ended by `stop`.
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 fn status_payload(device_id: &str, online: bool, connected_at: i64, key: &SigningKey) -> Vec<u8> {
@@ -57,12 +59,10 @@ impl AgentMqtt {
             true,
         ));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let agent = AgentMqtt {
-            client: client.clone(),
-            device_id: device_id.to_owned(),
-        };
         let device = device_id.to_owned();
-        tokio::spawn(async move {
+        let client_for_loop = client.clone();
+        let task = tokio::spawn(async move {
+            let client = client_for_loop;
             let mut failures = 0u32;
             loop {
                 match eventloop.poll().await {
@@ -108,7 +108,19 @@ impl AgentMqtt {
                 }
             }
         });
-        Ok(agent)
+        Ok(AgentMqtt {
+            client,
+            device_id: device_id.to_owned(),
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Disconnects for good (the last will is not sent: this is a deliberate stop).
+    pub fn stop(&self) {
+        let _ = self.client.try_disconnect();
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 
     /// Publishes a signed report; when offline it is queued by the client and sent on reconnect.
