@@ -221,13 +221,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            eprintln!("uploading {} ({} bytes)", file.display(), bytes.len());
             let path = format!(
                 "/api/v1/models/{}/versions?{}",
                 query_escape(&name),
                 query.join("&")
             );
-            let answer = client.upload(&path, Bytes::from(bytes)).await?;
+            // A progress bar on stderr (hidden when it is not a terminal, so scripts see none).
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(bytes.len() as u64),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            let progress = bar.clone();
+            let answer = client
+                .upload_with_progress(&path, Bytes::from(bytes), move |sent| {
+                    progress.set_position(sent)
+                })
+                .await;
+            bar.finish_and_clear();
+            let answer = answer?;
             if !cli.json {
                 let verb = if answer["created"].as_bool() == Some(true) {
                     "pushed"

@@ -99,11 +99,91 @@ impl AdminClient {
         decode(status, &answer)
     }
 
+    /// Uploads `file` in 64 KiB frames, calling `progress` with the bytes handed to the
+    /// connection so far (for the CLI's progress bar).
+    pub async fn upload_with_progress(
+        &self,
+        path: &str,
+        file: Bytes,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<serde_json::Value, ClientError> {
+        let unreachable = |cause: String| ClientError::Unreachable {
+            url: self.url.clone(),
+            cause,
+        };
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", file.len());
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = ProgressBody {
+            file,
+            sent: 0,
+            progress: Box::new(progress),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| ClientError::BadUrl(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        decode(status, &answer)
+    }
+
     pub async fn upload(&self, path: &str, file: Bytes) -> Result<serde_json::Value, ClientError> {
         let (status, answer) = self
             .request(Method::POST, path, "application/octet-stream", file)
             .await?;
         decode(status, &answer)
+    }
+}
+
+/// A request body sent in frames, reporting progress as each frame leaves.
+struct ProgressBody {
+    file: Bytes,
+    sent: usize,
+    progress: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl hyper::body::Body for ProgressBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.sent >= self.file.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (self.sent + 64 * 1024).min(self.file.len());
+        let frame = self.file.slice(self.sent..end);
+        self.sent = end;
+        (self.progress)(end as u64);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact((self.file.len() - self.sent) as u64)
     }
 }
 
