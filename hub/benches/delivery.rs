@@ -7,6 +7,8 @@
 //! deploy/setup.sh (ONNX Runtime, the Python venv that makes the two models) and curl.
 //! Downloads go to /dev/shm so the disk is not what is measured.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,50 +17,7 @@ use flotilla_agent::transport::http::HubHttp;
 use flotilla_agent::transport::quic::QuicArtifacts;
 use flotilla_common::artifact_protocol::Encoding;
 use flotilla_hub::client::AdminClient;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// User + system CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Hub, Killed, cpu_seconds, free_port, machine, repo};
 
 fn row(path: &str, seconds: f64, bytes: u64, server_cpu: f64, errors: usize) {
     let gib = bytes as f64 / (1u64 << 30) as f64;
@@ -86,53 +45,14 @@ fn main() {
             .unwrap();
         assert!(status.success(), "run deploy/setup.sh first");
     }
-    let data = tempfile::tempdir().unwrap();
-    let hub_bin = env!("CARGO_BIN_EXE_flotilla-hub");
-    let init = Command::new(hub_bin)
-        .args(["init", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(init.stdout)
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("operator token"))
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (api, mqtt, quic) = (free_port(), free_port(), free_udp_port());
-    let mut hub = Command::new(hub_bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--mqtt-listen",
-            &format!("127.0.0.1:{mqtt}"),
-            "--quic-listen",
-            &format!("127.0.0.1:{quic}"),
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("FLOTILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hub.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let hub_pid = hub.id();
-    let _hub = Killed(hub);
+    let hub = Hub::start();
+    let (hub_pid, api, quic, data) = (hub.pid, hub.api, hub.quic, &hub.data);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let client = AdminClient::new(&format!("http://127.0.0.1:{api}"), Some(token)).unwrap();
+    let client = AdminClient::new(&hub.url(), Some(hub.token.clone())).unwrap();
     let v1 = std::fs::read(models.join("big_v1.onnx")).unwrap();
     let v2 = std::fs::read(models.join("big_v2.onnx")).unwrap();
     let push_started = Instant::now();
@@ -154,20 +74,9 @@ fn main() {
             .ok()
     };
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
     println!(
-        "machine: {} cores, {cpu}; {clients} concurrent downloaders in one process; model {} bytes",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        "machine: {}; {clients} concurrent downloaders in one process; model {} bytes",
+        machine(),
         v1.len()
     );
     println!(

@@ -7,69 +7,14 @@
 //! `cargo bench -p flotilla-hub --bench fanout -- [--agents N]` (default 1000). Needs about
 //! 6 open files per agent (`ulimit -n`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use flotilla_agent::run_command::{RunConfig, start_core};
 use flotilla_hub::client::AdminClient;
 use hyper::Method;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib / 1024.0
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Hub, cpu_seconds, machine, repo, rss_mib};
 
 async fn count(client: &AdminClient, model: &str, version: u64) -> (usize, usize) {
     let devices = client
@@ -93,55 +38,15 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().unwrap())
         .unwrap_or(1000);
-    let data = tempfile::tempdir().unwrap();
-    let hub_bin = env!("CARGO_BIN_EXE_flotilla-hub");
-    let init = Command::new(hub_bin)
-        .args(["init", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(init.stdout)
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("operator token"))
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (api, mqtt, quic) = (free_port(), free_port(), free_udp_port());
-    let mut hub = Command::new(hub_bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--mqtt-listen",
-            &format!("127.0.0.1:{mqtt}"),
-            "--quic-listen",
-            &format!("127.0.0.1:{quic}"),
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("FLOTILLA_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hub.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let hub_pid = hub.id();
-    let _hub = Killed(hub);
+    let hub = Hub::start();
+    let hub_pid = hub.pid;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let url = format!("http://127.0.0.1:{api}");
-    let client = AdminClient::new(&url, Some(token)).unwrap();
+    let url = hub.url();
+    let client = AdminClient::new(&url, Some(hub.token.clone())).unwrap();
     let model = std::fs::read(repo().join("agent/tests/fixtures/iris_classifier.onnx")).unwrap();
     runtime
         .block_on(client.upload("/api/v1/models/iris/versions", model.into()))
@@ -208,21 +113,7 @@ fn main() {
     });
     let converged = deploy_started.elapsed().as_secs_f64();
     let hub_cpu = cpu_seconds(hub_pid) - hub_cpu_before;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
-    println!(
-        "machine: {} cores, {cpu}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    println!("machine: {}", machine());
     println!();
     println!(
         "| agents | enrolled and started (s) | all online (s) | deploy to all installed (s) | installed | hub CPU during rollout (s) | hub RSS (MiB) | agent process RSS per agent (MiB) |"

@@ -515,22 +515,3 @@ pub enum RotationError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-/// Hashes a file's content (hex SHA-256) and returns its size.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        size += read as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
-}

@@ -85,6 +85,7 @@ impl HubMqtt {
             client: client.clone(),
         };
         let republisher = hub.clone();
+        let ingest_queue = start_ingest(store, metrics);
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -111,20 +112,16 @@ impl HubMqtt {
                         });
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let store = store.clone();
-                        let metrics = metrics.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let accepted = ingest(store.as_ref(), &publish.topic, &publish.payload);
-                            let counter = if accepted.is_ok() {
-                                &metrics.device_messages_accepted
-                            } else {
-                                &metrics.device_messages_rejected
-                            };
-                            HubMetrics::add(counter, 1);
-                            if let Err(reason) = accepted {
-                                tracing::warn!(topic = %publish.topic, %reason, "device message rejected");
-                            }
-                        });
+                        // In broker order (an offline will must not overtake the online status
+                        // that followed it); a full queue slows reading from the broker
+                        // instead of growing memory.
+                        if ingest_queue
+                            .send((publish.topic, publish.payload))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -155,6 +152,32 @@ impl HubMqtt {
             }
         }
     }
+}
+
+/// The one thread that verifies and stores device messages, in the order they arrive.
+fn start_ingest(
+    store: Arc<dyn RegistryStore>,
+    metrics: Arc<HubMetrics>,
+) -> tokio::sync::mpsc::Sender<(String, bytes::Bytes)> {
+    let (queue, mut messages) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(4096);
+    std::thread::Builder::new()
+        .name("mqtt-ingest".into())
+        .spawn(move || {
+            while let Some((topic, payload)) = messages.blocking_recv() {
+                let accepted = ingest(store.as_ref(), &topic, &payload);
+                let counter = if accepted.is_ok() {
+                    &metrics.device_messages_accepted
+                } else {
+                    &metrics.device_messages_rejected
+                };
+                HubMetrics::add(counter, 1);
+                if let Err(reason) = accepted {
+                    tracing::warn!(%topic, %reason, "device message rejected");
+                }
+            }
+        })
+        .expect("the OS lets the hub start its ingest thread");
+    queue
 }
 
 /// Verifies and stores one message from a device. Everything must check out: the topic's
