@@ -282,4 +282,34 @@ mod tests {
             "{too_large}"
         );
     }
+
+    /// The network goes away mid-download (the client drops the connection): the bytes on
+    /// disk stay, and the next download resumes from them to the exact file.
+    #[tokio::test]
+    async fn a_dropped_connection_mid_download_resumes() {
+        let bytes: Vec<u8> = (0..30_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (dir, address, identity, sha) = serve(&bytes).await;
+        let client = QuicArtifacts::new(&address.to_string(), &identity.pin()).unwrap();
+        let part = dir.path().join("cut.part");
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(15),
+            client.download(&sha, &Encoding::Raw, &part, bytes.len() as u64),
+        )
+        .await;
+        let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            cut.is_err() || kept == bytes.len() as u64,
+            "either cut off or (on a very fast machine) done"
+        );
+        let fresh = QuicArtifacts::new(&address.to_string(), &identity.pin()).unwrap();
+        fresh
+            .download(&sha, &Encoding::Raw, &part, bytes.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&part).unwrap(),
+            bytes,
+            "resumed from {kept} bytes, byte for byte"
+        );
+    }
 }
