@@ -8,4 +8,5 @@ pub mod compression;
 pub mod config_file;
 pub mod onnx_runtime_library;
 pub mod signing;
+pub mod sketch;
 pub mod trust;

@@ -1,0 +1,257 @@
+//! A numeric feature's profile for one window: an Apache DataSketches KLL sketch (f32) plus
+//! exact count, nulls, NaN, min, max, sum and sum of squares. Profiles merge (associative and
+//! commutative up to KLL's randomised compaction, exactly for the counters) so windows and
+//! devices combine into fleet-wide views.
+
+use datasketches::common::SearchCriteria;
+use datasketches::kll::{KllFloat, KllSketch};
+
+/// KLL accuracy parameter on devices (about 1.3% normalised rank error).
+pub const DEVICE_K: u16 = 200;
+/// KLL parameter for reference profiles built from training data.
+pub const REFERENCE_K: u16 = 1024;
+
+/// Serialised profile header: magic, format version, kind.
+const MAGIC: &[u8; 4] = b"FLSK";
+const FORMAT_VERSION: u8 = 1;
+const KIND_NUMERIC: u8 = 0;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProfileError {
+    #[error("KLL sketch: {0}")]
+    Sketch(String),
+    #[error("not a Flotilla profile (bad magic or truncated)")]
+    NotAProfile,
+    #[error("profile format version {0} is not one this build reads")]
+    Version(u8),
+    #[error("profiles with KLL k {0} and {1} cannot be merged")]
+    DifferentK(u16, u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct NumericProfile {
+    kll: KllSketch<KllFloat<f32>>,
+    /// Rows seen, including nulls and NaN.
+    pub count: u64,
+    pub nulls: u64,
+    pub nans: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+impl NumericProfile {
+    pub fn new(k: u16) -> NumericProfile {
+        NumericProfile {
+            kll: KllSketch::new(k).expect("k values used by Flotilla are valid"),
+            count: 0,
+            nulls: 0,
+            nans: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            sum: 0.0,
+            sum_sq: 0.0,
+        }
+    }
+
+    /// Adds one value (`None` is a null).
+    pub fn update(&mut self, value: Option<f32>) {
+        self.count += 1;
+        let Some(value) = value else {
+            self.nulls += 1;
+            return;
+        };
+        let Ok(item) = KllFloat::<f32>::new(value) else {
+            self.nans += 1;
+            return;
+        };
+        self.kll.update(item);
+        let v = value as f64;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        self.sum_sq += v * v;
+    }
+
+    /// Values in the sketch (not null, not NaN).
+    pub fn valid(&self) -> u64 {
+        self.kll.n()
+    }
+
+    pub fn merge(&mut self, other: &NumericProfile) -> Result<(), ProfileError> {
+        if self.kll.k() != other.kll.k() && !self.kll.is_empty() && !other.kll.is_empty() {
+            return Err(ProfileError::DifferentK(self.kll.k(), other.kll.k()));
+        }
+        self.kll
+            .merge(&other.kll)
+            .map_err(|e| ProfileError::Sketch(e.to_string()))?;
+        self.count += other.count;
+        self.nulls += other.nulls;
+        self.nans += other.nans;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+        Ok(())
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.valid() > 0).then(|| self.sum / self.valid() as f64)
+    }
+
+    /// Population standard deviation of the valid values.
+    pub fn std_dev(&self) -> Option<f64> {
+        let n = self.valid() as f64;
+        let mean = self.mean()?;
+        Some((self.sum_sq / n - mean * mean).max(0.0).sqrt())
+    }
+
+    /// The value at normalised rank `rank` (0..=1).
+    pub fn quantile(&self, rank: f64) -> Option<f64> {
+        self.kll
+            .quantile(rank.clamp(0.0, 1.0), SearchCriteria::Inclusive)
+            .ok()
+            .flatten()
+            .map(|v| *v as f64)
+    }
+
+    /// Fraction of valid values <= each split point; the points must be strictly
+    /// increasing and not NaN (`None` otherwise, or when the profile is empty).
+    pub fn cdf(&self, split_points: &[f32]) -> Option<Vec<f64>> {
+        let points: Vec<KllFloat<f32>> = split_points
+            .iter()
+            .map(|&p| KllFloat::<f32>::new(p).ok())
+            .collect::<Option<_>>()?;
+        let cdf = self.kll.cdf(&points, SearchCriteria::Inclusive).ok()??;
+        Some(cdf[..cdf.len() - 1].to_vec())
+    }
+
+    /// Serialised: a versioned envelope around the DataSketches KLL binary format (so Python's
+    /// `datasketches` can read the sketch part).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let kll = self.kll.serialize();
+        let mut out = Vec::with_capacity(6 + 24 + 32 + 4 + kll.len());
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_VERSION);
+        out.push(KIND_NUMERIC);
+        for v in [self.count, self.nulls, self.nans] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [self.min, self.max, self.sum, self.sum_sq] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(kll.len() as u32).to_le_bytes());
+        out.extend_from_slice(&kll);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<NumericProfile, ProfileError> {
+        if bytes.len() < 6 + 24 + 32 + 4 || &bytes[..4] != MAGIC || bytes[5] != KIND_NUMERIC {
+            return Err(ProfileError::NotAProfile);
+        }
+        if bytes[4] != FORMAT_VERSION {
+            return Err(ProfileError::Version(bytes[4]));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let f64_at = |i: usize| f64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let length = u32::from_le_bytes(bytes[62..66].try_into().expect("4 bytes")) as usize;
+        let kll_bytes = bytes
+            .get(66..66 + length)
+            .ok_or(ProfileError::NotAProfile)?;
+        let kll = KllSketch::<KllFloat<f32>>::deserialize(kll_bytes)
+            .map_err(|e| ProfileError::Sketch(e.to_string()))?;
+        Ok(NumericProfile {
+            kll,
+            count: u64_at(6),
+            nulls: u64_at(14),
+            nans: u64_at(22),
+            min: f64_at(30),
+            max: f64_at(38),
+            sum: f64_at(46),
+            sum_sq: f64_at(54),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn profile(values: &[f32]) -> NumericProfile {
+        let mut p = NumericProfile::new(DEVICE_K);
+        values.iter().for_each(|&v| p.update(Some(v)));
+        p
+    }
+
+    #[test]
+    fn counts_nulls_nan_and_moments() {
+        let mut p = profile(&[1.0, 2.0, 3.0, 4.0]);
+        p.update(None);
+        p.update(Some(f32::NAN));
+        assert_eq!((p.count, p.nulls, p.nans, p.valid()), (6, 1, 1, 4));
+        assert_eq!((p.min, p.max, p.mean()), (1.0, 4.0, Some(2.5)));
+        assert!((p.std_dev().unwrap() - 1.118_034).abs() < 1e-5);
+        assert_eq!(p.quantile(0.5), Some(2.0));
+        assert_eq!(p.cdf(&[2.0, 3.5]).unwrap(), vec![0.5, 0.75]);
+    }
+
+    #[test]
+    fn bytes_round_trip_and_junk_is_refused() {
+        let p = profile(&(0..10_000).map(|i| i as f32).collect::<Vec<_>>());
+        let back = NumericProfile::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(
+            (back.count, back.min, back.max, back.sum),
+            (p.count, p.min, p.max, p.sum)
+        );
+        assert_eq!(back.quantile(0.5), p.quantile(0.5));
+        assert_eq!(
+            NumericProfile::from_bytes(b"nope").unwrap_err(),
+            ProfileError::NotAProfile
+        );
+        let mut bytes = p.to_bytes();
+        bytes[4] = 9;
+        assert_eq!(
+            NumericProfile::from_bytes(&bytes).unwrap_err(),
+            ProfileError::Version(9)
+        );
+        let truncated = &p.to_bytes()[..80];
+        assert!(NumericProfile::from_bytes(truncated).is_err());
+    }
+
+    proptest! {
+        /// Merging is commutative and associative: the counters exactly, the distribution
+        /// within KLL's rank error.
+        #[test]
+        fn merge_is_associative_and_commutative(a in prop::collection::vec(-1e3f32..1e3, 0..400),
+                                                 b in prop::collection::vec(-1e3f32..1e3, 0..400),
+                                                 c in prop::collection::vec(-1e3f32..1e3, 0..400)) {
+            let (pa, pb, pc) = (profile(&a), profile(&b), profile(&c));
+            let mut ab_c = pa.clone();
+            ab_c.merge(&pb).unwrap();
+            ab_c.merge(&pc).unwrap();
+            let mut bc = pb.clone();
+            bc.merge(&pc).unwrap();
+            let mut a_bc = pa.clone();
+            a_bc.merge(&bc).unwrap();
+            let mut c_b_a = pc.clone();
+            c_b_a.merge(&pb).unwrap();
+            c_b_a.merge(&pa).unwrap();
+            for other in [&a_bc, &c_b_a] {
+                prop_assert_eq!((ab_c.count, ab_c.valid(), ab_c.min, ab_c.max), (other.count, other.valid(), other.min, other.max));
+                prop_assert!((ab_c.sum - other.sum).abs() <= 1e-6 * ab_c.sum.abs().max(1.0));
+                if ab_c.valid() > 0 {
+                    for rank in [0.1, 0.5, 0.9] {
+                        let (x, y) = (ab_c.quantile(rank).unwrap(), other.quantile(rank).unwrap());
+                        if x != y {
+                            let cdf = ab_c.cdf(&[x.min(y) as f32, x.max(y) as f32]).unwrap();
+                            prop_assert!((cdf[1] - cdf[0]).abs() <= 0.05, "rank {} moved by more than the rank error", rank);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

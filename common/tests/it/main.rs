@@ -1,0 +1,3 @@
+//! Integration tests of flotilla-common on real data.
+
+mod drift_accuracy;
