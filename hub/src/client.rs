@@ -46,6 +46,22 @@ impl AdminClient {
         content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.send(method, path, content_type, Full::new(body)).await
+    }
+
+    /// One request on a new connection, with the token; any body type.
+    async fn send<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<(StatusCode, Bytes), ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let unreachable = |cause: String| ClientError::Unreachable {
             url: self.url.clone(),
             cause,
@@ -66,7 +82,7 @@ impl AdminClient {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| ClientError::BadUrl(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -107,45 +123,14 @@ impl AdminClient {
         file: Bytes,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<serde_json::Value, ClientError> {
-        let unreachable = |cause: String| ClientError::Unreachable {
-            url: self.url.clone(),
-            cause,
-        };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header("host", &self.authority)
-            .header("content-type", "application/octet-stream")
-            .header("content-length", file.len());
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
         let body = ProgressBody {
             file,
             sent: 0,
             progress: Box::new(progress),
         };
-        let request = request
-            .body(body)
-            .map_err(|e| ClientError::BadUrl(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let answer = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+        let (status, answer) = self
+            .send(Method::POST, path, "application/octet-stream", body)
+            .await?;
         decode(status, &answer)
     }
 

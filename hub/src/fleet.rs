@@ -214,31 +214,7 @@ impl Fleet {
             };
             let models = next_desired_models(&current_models, entry);
             let sequence = current.map(|c| c.sequence).unwrap_or(0) + 1;
-            let state = DesiredState {
-                device_id: device.id.clone(),
-                sequence,
-                issued: now,
-                expires: now + DESIRED_LIFETIME_SECONDS,
-                models: models.clone(),
-            };
-            let envelope = sign_envelope(
-                DESIRED_PAYLOAD_TYPE,
-                serde_json::to_string(&state).expect("desired state serializes"),
-                &[self.registry.signing_key().as_ref()],
-            );
-            let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
-            self.store().set_desired(
-                &device.id,
-                &DesiredRecord {
-                    sequence,
-                    models: serde_json::to_string(&models).expect("models serialize"),
-                    envelope: envelope.clone(),
-                },
-            )?;
-            publications.push(Publication {
-                device_id: device.id,
-                envelope,
-            });
+            publications.push(self.set_desired(device.id, sequence, models, now)?);
         }
         self.store().audit(
             now,
@@ -272,34 +248,45 @@ impl Fleet {
                 }
                 refreshed.push(entry);
             }
-            let sequence = current.sequence + 1;
-            let state = DesiredState {
-                device_id: device.id.clone(),
-                sequence,
-                issued: now,
-                expires: now + DESIRED_LIFETIME_SECONDS,
-                models: refreshed.clone(),
-            };
-            let envelope = sign_envelope(
-                DESIRED_PAYLOAD_TYPE,
-                serde_json::to_string(&state).expect("desired state serializes"),
-                &[self.registry.signing_key().as_ref()],
-            );
-            let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
-            self.store().set_desired(
-                &device.id,
-                &DesiredRecord {
-                    sequence,
-                    models: serde_json::to_string(&refreshed).expect("models serialize"),
-                    envelope: envelope.clone(),
-                },
-            )?;
-            publications.push(Publication {
-                device_id: device.id,
-                envelope,
-            });
+            publications.push(self.set_desired(device.id, current.sequence + 1, refreshed, now)?);
         }
         Ok(publications)
+    }
+
+    /// Signs and stores a device's desired state; returns it for publishing.
+    fn set_desired(
+        &self,
+        device_id: String,
+        sequence: u64,
+        models: Vec<DesiredModel>,
+        now: i64,
+    ) -> Result<Publication, FleetError> {
+        let models_json = serde_json::to_string(&models).expect("models serialize");
+        let state = DesiredState {
+            device_id: device_id.clone(),
+            sequence,
+            issued: now,
+            expires: now + DESIRED_LIFETIME_SECONDS,
+            models,
+        };
+        let envelope = sign_envelope(
+            DESIRED_PAYLOAD_TYPE,
+            serde_json::to_string(&state).expect("desired state serializes"),
+            &[self.registry.signing_key().as_ref()],
+        );
+        let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
+        self.store().set_desired(
+            &device_id,
+            &DesiredRecord {
+                sequence,
+                models: models_json,
+                envelope: envelope.clone(),
+            },
+        )?;
+        Ok(Publication {
+            device_id,
+            envelope,
+        })
     }
 
     /// Every stored desired state, for republishing after the hub (re)connects to the broker.
