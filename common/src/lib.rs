@@ -1,12 +1,15 @@
 //! Logic shared by the agent and the hub that needs no network or database: signing and
 //! trust decisions, where to find ONNX Runtime, and loading TOML config files with errors
-//! that name the file. Sketches and drift metrics join it with their issue.
+//! that name the file. Sketches, drift metrics and the telemetry
+//! batch format live here too.
 
 pub mod artifact_protocol;
 pub mod backoff;
+pub mod codec;
 pub mod compression;
 pub mod config_file;
 pub mod onnx_runtime_library;
 pub mod signing;
 pub mod sketch;
+pub mod telemetry;
 pub mod trust;

@@ -263,6 +263,7 @@ mod tests {
             created: NOW - 10,
             expires,
             annotations: BTreeMap::new(),
+            features: None,
         }
     }
 

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use flotilla_agent::runtime::{LoadError, LoadedModel, SessionSettings};
 use flotilla_common::signing::{SigningKey, sign_envelope};
+use flotilla_common::telemetry::default_feature_map;
+use flotilla_proto::inference::TensorMetadata;
+use flotilla_proto::telemetry::FeatureMap;
 use flotilla_proto::trust::{Envelope, MANIFEST_PAYLOAD_TYPE, ModelManifest};
 use tempfile::NamedTempFile;
 
@@ -35,6 +38,8 @@ pub enum RegistryError {
     Retired { model: String, version: u64 },
     #[error("alias {0:?} is a number; aliases are names (numbers mean versions)")]
     NumericAlias(String),
+    #[error("feature map: {0}")]
+    BadFeatureMap(String),
     #[error("cannot store the artifact: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -58,6 +63,7 @@ impl RegistryError {
                 version: *version,
             },
             RegistryError::NumericAlias(a) => RegistryError::NumericAlias(a.clone()),
+            RegistryError::BadFeatureMap(m) => RegistryError::BadFeatureMap(m.clone()),
             other => RegistryError::Io(std::io::Error::other(other.to_string())),
         }
     }
@@ -70,6 +76,11 @@ pub struct PushMetadata {
     pub tags: BTreeMap<String, String>,
     /// Dataset reference, code commit, parent version, ...
     pub lineage: BTreeMap<String, String>,
+    /// Feature names for the version's feature input (one per column), e.g. a reference
+    /// table's header; default `f0..f{F-1}`.
+    pub feature_names: Option<Vec<String>>,
+    /// Features (by name) counted by value rather than sketched as numbers.
+    pub categorical: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +112,55 @@ pub fn check_name(name: &str) -> Result<(), RegistryError> {
     } else {
         Err(RegistryError::BadName(name.to_owned()))
     }
+}
+
+/// The version's feature map: the default from its schema, with the names and categorical
+/// features the pusher gave. Names given for a model without a 2-D feature input, or of the
+/// wrong count, are refused rather than ignored.
+fn feature_map(
+    inputs: &[TensorMetadata],
+    outputs: &[TensorMetadata],
+    metadata: &PushMetadata,
+) -> Result<Option<FeatureMap>, RegistryError> {
+    let Some(mut map) = default_feature_map(inputs, outputs) else {
+        return match &metadata.feature_names {
+            Some(_) => Err(RegistryError::BadFeatureMap(
+                "the model has no 2-D numeric input [N, F] to name features of".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    if let Some(names) = &metadata.feature_names {
+        if names.len() != map.features.len() {
+            return Err(RegistryError::BadFeatureMap(format!(
+                "{} feature names given but input {:?} has {} columns",
+                names.len(),
+                map.input,
+                map.features.len()
+            )));
+        }
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() || names.iter().any(|n| n.is_empty()) {
+            return Err(RegistryError::BadFeatureMap(
+                "feature names must be distinct and not empty".into(),
+            ));
+        }
+        map.features = names.clone();
+    }
+    if let Some(unknown) = metadata
+        .categorical
+        .iter()
+        .find(|c| !map.features.contains(c))
+    {
+        return Err(RegistryError::BadFeatureMap(format!(
+            "categorical feature {unknown:?} is not one of {:?}",
+            map.features
+        )));
+    }
+    map.categorical = metadata.categorical.clone();
+    Ok(Some(map))
 }
 
 impl Registry {
@@ -183,6 +243,7 @@ impl Registry {
             .map(|s| s.metadata())
             .collect();
         drop(loaded);
+        let features = feature_map(&inputs, &outputs, &metadata)?;
         self.store_artifact(upload, sha256)?;
         let now = self.now();
         let new = NewVersion {
@@ -222,6 +283,7 @@ impl Registry {
                 created: now,
                 expires: now + MANIFEST_LIFETIME_SECONDS,
                 annotations: annotations.clone(),
+                features: features.clone(),
             };
             (self.sign_manifest(&manifest), manifest.expires)
         };

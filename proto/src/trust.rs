@@ -81,4 +81,7 @@ pub struct ModelManifest {
     /// Free-form labels that travel with the version (tags, lineage), sorted for stable bytes.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// How the version's inputs map to named features for drift telemetry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<crate::telemetry::FeatureMap>,
 }

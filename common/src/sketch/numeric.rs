@@ -6,27 +6,14 @@
 use datasketches::common::SearchCriteria;
 use datasketches::kll::{KllFloat, KllSketch};
 
+use super::envelope::{self, Kind, ProfileError};
+
 /// KLL accuracy parameter on devices (about 1.3% normalised rank error).
 pub const DEVICE_K: u16 = 200;
 /// KLL parameter for reference profiles built from training data.
 pub const REFERENCE_K: u16 = 1024;
-
-/// Serialised profile header: magic, format version, kind.
-const MAGIC: &[u8; 4] = b"FLSK";
-const FORMAT_VERSION: u8 = 1;
-const KIND_NUMERIC: u8 = 0;
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ProfileError {
-    #[error("KLL sketch: {0}")]
-    Sketch(String),
-    #[error("not a Flotilla profile (bad magic or truncated)")]
-    NotAProfile,
-    #[error("profile format version {0} is not one this build reads")]
-    Version(u8),
-    #[error("profiles with KLL k {0} and {1} cannot be merged")]
-    DifferentK(u16, u16),
-}
+/// KLL parameter for prediction scores on devices.
+pub const SCORE_K: u16 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct NumericProfile {
@@ -34,7 +21,7 @@ pub struct NumericProfile {
     /// Rows seen, including nulls and NaN.
     pub count: u64,
     pub nulls: u64,
-    pub nans: u64,
+    pub non_finite: u64,
     pub min: f64,
     pub max: f64,
     pub sum: f64,
@@ -47,7 +34,7 @@ impl NumericProfile {
             kll: KllSketch::new(k).expect("k values used by Flotilla are valid"),
             count: 0,
             nulls: 0,
-            nans: 0,
+            non_finite: 0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             sum: 0.0,
@@ -62,8 +49,13 @@ impl NumericProfile {
             self.nulls += 1;
             return;
         };
-        let Ok(item) = KllFloat::<f32>::new(value) else {
-            self.nans += 1;
+        // NaN and infinities are counted, never put into the quantiles or moments.
+        let Some(item) = value
+            .is_finite()
+            .then(|| KllFloat::<f32>::new(value).ok())
+            .flatten()
+        else {
+            self.non_finite += 1;
             return;
         };
         self.kll.update(item);
@@ -88,7 +80,7 @@ impl NumericProfile {
             .map_err(|e| ProfileError::Sketch(e.to_string()))?;
         self.count += other.count;
         self.nulls += other.nulls;
-        self.nans += other.nans;
+        self.non_finite += other.non_finite;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.sum += other.sum;
@@ -130,47 +122,54 @@ impl NumericProfile {
     /// Serialised: a versioned envelope around the DataSketches KLL binary format (so Python's
     /// `datasketches` can read the sketch part).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let kll = self.kll.serialize();
-        let mut out = Vec::with_capacity(6 + 24 + 32 + 4 + kll.len());
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        out.push(KIND_NUMERIC);
-        for v in [self.count, self.nulls, self.nans] {
+        let mut out = envelope::header(Kind::Numeric);
+        for v in [self.count, self.nulls, self.non_finite] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in [self.min, self.max, self.sum, self.sum_sq] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&(kll.len() as u32).to_le_bytes());
-        out.extend_from_slice(&kll);
+        envelope::put_bytes(&mut out, &self.kll.serialize());
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<NumericProfile, ProfileError> {
-        if bytes.len() < 6 + 24 + 32 + 4 || &bytes[..4] != MAGIC || bytes[5] != KIND_NUMERIC {
-            return Err(ProfileError::NotAProfile);
-        }
-        if bytes[4] != FORMAT_VERSION {
-            return Err(ProfileError::Version(bytes[4]));
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let f64_at = |i: usize| f64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let length = u32::from_le_bytes(bytes[62..66].try_into().expect("4 bytes")) as usize;
-        let kll_bytes = bytes
-            .get(66..66 + length)
-            .ok_or(ProfileError::NotAProfile)?;
-        let kll = KllSketch::<KllFloat<f32>>::deserialize(kll_bytes)
+        let mut r = envelope::Reader::after_header(bytes, Kind::Numeric)?;
+        let (count, nulls, non_finite) = (r.u64()?, r.u64()?, r.u64()?);
+        let (min, max, sum, sum_sq) = (r.f64()?, r.f64()?, r.f64()?, r.f64()?);
+        let kll = KllSketch::<KllFloat<f32>>::deserialize(r.bytes()?)
             .map_err(|e| ProfileError::Sketch(e.to_string()))?;
+        r.finish()?;
+        if nulls
+            .checked_add(non_finite)
+            .and_then(|n| n.checked_add(kll.n()))
+            != Some(count)
+        {
+            return Err(ProfileError::Sketch(format!(
+                "counts do not add up: {count} rows but {nulls} nulls, {non_finite} non-finite and {} values",
+                kll.n()
+            )));
+        }
         Ok(NumericProfile {
             kll,
-            count: u64_at(6),
-            nulls: u64_at(14),
-            nans: u64_at(22),
-            min: f64_at(30),
-            max: f64_at(38),
-            sum: f64_at(46),
-            sum_sq: f64_at(54),
+            count,
+            nulls,
+            non_finite,
+            min,
+            max,
+            sum,
+            sum_sq,
         })
+    }
+
+    /// The KLL accuracy parameter.
+    pub fn k(&self) -> u16 {
+        self.kll.k()
+    }
+
+    /// The DataSketches KLL binary image alone (what Python's `datasketches` reads).
+    pub fn kll_bytes(&self) -> Vec<u8> {
+        self.kll.serialize()
     }
 }
 
@@ -191,7 +190,9 @@ mod tests {
         let mut p = profile(&[1.0, 2.0, 3.0, 4.0]);
         p.update(None);
         p.update(Some(f32::NAN));
-        assert_eq!((p.count, p.nulls, p.nans, p.valid()), (6, 1, 1, 4));
+        p.update(Some(f32::INFINITY));
+        p.update(Some(f32::NEG_INFINITY));
+        assert_eq!((p.count, p.nulls, p.non_finite, p.valid()), (8, 1, 3, 4));
         assert_eq!((p.min, p.max, p.mean()), (1.0, 4.0, Some(2.5)));
         assert!((p.std_dev().unwrap() - 1.118_034).abs() < 1e-5);
         assert_eq!(p.quantile(0.5), Some(2.0));

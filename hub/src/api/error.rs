@@ -42,7 +42,9 @@ impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> ApiError {
         let status = match &error {
             RegistryError::BadName(_) | RegistryError::NumericAlias(_) => StatusCode::BAD_REQUEST,
-            RegistryError::NotLoadable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RegistryError::NotLoadable(_) | RegistryError::BadFeatureMap(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             RegistryError::UnknownModel(_) | RegistryError::UnknownVersion { .. } => {
                 StatusCode::NOT_FOUND
             }

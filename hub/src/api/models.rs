@@ -188,9 +188,17 @@ fn push_metadata(query: &BTreeMap<String, String>) -> Result<PushMetadata, ApiEr
             metadata.tags.insert(name.to_owned(), value.clone());
         } else if let Some(name) = key.strip_prefix("lineage.") {
             metadata.lineage.insert(name.to_owned(), value.clone());
+        } else if key == "features" {
+            metadata.feature_names = Some(value.split(',').map(|n| n.trim().to_owned()).collect());
+        } else if key == "categorical" {
+            metadata.categorical = value
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
         } else {
             return Err(ApiError::bad_request(format!(
-                "unknown parameter {key:?}; use metric.NAME, tag.NAME or lineage.NAME"
+                "unknown parameter {key:?}; use metric.NAME, tag.NAME, lineage.NAME, features or categorical"
             )));
         }
     }

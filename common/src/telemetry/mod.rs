@@ -1,0 +1,13 @@
+//! Telemetry windows: what a device measured for one model version over one window, the
+//! signed compressed frame it travels in, how tensors map to named features, and reading
+//! tables (CSV, `.npy`) into reference profiles. Pure: no network, no database.
+
+mod batch;
+mod feature_map;
+mod frame;
+mod table;
+
+pub use batch::{BatchError, BatchId, CaptureSample, NamedProfile, WindowBatch};
+pub use feature_map::{MAX_FEATURES, default_feature_map, output_profile_names};
+pub use frame::{FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, open_frame, seal_frame};
+pub use table::{Table, TableError, profile_table, read_table};
