@@ -12,4 +12,5 @@ pub mod serve_command;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod transport;

@@ -24,6 +24,7 @@ use crate::runtime::init_onnx_runtime;
 use crate::server::{AppState, start};
 use crate::store::AgentStore;
 use crate::sync::{InstalledModelSettings, Syncer, now_unix};
+use crate::telemetry::{Telemetry, TelemetryConfig};
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::AgentMqtt;
 
@@ -59,6 +60,9 @@ pub struct RunConfig {
     /// Hardware facts reported at enrollment, beside the detected ones.
     #[serde(default)]
     pub hardware: BTreeMap<String, String>,
+    /// Drift telemetry: window length, spool size, drain rate, data capture.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 fn default_socket_mode() -> String {
@@ -145,6 +149,7 @@ pub struct AgentCore {
     server: crate::server::RunningServer,
     mqtt: AgentMqtt,
     sync: tokio::task::JoinHandle<()>,
+    pub telemetry: Telemetry,
 }
 
 impl AgentCore {
@@ -161,11 +166,16 @@ impl AgentCore {
     }
 
     /// Stops following the hub and lets in-flight local requests finish.
+    /// Stops following the hub and lets in-flight local requests finish; the open
+    /// telemetry window is sealed into the spool, to be sent after the next start.
     pub async fn stop(self) {
         self.sync.abort();
-        self.mqtt.stop();
         self.server.shutdown();
         self.server.wait().await;
+        self.telemetry.stop();
+        let telemetry = self.telemetry;
+        let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+        self.mqtt.stop();
     }
 }
 
@@ -229,23 +239,33 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
     Syncer::restore_serving(&repository, &store, &models_dir, &settings)
         .await
         .map_err(anyhow::Error::msg)?;
+    let mut telemetry = Telemetry::open(
+        &config.telemetry,
+        &config.state_dir,
+        &enrollment.device_id,
+        key.clone(),
+    );
     let serve_config = config.serve_config();
     let state = AppState {
         repository: repository.clone(),
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: serve_config.max_body_bytes,
+        telemetry: Some(telemetry.recorder.clone()),
     };
     let server = start(&serve_config, state).await?;
 
     let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
+    let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     let mqtt = AgentMqtt::start(
         &enrollment.mqtt,
         &enrollment.device_id,
         key.clone(),
         now_unix(),
         desired_tx,
+        acks_tx,
     )
     .map_err(anyhow::Error::msg)?;
+    telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);
     let artifacts = HubHttp::new(&enrollment.artifacts_http)?;
     let quic = match (
         &enrollment.artifacts_quic,
@@ -277,6 +297,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         server,
         mqtt,
         sync,
+        telemetry,
     })
 }
 

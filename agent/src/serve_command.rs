@@ -96,6 +96,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         repository: repository.clone(),
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: config.max_body_bytes,
+        telemetry: None,
     };
     let server = start(&config, state).await?;
     let mut ready = String::from("flotilla-agent ready");

@@ -13,6 +13,7 @@ use flotilla_proto::control::{
     DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, InstallOutcome, InstallState,
     REPORTED_PAYLOAD_TYPE, ReportedState,
 };
+use flotilla_proto::telemetry::FeatureMap;
 use flotilla_proto::trust::{Envelope, ModelManifest, RootMetadata};
 use tokio::sync::mpsc;
 
@@ -303,7 +304,8 @@ impl Syncer {
                 if crate::transport::http::file_sha256(&installed)
                     .is_ok_and(|(sha, _)| sha == m.artifact_sha256)
                 {
-                    return Ok(());
+                    return write_feature_map(&installed, m.features.as_ref())
+                        .map_err(|e| format!("cannot write the feature map: {e}"));
                 }
                 std::fs::create_dir_all(&self.downloads_dir)
                     .map_err(|e| format!("cannot create {}: {e}", self.downloads_dir.display()))?;
@@ -336,7 +338,7 @@ impl Syncer {
                         m.artifact_sha256, m.artifact_size
                     ));
                 }
-                place_verified(&part, &target_dir)
+                place_verified(&part, &target_dir, m.features.as_ref())
                     .map_err(|e| format!("cannot install the artifact: {e}"))
             }
             Step::Load => {
@@ -584,7 +586,29 @@ fn decode(
 
 /// Moves a verified download into its version folder: written beside, fsynced, renamed, so
 /// a version folder appears whole or not at all (the repository loads whatever is there).
-fn place_verified(part: &Path, target_dir: &Path) -> std::io::Result<()> {
+/// The version's feature map from its signed manifest goes beside the model file, where
+/// the loader looks for it; written beside and renamed, so it is whole or absent.
+fn write_feature_map(model_file: &Path, features: Option<&FeatureMap>) -> std::io::Result<()> {
+    let Some(features) = features else {
+        return Ok(());
+    };
+    let path = crate::runtime::feature_map_path(model_file);
+    let folder = path.parent().expect("model files have a folder");
+    let mut file = tempfile::NamedTempFile::new_in(folder)?;
+    std::io::Write::write_all(
+        &mut file,
+        &serde_json::to_vec(features).expect("feature maps serialize"),
+    )?;
+    file.as_file().sync_all()?;
+    file.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn place_verified(
+    part: &Path,
+    target_dir: &Path,
+    features: Option<&FeatureMap>,
+) -> std::io::Result<()> {
     let model_dir = target_dir
         .parent()
         .expect("version folders have a model folder");
@@ -595,6 +619,7 @@ fn place_verified(part: &Path, target_dir: &Path) -> std::io::Result<()> {
     let file = staging.path().join(VERSION_FILE_NAME);
     std::fs::rename(part, &file)?;
     std::fs::File::open(&file)?.sync_all()?;
+    write_feature_map(&file, features)?;
     if target_dir.exists() {
         std::fs::remove_dir_all(target_dir)?;
     }

@@ -1,7 +1,10 @@
 //! One version of one model, loaded and ready: its signature and its session pool.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use flotilla_common::telemetry::default_feature_map;
+use flotilla_proto::telemetry::FeatureMap;
 use ort::session::Session;
 
 use super::environment::{RuntimeInitError, init_onnx_runtime};
@@ -38,7 +41,31 @@ pub struct LoadedModel {
     pub version: u64,
     pub path: PathBuf,
     pub signature: ModelSignature,
+    /// How requests map to named features for telemetry: `model.features.json` beside the
+    /// model file (`.onnx` replaced by `.features.json`; the hub's manifest writes it), else
+    /// the default from the signature, else none.
+    pub feature_map: Option<Arc<FeatureMap>>,
     pool: SessionPool,
+}
+
+/// The sidecar file that holds a model file's feature map.
+pub fn feature_map_path(model_path: &Path) -> PathBuf {
+    model_path.with_extension("features.json")
+}
+
+fn load_feature_map(model_path: &Path, signature: &ModelSignature) -> Option<Arc<FeatureMap>> {
+    let sidecar = feature_map_path(model_path);
+    if let Ok(text) = std::fs::read_to_string(&sidecar) {
+        match serde_json::from_str::<FeatureMap>(&text) {
+            Ok(map) => return Some(Arc::new(map)),
+            Err(error) => {
+                tracing::warn!(path = %sidecar.display(), %error, "feature map file is not valid; using the default")
+            }
+        }
+    }
+    let inputs: Vec<_> = signature.inputs.iter().map(|s| s.metadata()).collect();
+    let outputs: Vec<_> = signature.outputs.iter().map(|s| s.metadata()).collect();
+    default_feature_map(&inputs, &outputs).map(Arc::new)
 }
 
 impl LoadedModel {
@@ -69,10 +96,12 @@ impl LoadedModel {
             tracing::warn!(model = name, version, skipped = ?signature.skipped_outputs, "outputs that are not tensors are not served");
         }
         let pool = SessionPool::new(name, version, sessions, settings.queue_depth);
+        let feature_map = load_feature_map(path, &signature);
         Ok(LoadedModel {
             name: name.to_owned(),
             version,
             path: path.to_owned(),
+            feature_map,
             signature,
             pool,
         })

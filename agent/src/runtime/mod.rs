@@ -8,6 +8,6 @@ mod session_pool;
 mod signature;
 
 pub use environment::{RuntimeInitError, init_onnx_runtime};
-pub use loaded_model::{LoadError, LoadedModel, SessionSettings};
+pub use loaded_model::{LoadError, LoadedModel, SessionSettings, feature_map_path};
 pub use session_pool::{InferError, NamedTensor};
 pub use signature::{ModelSignature, TensorSpec};

@@ -12,10 +12,14 @@ use axum::routing::{get, post};
 use flotilla_proto::inference::{INFERENCE_HEADER_CONTENT_LENGTH, ModelMetadata, ServerMetadata};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::AppState;
 use super::error::ApiError;
 use super::infer::{decode_request, encode_response, split_body};
 use crate::metrics::ErrorKind;
+use crate::runtime::{LoadedModel, NamedTensor};
+use crate::telemetry::{FeatureRows, Recorder, extract_features};
 
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
@@ -145,11 +149,14 @@ async fn infer(
     let _in_flight = state.metrics.start_request();
     let name = &params["model"];
     let mut version_label = String::new();
+    let mut served: Option<Arc<LoadedModel>> = None;
+    let mut observed: Option<(Option<FeatureRows>, Vec<NamedTensor>)> = None;
     let result = async {
         let model = state
             .repository
             .get(name, params.get("version").map(String::as_str))?;
         version_label = model.version.to_string();
+        served = Some(model.clone());
         let body = axum::body::to_bytes(body, state.max_body_bytes)
             .await
             .map_err(|e| body_error(e, state.max_body_bytes))?;
@@ -162,16 +169,28 @@ async fn infer(
         let (json, binary) = split_body(&body, header_length)?;
         let request = decode_request(json, binary, &model.signature)?;
         let output_names = request.outputs.iter().map(|c| c.name.clone()).collect();
+        // Copied before the run takes the inputs; only when telemetry is on.
+        let features = match (&state.telemetry, &model.feature_map) {
+            (Some(_), Some(map)) => extract_features(map, &request.inputs),
+            _ => None,
+        };
         let outputs = model.infer(request.inputs, output_names).await?;
-        encode_response(
+        let encoded = encode_response(
             name,
             model.version,
             request.id.as_deref(),
             &outputs,
             &request.outputs,
-        )
+        );
+        if state.telemetry.is_some() {
+            observed = Some((features, outputs));
+        }
+        encoded
     }
     .await;
+    if let (Some(recorder), Some(model)) = (&state.telemetry, &served) {
+        record_telemetry(recorder, model, &result, observed, started.elapsed());
+    }
     // Unknown models are counted under an empty name: names come from clients, and a typo
     // must not mint a new metric series. An unknown version of a known model has no version.
     let model_label = if state.repository.is_known(name) {
@@ -216,6 +235,35 @@ async fn infer(
             error.into_response()
         }
     }
+}
+
+/// Adds the request to its model version's window: features and predictions when it
+/// succeeded, its error kind when it failed; latency either way.
+fn record_telemetry(
+    recorder: &Recorder,
+    model: &LoadedModel,
+    result: &Result<super::infer::EncodedResponse, ApiError>,
+    observed: Option<(Option<FeatureRows>, Vec<NamedTensor>)>,
+    elapsed: std::time::Duration,
+) {
+    let latency_ms = elapsed.as_secs_f32() * 1000.0;
+    let capture = recorder.capture_limits(&model.name);
+    recorder.record(
+        &model.name,
+        model.version,
+        model.feature_map.as_ref(),
+        |window| match (result, observed) {
+            (Ok(_), Some((features, outputs))) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                window.record_success(features.as_ref(), &outputs, latency_ms, capture, now_ms)
+            }
+            (Ok(_), None) => window.record_success(None, &[], latency_ms, None, 0),
+            (Err(error), _) => window.record_error(error.kind.label(), latency_ms),
+        },
+    );
 }
 
 fn body_error(error: axum::Error, limit: usize) -> ApiError {

@@ -30,6 +30,8 @@ pub struct AppState {
     pub repository: Arc<ModelRepository>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// Where requests are recorded for drift telemetry (agents following a hub).
+    pub telemetry: Option<Arc<crate::telemetry::Recorder>>,
 }
 
 /// A server that is accepting requests.

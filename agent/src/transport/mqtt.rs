@@ -1,22 +1,71 @@
-//! MQTT to the hub: receives this device's desired state, publishes signed reports and a
-//! signed online/offline status (offline as the last will). rumqttc forgets subscriptions
-//! on a clean-session reconnect, so every ConnAck subscribes again.
+//! MQTT to the hub: receives this device's desired state, publishes signed reports, a
+//! signed online/offline status (offline as the last will) and telemetry batches. rumqttc
+//! forgets subscriptions on a clean-session reconnect, so every ConnAck subscribes again.
+//!
+//! Telemetry must be deleted from the spool only once the broker has acknowledged it, but
+//! rumqttc reports acknowledgements by packet id, which it assigns itself. Every QoS 1
+//! publish therefore goes through one ordered path that queues a tag; the event loop pairs
+//! tags with packet ids as the publishes go out (in the same order) and hands the tag of
+//! each PUBACK to whoever waits for it.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_common::backoff::{backoff_delay, random_jitter};
 use flotilla_common::signing::{SigningKey, sign_envelope};
 use flotilla_proto::control::{DeviceStatus, STATUS_PAYLOAD_TYPE, topics};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+
+/// Pairs QoS 1 publishes with their packet ids and acknowledgements.
+#[derive(Debug, Default)]
+struct AckTracker {
+    /// Tags of publishes handed to the client, not yet seen going out.
+    queued: VecDeque<Option<i64>>,
+    /// Tags of publishes sent and not yet acknowledged, by packet id.
+    in_flight: HashMap<u16, Option<i64>>,
+}
 
 #[derive(Debug, Clone)]
 pub struct AgentMqtt {
     client: AsyncClient,
     device_id: String,
     /// The event loop task, ended by `stop`.
-    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    tracker: Arc<Mutex<AckTracker>>,
+    /// Held while a QoS 1 publish is queued, so tags and requests keep one order.
+    send_order: Arc<tokio::sync::Mutex<()>>,
+    connected: watch::Receiver<bool>,
+}
+
+/// Queues a QoS 1 publish with its tag (see the module comment).
+async fn publish_tagged(
+    client: &AsyncClient,
+    tracker: &Mutex<AckTracker>,
+    send_order: &tokio::sync::Mutex<()>,
+    topic: String,
+    retain: bool,
+    payload: Vec<u8>,
+    tag: Option<i64>,
+) -> Result<(), rumqttc::ClientError> {
+    let _order = send_order.lock().await;
+    tracker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .queued
+        .push_back(tag);
+    let result = client
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
+        .await;
+    if result.is_err() {
+        tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queued
+            .pop_back();
+    }
+    result
 }
 
 fn status_payload(device_id: &str, online: bool, connected_at: i64, key: &SigningKey) -> Vec<u8> {
@@ -42,6 +91,7 @@ impl AgentMqtt {
         key: Arc<SigningKey>,
         now: i64,
         desired: mpsc::Sender<Vec<u8>>,
+        acks: mpsc::UnboundedSender<i64>,
     ) -> Result<AgentMqtt, String> {
         let (host, port) = broker
             .rsplit_once(':')
@@ -61,15 +111,41 @@ impl AgentMqtt {
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let device = device_id.to_owned();
         let client_for_loop = client.clone();
+        let tracker = Arc::new(Mutex::new(AckTracker::default()));
+        let send_order = Arc::new(tokio::sync::Mutex::new(()));
+        let (connected_tx, connected) = watch::channel(false);
+        let (tracker_for_loop, order_for_loop) = (tracker.clone(), send_order.clone());
         let task = tokio::spawn(async move {
             let client = client_for_loop;
             let mut failures = 0u32;
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                        let mut t = tracker_for_loop.lock().unwrap_or_else(|e| e.into_inner());
+                        // A publish sent again after a reconnect keeps its packet id.
+                        if !t.in_flight.contains_key(&pkid) {
+                            let tag = t.queued.pop_front().flatten();
+                            t.in_flight.insert(pkid, tag);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        let tag = tracker_for_loop
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .in_flight
+                            .remove(&ack.pkid)
+                            .flatten();
+                        if let Some(tag) = tag {
+                            let _ = acks.send(tag);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
+                        let _ = connected_tx.send(true);
                         tracing::info!("connected to the hub's MQTT broker");
                         let (client, key, device) = (client.clone(), key.clone(), device.clone());
+                        let (tracker, send_order) =
+                            (tracker_for_loop.clone(), order_for_loop.clone());
                         tokio::spawn(async move {
                             if let Err(error) = client
                                 .subscribe(topics::desired(&device), QoS::AtLeastOnce)
@@ -78,9 +154,16 @@ impl AgentMqtt {
                                 tracing::warn!(%error, "cannot subscribe to desired state");
                             }
                             let online = status_payload(&device, true, now, &key);
-                            if let Err(error) = client
-                                .publish(topics::status(&device), QoS::AtLeastOnce, true, online)
-                                .await
+                            if let Err(error) = publish_tagged(
+                                &client,
+                                &tracker,
+                                &send_order,
+                                topics::status(&device),
+                                true,
+                                online,
+                                None,
+                            )
+                            .await
                             {
                                 tracing::warn!(%error, "cannot publish status");
                             }
@@ -95,6 +178,7 @@ impl AgentMqtt {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        let _ = connected_tx.send(false);
                         let delay = backoff_delay(
                             failures,
                             Duration::from_millis(200),
@@ -111,7 +195,10 @@ impl AgentMqtt {
         Ok(AgentMqtt {
             client,
             device_id: device_id.to_owned(),
-            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            task: Arc::new(Mutex::new(Some(task))),
+            tracker,
+            send_order,
+            connected,
         })
     }
 
@@ -125,17 +212,39 @@ impl AgentMqtt {
 
     /// Publishes a signed report; when offline it is queued by the client and sent on reconnect.
     pub async fn publish_report(&self, envelope: Vec<u8>) {
-        if let Err(error) = self
-            .client
-            .publish(
-                topics::reported(&self.device_id),
-                QoS::AtLeastOnce,
-                false,
-                envelope,
-            )
-            .await
+        if let Err(error) = publish_tagged(
+            &self.client,
+            &self.tracker,
+            &self.send_order,
+            topics::reported(&self.device_id),
+            false,
+            envelope,
+            None,
+        )
+        .await
         {
             tracing::warn!(%error, "cannot queue report");
         }
+    }
+
+    /// Publishes a sealed telemetry batch; `tag` comes back on the acks channel once the
+    /// broker has acknowledged it.
+    pub async fn publish_telemetry(&self, frame: Vec<u8>, tag: i64) -> Result<(), String> {
+        publish_tagged(
+            &self.client,
+            &self.tracker,
+            &self.send_order,
+            flotilla_proto::telemetry::topics::telemetry(&self.device_id),
+            false,
+            frame,
+            Some(tag),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Whether the broker connection is up, and changes to it.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
     }
 }

@@ -1,0 +1,264 @@
+//! On-device telemetry (DESIGN.md section 6): the inference path records into sharded window
+//! accumulators; every window (default 60 s, aligned to the clock) each model version's
+//! window is sealed into a signed, compressed batch and written to the spool; the uploader
+//! drains the spool over MQTT QoS 1.
+
+mod recorder;
+mod spool;
+mod uploader;
+mod window;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_common::signing::SigningKey;
+use flotilla_common::telemetry::{WindowBatch, seal_frame};
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+pub use recorder::Recorder;
+pub use spool::{Spool, SpoolCounters};
+pub use uploader::DrainSettings;
+pub use window::{CaptureLimits, FeatureRows, WindowAccumulator, extract_features};
+
+use crate::transport::mqtt::AgentMqtt;
+
+/// `[telemetry]` in agent.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Window length in seconds.
+    #[serde(default = "default_window_seconds")]
+    pub window_seconds: u64,
+    /// The spool's size limit; the oldest batches are dropped (and counted) beyond it.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Spooled batches sent per second at most when draining a backlog.
+    #[serde(default = "default_drain_per_second")]
+    pub drain_per_second: f64,
+    /// Longest random wait after a reconnect before draining, in seconds.
+    #[serde(default = "default_reconnect_jitter_seconds")]
+    pub reconnect_jitter_seconds: f64,
+    /// Data capture per model name (off unless listed).
+    #[serde(default)]
+    pub capture: HashMap<String, CaptureConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Requests sampled per minute at most.
+    pub per_minute: u32,
+    /// A request bigger than this (inputs and outputs as JSON) is not captured.
+    #[serde(default = "default_max_sample_bytes")]
+    pub max_sample_bytes: usize,
+}
+
+fn default_window_seconds() -> u64 {
+    60
+}
+fn default_spool_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_drain_per_second() -> f64 {
+    20.0
+}
+fn default_reconnect_jitter_seconds() -> f64 {
+    2.0
+}
+fn default_max_sample_bytes() -> usize {
+    16 * 1024
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            window_seconds: default_window_seconds(),
+            spool_max_bytes: default_spool_max_bytes(),
+            drain_per_second: default_drain_per_second(),
+            reconnect_jitter_seconds: default_reconnect_jitter_seconds(),
+            capture: HashMap::new(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Closes windows into the spool. Shared by the closer task and `flush` at shutdown.
+#[derive(Debug)]
+struct WindowCloser {
+    device_id: String,
+    key: Arc<SigningKey>,
+    recorder: Arc<Recorder>,
+    spool: Arc<Spool>,
+    spooled: Arc<Notify>,
+    capture: HashMap<String, CaptureLimits>,
+}
+
+impl WindowCloser {
+    /// Seals what was recorded since the last close as the window `[start, end)`.
+    fn close(&self, start_ms: i64, end_ms: i64) -> usize {
+        let counters = self.spool.counters();
+        let mut sealed = 0;
+        for (model, version, window) in self.recorder.take() {
+            if window.requests == 0 {
+                continue;
+            }
+            let errors = window
+                .errors
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect();
+            let (requests, latency_ms) = (window.requests, window.latency_ms.clone());
+            let mut captures = window.captures.clone();
+            if let Some(limits) = self.capture.get(&model) {
+                captures.truncate(limits.per_window);
+            }
+            let (features, predictions) = window.into_profiles();
+            let mut batch_id = [0u8; 16];
+            if getrandom::fill(&mut batch_id).is_err() {
+                batch_id[..8].copy_from_slice(&now_ms().to_le_bytes());
+            }
+            let batch = WindowBatch {
+                batch_id,
+                device_id: self.device_id.clone(),
+                model,
+                version,
+                window_start_ms: start_ms,
+                window_end_ms: end_ms,
+                requests,
+                errors,
+                latency_ms,
+                features,
+                predictions,
+                spool_dropped_total: counters.dropped,
+                spool_lost_total: counters.lost,
+                captures,
+            };
+            self.spool.push(&seal_frame(&batch, &self.key));
+            sealed += 1;
+        }
+        if sealed > 0 {
+            self.spooled.notify_one();
+        }
+        sealed
+    }
+}
+
+/// The running telemetry pipeline of one agent core.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub recorder: Arc<Recorder>,
+    pub spool: Arc<Spool>,
+    closer: Arc<WindowCloser>,
+    window: Duration,
+    window_start_ms: Arc<std::sync::atomic::AtomicI64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Telemetry {
+    /// Opens the spool in `state_dir` and returns the recorder for the inference path; call
+    /// `start` once MQTT is up.
+    pub fn open(
+        config: &TelemetryConfig,
+        state_dir: &Path,
+        device_id: &str,
+        key: Arc<SigningKey>,
+    ) -> Telemetry {
+        let window = Duration::from_secs(config.window_seconds.max(1));
+        let capture: HashMap<String, CaptureLimits> = config
+            .capture
+            .iter()
+            .map(|(model, c)| {
+                let per_window = (c.per_minute as u64 * window.as_secs()).div_ceil(60) as usize;
+                (
+                    model.clone(),
+                    CaptureLimits {
+                        per_window,
+                        max_sample_bytes: c.max_sample_bytes,
+                    },
+                )
+            })
+            .collect();
+        let recorder = Arc::new(Recorder::new(capture.clone()));
+        let spool = Arc::new(Spool::open(
+            &state_dir.join("telemetry-spool.db"),
+            config.spool_max_bytes,
+        ));
+        let closer = Arc::new(WindowCloser {
+            device_id: device_id.to_owned(),
+            key,
+            recorder: recorder.clone(),
+            spool: spool.clone(),
+            spooled: Arc::new(Notify::new()),
+            capture,
+        });
+        Telemetry {
+            recorder,
+            spool,
+            closer,
+            window,
+            window_start_ms: Arc::new(std::sync::atomic::AtomicI64::new(now_ms())),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts closing windows on the clock and draining the spool. `acks` is the channel
+    /// given to `AgentMqtt::start`.
+    pub fn start(
+        &mut self,
+        mqtt: AgentMqtt,
+        acks: mpsc::UnboundedReceiver<i64>,
+        config: &TelemetryConfig,
+    ) {
+        let (closer, window, start) = (
+            self.closer.clone(),
+            self.window,
+            self.window_start_ms.clone(),
+        );
+        self.tasks.push(tokio::spawn(async move {
+            let length = window.as_millis() as i64;
+            loop {
+                let now = now_ms();
+                let boundary = (now / length + 1) * length;
+                tokio::time::sleep(Duration::from_millis((boundary - now).max(1) as u64)).await;
+                let begun = start.swap(boundary, std::sync::atomic::Ordering::SeqCst);
+                let closer = closer.clone();
+                let _ = tokio::task::spawn_blocking(move || closer.close(begun, boundary)).await;
+            }
+        }));
+        let settings = DrainSettings {
+            per_second: config.drain_per_second,
+            reconnect_jitter: Duration::from_secs_f64(config.reconnect_jitter_seconds.max(0.0)),
+        };
+        self.tasks.push(tokio::spawn(uploader::run(
+            self.spool.clone(),
+            mqtt,
+            acks,
+            self.closer.spooled.clone(),
+            settings,
+        )));
+    }
+
+    /// Seals the open window now (at shutdown, so its requests are not lost).
+    pub fn flush(&self) -> usize {
+        let now = now_ms();
+        let begun = self
+            .window_start_ms
+            .swap(now, std::sync::atomic::Ordering::SeqCst);
+        self.closer.close(begun, now)
+    }
+
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

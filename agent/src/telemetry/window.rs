@@ -1,0 +1,406 @@
+//! One model version's measurements over one window, before it is sealed into a batch:
+//! feature and prediction profiles, requests, errors by kind, latency. Pure: tensors in,
+//! profiles out. Accumulators merge (the recorder keeps one per shard).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flotilla_common::sketch::{
+    CategoricalProfile, DEVICE_K, NumericProfile, Profile, ProfileError, SCORE_K,
+};
+use flotilla_common::telemetry::{CaptureSample, NamedProfile, output_profile_names};
+use flotilla_proto::inference::TensorData;
+use flotilla_proto::telemetry::{FeatureMap, PredictionKind};
+
+use crate::runtime::NamedTensor;
+
+/// A request's feature values, copied out of its input before it runs: row-major `[rows,
+/// features]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRows {
+    pub rows: usize,
+    pub values: Vec<f32>,
+}
+
+/// Values of a tensor as f32 (numbers only; BYTES gives `None`).
+fn as_f32(data: &TensorData) -> Option<Vec<f32>> {
+    Some(match data {
+        TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f32).collect(),
+        TensorData::Uint8(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Uint16(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Uint32(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Uint64(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Int8(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Int16(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Int32(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Int64(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Fp16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        TensorData::Fp32(v) => v.clone(),
+        TensorData::Fp64(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        TensorData::Bytes(_) => return None,
+    })
+}
+
+/// Values of a tensor as labels (integers and text).
+fn as_labels(data: &TensorData) -> Vec<String> {
+    match data {
+        TensorData::Bytes(v) => v
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect(),
+        other => as_f32(other)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| {
+                if x.fract() == 0.0 {
+                    (x as i64).to_string()
+                } else {
+                    x.to_string()
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The feature rows of a request, when its mapped input is there with the mapped width.
+pub fn extract_features(map: &FeatureMap, inputs: &[NamedTensor]) -> Option<FeatureRows> {
+    let input = inputs.iter().find(|t| t.name == map.input)?;
+    let width = map.features.len();
+    if input.shape.len() != 2 || input.shape[1] as usize != width || width == 0 {
+        return None;
+    }
+    let values = as_f32(&input.data)?;
+    Some(FeatureRows {
+        rows: values.len() / width,
+        values,
+    })
+}
+
+/// Data capture limits for one model (off unless configured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptureLimits {
+    /// Samples kept per window at most.
+    pub per_window: usize,
+    /// A sample larger than this (JSON bytes) is skipped.
+    pub max_sample_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WindowAccumulator {
+    pub map: Option<Arc<FeatureMap>>,
+    pub requests: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub latency_ms: NumericProfile,
+    features: Vec<Profile>,
+    predictions: BTreeMap<String, Profile>,
+    pub captures: Vec<CaptureSample>,
+    /// Requests whose features could not be read with the map (wrong input or width).
+    pub unmapped: u64,
+}
+
+impl WindowAccumulator {
+    pub fn new(map: Option<Arc<FeatureMap>>) -> WindowAccumulator {
+        let features = map
+            .as_ref()
+            .map(|m| {
+                m.features
+                    .iter()
+                    .map(|name| {
+                        if m.categorical.contains(name) {
+                            Profile::Categorical(CategoricalProfile::new())
+                        } else {
+                            Profile::Numeric(NumericProfile::new(DEVICE_K))
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        WindowAccumulator {
+            map,
+            requests: 0,
+            errors: BTreeMap::new(),
+            latency_ms: NumericProfile::new(DEVICE_K),
+            features,
+            predictions: BTreeMap::new(),
+            captures: Vec::new(),
+            unmapped: 0,
+        }
+    }
+
+    pub fn record_error(&mut self, kind: &'static str, latency_ms: f32) {
+        self.requests += 1;
+        *self.errors.entry(kind).or_insert(0) += 1;
+        self.latency_ms.update(Some(latency_ms));
+    }
+
+    /// A request that succeeded: its features (when mapped) and its outputs.
+    pub fn record_success(
+        &mut self,
+        features: Option<&FeatureRows>,
+        outputs: &[NamedTensor],
+        latency_ms: f32,
+        capture: Option<CaptureLimits>,
+        now_ms: i64,
+    ) {
+        self.requests += 1;
+        self.latency_ms.update(Some(latency_ms));
+        let Some(map) = self.map.clone() else {
+            return;
+        };
+        match features {
+            Some(rows) => {
+                let width = self.features.len();
+                for row in rows.values.chunks_exact(width) {
+                    for (profile, &value) in self.features.iter_mut().zip(row) {
+                        match profile {
+                            Profile::Numeric(p) => p.update(Some(value)),
+                            Profile::Categorical(p) => p.update(Some(&value.to_string())),
+                        }
+                    }
+                }
+            }
+            None => self.unmapped += 1,
+        }
+        for prediction in &map.predictions {
+            let Some(tensor) = outputs.iter().find(|t| t.name == prediction.output) else {
+                continue;
+            };
+            self.record_prediction(prediction.kind, tensor);
+        }
+        if let (Some(limits), Some(rows)) = (capture, features) {
+            if self.captures.len() < limits.per_window {
+                self.capture(&map, rows, outputs, limits, now_ms);
+            }
+        }
+    }
+
+    fn record_prediction(&mut self, kind: PredictionKind, tensor: &NamedTensor) {
+        match kind {
+            PredictionKind::Class => {
+                let profile = self
+                    .predictions
+                    .entry(tensor.name.clone())
+                    .or_insert_with(|| Profile::Categorical(CategoricalProfile::new()));
+                if let Profile::Categorical(p) = profile {
+                    as_labels(&tensor.data)
+                        .iter()
+                        .for_each(|l| p.update(Some(l)));
+                }
+            }
+            PredictionKind::Score => {
+                let Some(values) = as_f32(&tensor.data) else {
+                    return;
+                };
+                let rows = tensor.shape.first().copied().unwrap_or(1).max(1) as usize;
+                let columns = values.len() / rows;
+                let names = output_profile_names(&tensor.name, columns);
+                for chunk in values.chunks_exact(columns.max(1)) {
+                    if names.len() == 1 && columns > 1 {
+                        let max = chunk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        self.score(&names[0]).update(Some(max));
+                    } else {
+                        for (name, &value) in names.iter().zip(chunk) {
+                            self.score(name).update(Some(value));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn score(&mut self, name: &str) -> &mut NumericProfile {
+        if !self.predictions.contains_key(name) {
+            self.predictions.insert(
+                name.to_owned(),
+                Profile::Numeric(NumericProfile::new(SCORE_K)),
+            );
+        }
+        match self.predictions.get_mut(name) {
+            Some(Profile::Numeric(p)) => p,
+            _ => unreachable!("score profiles are numeric"),
+        }
+    }
+
+    fn capture(
+        &mut self,
+        map: &FeatureMap,
+        rows: &FeatureRows,
+        outputs: &[NamedTensor],
+        limits: CaptureLimits,
+        now_ms: i64,
+    ) {
+        let width = map.features.len();
+        let inputs: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .values
+            .chunks_exact(width)
+            .map(|row| {
+                map.features
+                    .iter()
+                    .zip(row)
+                    .map(|(name, v)| (name.clone(), serde_json::json!(v)))
+                    .collect()
+            })
+            .collect();
+        let outputs: serde_json::Map<String, serde_json::Value> = outputs
+            .iter()
+            .map(|t| {
+                let values = match as_f32(&t.data) {
+                    Some(v) => serde_json::json!(v),
+                    None => serde_json::json!(as_labels(&t.data)),
+                };
+                (t.name.clone(), values)
+            })
+            .collect();
+        let inputs = serde_json::to_string(&inputs).expect("JSON values serialize");
+        let outputs = serde_json::to_string(&outputs).expect("JSON values serialize");
+        if inputs.len() + outputs.len() <= limits.max_sample_bytes {
+            self.captures.push(CaptureSample {
+                at_ms: now_ms,
+                inputs,
+                outputs,
+            });
+        }
+    }
+
+    pub fn merge(&mut self, other: WindowAccumulator) -> Result<(), ProfileError> {
+        self.requests += other.requests;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_insert(0) += n;
+        }
+        self.latency_ms.merge(&other.latency_ms)?;
+        if self.features.len() == other.features.len() {
+            for (a, b) in self.features.iter_mut().zip(&other.features) {
+                a.merge(b)?;
+            }
+        }
+        for (name, profile) in other.predictions {
+            match self.predictions.get_mut(&name) {
+                Some(existing) => existing.merge(&profile)?,
+                None => {
+                    self.predictions.insert(name, profile);
+                }
+            }
+        }
+        self.captures.extend(other.captures);
+        self.unmapped += other.unmapped;
+        Ok(())
+    }
+
+    /// The named profiles for a batch.
+    pub fn into_profiles(self) -> (Vec<NamedProfile>, Vec<NamedProfile>) {
+        let names = self
+            .map
+            .as_ref()
+            .map(|m| m.features.clone())
+            .unwrap_or_default();
+        let features = names
+            .into_iter()
+            .zip(self.features)
+            .map(|(name, profile)| NamedProfile { name, profile })
+            .collect();
+        let predictions = self
+            .predictions
+            .into_iter()
+            .map(|(name, profile)| NamedProfile { name, profile })
+            .collect();
+        (features, predictions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_proto::telemetry::PredictionOutput;
+
+    use super::*;
+
+    fn iris_map() -> Arc<FeatureMap> {
+        Arc::new(FeatureMap {
+            input: "float_input".into(),
+            features: vec!["a".into(), "b".into()],
+            categorical: vec![],
+            predictions: vec![
+                PredictionOutput {
+                    output: "label".into(),
+                    kind: PredictionKind::Class,
+                },
+                PredictionOutput {
+                    output: "probabilities".into(),
+                    kind: PredictionKind::Score,
+                },
+            ],
+        })
+    }
+
+    fn tensor(name: &str, shape: &[i64], data: TensorData) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    #[test]
+    fn features_labels_and_scores_are_profiled() {
+        let map = iris_map();
+        let mut window = WindowAccumulator::new(Some(map.clone()));
+        let inputs = [tensor(
+            "float_input",
+            &[2, 2],
+            TensorData::Fp32(vec![1.0, 10.0, f32::NAN, 20.0]),
+        )];
+        let rows = extract_features(&map, &inputs).unwrap();
+        assert_eq!(rows.rows, 2);
+        let outputs = [
+            tensor("label", &[2], TensorData::Int64(vec![0, 2])),
+            tensor(
+                "probabilities",
+                &[2, 2],
+                TensorData::Fp32(vec![0.9, 0.1, 0.2, 0.8]),
+            ),
+        ];
+        let limits = CaptureLimits {
+            per_window: 1,
+            max_sample_bytes: 10_000,
+        };
+        window.record_success(Some(&rows), &outputs, 0.5, Some(limits), 7);
+        window.record_success(Some(&rows), &outputs, 0.5, Some(limits), 8);
+        window.record_error("bad_request", 0.1);
+        assert_eq!((window.requests, window.errors["bad_request"]), (3, 1));
+        assert_eq!(
+            window.captures.len(),
+            1,
+            "capture stops at the per-window limit"
+        );
+        assert!(
+            window.captures[0].inputs.contains("\"b\":10.0"),
+            "{}",
+            window.captures[0].inputs
+        );
+        let (features, predictions) = window.into_profiles();
+        let Profile::Numeric(a) = &features[0].profile else {
+            panic!()
+        };
+        assert_eq!((a.count, a.non_finite, a.valid()), (4, 2, 2));
+        let names: Vec<&str> = predictions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["label", "probabilities[0]", "probabilities[1]"]);
+        let Profile::Categorical(label) = &predictions[0].profile else {
+            panic!()
+        };
+        assert_eq!(label.frequencies(), vec![("0".into(), 2), ("2".into(), 2)]);
+    }
+
+    #[test]
+    fn a_request_of_another_width_is_counted_not_profiled() {
+        let map = iris_map();
+        let inputs = [tensor(
+            "float_input",
+            &[1, 3],
+            TensorData::Fp32(vec![1.0, 2.0, 3.0]),
+        )];
+        assert_eq!(extract_features(&map, &inputs), None);
+        let mut window = WindowAccumulator::new(Some(map));
+        window.record_success(None, &[], 0.2, None, 0);
+        assert_eq!((window.requests, window.unmapped), (1, 1));
+    }
+}
