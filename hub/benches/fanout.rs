@@ -71,6 +71,7 @@ fn main() {
                     sessions: Some(1),
                     intra_op_threads: Some(1),
                     hardware: Default::default(),
+                    telemetry: Default::default(),
                 };
                 starting.push(tokio::spawn(async move { start_core(&config).await }));
             }

@@ -7,6 +7,10 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 
+use crate::cli_telemetry::{
+    CaptureCommand, DriftCommand, capture, drift, events, health, print_profile,
+    reference_from_file, upload_reference,
+};
 use crate::client::AdminClient;
 use crate::data_dir::parse_labels;
 
@@ -57,6 +61,34 @@ pub enum Command {
         #[arg(long, default_value = "")]
         to: String,
     },
+    /// Profile a CSV (with a header) or .npy file locally, as a reference would be built.
+    Profile {
+        file: PathBuf,
+        /// Numeric columns to count by value instead, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        categorical: Vec<String>,
+    },
+    /// Fleet drift reports and thresholds.
+    #[command(subcommand)]
+    Drift(DriftCommand),
+    /// Requests, error rate and latency quantiles per version of MODEL.
+    Health {
+        model: String,
+        /// Windows that ended within this long ago: 90s, 15m, 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Devices whose labels match, k=v[,k=v].
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// The event log: drift alerts and clears.
+    Events {
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Captured input and output samples.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +127,13 @@ pub enum ModelCommand {
         /// Version this one was derived from.
         #[arg(long)]
         parent: Option<u64>,
+        /// Training data (CSV with a header, or .npy): becomes the version's reference profile
+        /// and its column names the feature names.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Features counted by value instead of sketched as numbers, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        categorical: Vec<String>,
     },
     /// List models.
     List,
@@ -187,9 +226,42 @@ fn query_escape(text: &str) -> String {
         .collect()
 }
 
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for a Unix time.
+pub fn utc(at: i64) -> String {
+    let (days, seconds) = (at.div_euclid(86_400), at.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Profile { file, categorical } = &cli.command {
+        return print_profile(file, categorical, cli.json);
+    }
     let client = AdminClient::new(&cli.hub, cli.token.clone())?;
     let output = match cli.command {
+        Command::Profile { .. } => unreachable!("handled above: needs no hub"),
+        Command::Drift(command) => return drift(&client, command, cli.json).await,
+        Command::Health {
+            model,
+            since,
+            selector,
+        } => return health(&client, &model, since, selector, cli.json).await,
+        Command::Events { model } => return events(&client, model, cli.json).await,
+        Command::Capture(command) => return capture(&client, command).await,
         Command::Model(ModelCommand::Push {
             name,
             file,
@@ -198,8 +270,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dataset,
             commit,
             parent,
+            reference,
+            categorical,
         }) => {
             let mut query = Vec::new();
+            let reference = match &reference {
+                Some(file) => Some(reference_from_file(file, &categorical)?),
+                None => None,
+            };
+            if let Some((names, _)) = &reference {
+                let names: Vec<String> = names.iter().map(|n| query_escape(n)).collect();
+                query.push(format!("features={}", names.join("%2C")));
+            }
+            if !categorical.is_empty() {
+                let names: Vec<String> = categorical.iter().map(|n| query_escape(n)).collect();
+                query.push(format!("categorical={}", names.join("%2C")));
+            }
             for metric in &metrics {
                 let (k, v) = key_value("metric", metric)?;
                 v.parse::<f64>()
@@ -245,7 +331,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await;
             bar.finish_and_clear();
-            let answer = answer?;
+            let mut answer = answer?;
+            if let Some((_, encoded)) = reference {
+                let version = answer["version"]
+                    .as_u64()
+                    .context("the hub's push answer has no version")?;
+                answer["reference"] = upload_reference(&client, &name, version, encoded).await?;
+            }
             if !cli.json {
                 let verb = if answer["created"].as_bool() == Some(true) {
                     "pushed"
@@ -258,6 +350,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     answer["version"],
                     answer["sha256"].as_str().unwrap_or("")
                 );
+                if let Some(features) = answer["reference"]["features"].as_array() {
+                    println!("reference profile stored: {} features", features.len());
+                }
                 return Ok(());
             }
             answer
@@ -523,6 +618,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
 
     #[test]
     fn durations_parse() {

@@ -134,6 +134,29 @@ impl AdminClient {
         decode(status, &answer)
     }
 
+    /// PUTs raw bytes (a reference profile set) and decodes the JSON answer.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (status, answer) = self
+            .request(Method::PUT, path, "application/octet-stream", body)
+            .await?;
+        decode(status, &answer)
+    }
+
+    /// GETs a body that is not JSON (an export); errors still carry the hub's message.
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
+        let (status, answer) = self
+            .request(Method::GET, path, "application/json", Bytes::new())
+            .await?;
+        if !status.is_success() {
+            decode(status, &answer)?;
+        }
+        Ok(answer)
+    }
+
     pub async fn upload(&self, path: &str, file: Bytes) -> Result<serde_json::Value, ClientError> {
         let (status, answer) = self
             .request(Method::POST, path, "application/octet-stream", file)

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cli_telemetry;
 pub mod client;
 pub mod data_dir;
 pub mod fleet;
@@ -11,5 +12,6 @@ pub mod metrics;
 pub mod registry;
 pub mod serve_command;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod transport;

@@ -24,7 +24,7 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Run the hub.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Admin tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -96,7 +96,7 @@ fn main() {
         }
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -16,11 +16,35 @@ pub struct HubMetrics {
     pub device_messages_accepted: AtomicU64,
     pub device_messages_rejected: AtomicU64,
     pub artifact_bytes_served: AtomicU64,
+    pub telemetry_windows_stored: AtomicU64,
+    pub telemetry_duplicates: AtomicU64,
+    /// Telemetry batches refused, by reason.
+    pub telemetry_rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Drift scores and health figures of active model versions, in exposition format,
+    /// replaced whole by the drift evaluator after each pass.
+    pub model_gauges: std::sync::Mutex<String>,
 }
 
 impl HubMetrics {
     pub fn add(counter: &AtomicU64, amount: u64) {
         counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    pub fn telemetry_rejected(&self, reason: &'static str) {
+        *self
+            .telemetry_rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_insert(0) += 1;
+    }
+
+    /// Telemetry refusals so far, by reason.
+    pub fn telemetry_rejections(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.telemetry_rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The Prometheus text format; fleet gauges come from `store`.
@@ -62,6 +86,16 @@ impl HubMetrics {
                 "Artifact bytes sent to devices over HTTP.",
                 &self.artifact_bytes_served,
             ),
+            (
+                "flotilla_hub_telemetry_windows_stored_total",
+                "Telemetry windows verified, decoded and stored.",
+                &self.telemetry_windows_stored,
+            ),
+            (
+                "flotilla_hub_telemetry_duplicates_total",
+                "Telemetry batches delivered again (same batch id), counted once.",
+                &self.telemetry_duplicates,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -70,6 +104,22 @@ impl HubMetrics {
                 counter.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_hub_telemetry_rejected_total Telemetry batches refused, by reason.\n# TYPE flotilla_hub_telemetry_rejected_total counter"
+        );
+        for (reason, n) in self
+            .telemetry_rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "flotilla_hub_telemetry_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        out.push_str(&self.model_gauges.lock().unwrap_or_else(|e| e.into_inner()));
         if let Ok(devices) = store.devices() {
             let online = devices.iter().filter(|d| d.online).count();
             let _ = writeln!(

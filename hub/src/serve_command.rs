@@ -12,7 +12,10 @@ use crate::api::{ApiState, bind, serve};
 use crate::data_dir::{DataDir, new_token, token_hash};
 use crate::fleet::Fleet;
 use crate::registry::Registry;
-use crate::store::{RegistryStore, Scope};
+use crate::store::{RegistryStore, Scope, TelemetryStore};
+use crate::telemetry::{
+    DriftEvaluator, EvaluatorSettings, Telemetry, TelemetryIngest, start_ingest_thread,
+};
 use crate::time::{Clock, SystemClock};
 use crate::transport::broker::start_embedded;
 use crate::transport::mqtt::{BrokerAddress, HubMqtt};
@@ -53,6 +56,15 @@ pub struct ServeArgs {
     /// The API URL devices are told at enrollment for downloads (default: http://LISTEN).
     #[arg(long)]
     pub advertise_url: Option<String>,
+    /// Seconds between fleet-wide drift evaluations (alerts and /metrics gauges).
+    #[arg(long, default_value_t = 60)]
+    pub drift_check_seconds: u64,
+    /// How far back (seconds) the fleet-wide drift evaluation looks.
+    #[arg(long, default_value_t = 600)]
+    pub drift_lookback_seconds: u64,
+    /// Telemetry frames queued for ingest before the hub stops reading from the broker.
+    #[arg(long, default_value_t = 8192)]
+    pub telemetry_queue: usize,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -197,11 +209,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fleet = fleet.with_quic(advertise_quic, identity.pin());
     }
     let fleet = Arc::new(fleet);
+    let telemetry_store = Arc::new(
+        TelemetryStore::open(&args.data_dir.join("telemetry.db"))
+            .context("cannot open the telemetry database")?,
+    );
+    let telemetry = Arc::new(Telemetry::new(
+        telemetry_store.clone(),
+        registry.store().clone(),
+    ));
+    let ingest = Arc::new(TelemetryIngest::new(
+        telemetry_store,
+        registry.store().clone(),
+        metrics.clone(),
+    ));
+    let telemetry_queue = start_ingest_thread(ingest, args.telemetry_queue.max(1));
+    Arc::new(DriftEvaluator {
+        telemetry: telemetry.clone(),
+        metrics: metrics.clone(),
+        settings: EvaluatorSettings {
+            interval: Duration::from_secs(args.drift_check_seconds.max(1)),
+            lookback: Duration::from_secs(args.drift_lookback_seconds.max(1)),
+        },
+    })
+    .spawn();
     let mqtt = HubMqtt::start(
         &broker,
         fleet.clone(),
         registry.store().clone(),
         metrics.clone(),
+        Some(telemetry_queue),
     );
     let state = ApiState {
         registry,
@@ -210,6 +246,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fleet: Some(fleet),
         mqtt: Some(mqtt),
         metrics,
+        telemetry: Some(telemetry),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

@@ -53,8 +53,10 @@ pub async fn run(
             if !*connected.borrow() {
                 break 'connected;
             }
-            if in_flight.len() < MAX_IN_FLIGHT {
-                if let Some((seq, frame)) = spool.oldest(last_sent, 1).pop() {
+            if in_flight.len() < MAX_IN_FLIGHT
+                && let Some((seq, frame)) = spool.oldest(last_sent, 1).pop()
+            {
+                {
                     if mqtt.publish_telemetry(frame, seq).await.is_err() {
                         break 'connected;
                     }

@@ -168,10 +168,10 @@ impl WindowAccumulator {
             };
             self.record_prediction(prediction.kind, tensor);
         }
-        if let (Some(limits), Some(rows)) = (capture, features) {
-            if self.captures.len() < limits.per_window {
-                self.capture(&map, rows, outputs, limits, now_ms);
-            }
+        if let (Some(limits), Some(rows)) = (capture, features)
+            && self.captures.len() < limits.per_window
+        {
+            self.capture(&map, rows, outputs, limits, now_ms);
         }
     }
 

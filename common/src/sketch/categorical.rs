@@ -61,6 +61,13 @@ fn sketched_from(exact: &BTreeMap<String, u64>) -> Counts {
     }
 }
 
+fn sketched_from_counts(counts: &Counts) -> Counts {
+    match counts {
+        Counts::Exact(map) => sketched_from(map),
+        other => other.clone(),
+    }
+}
+
 impl CategoricalProfile {
     pub fn new() -> CategoricalProfile {
         CategoricalProfile {
@@ -127,6 +134,15 @@ impl CategoricalProfile {
         rows
     }
 
+    /// The values as a DataSketches frequent-items image (strings): exact counts are written
+    /// as a sketch too, so Python's `datasketches.frequent_strings_sketch` reads either.
+    pub fn frequent_items_bytes(&self) -> Vec<u8> {
+        match sketched_from_counts(&self.counts) {
+            Counts::Sketched { frequent, .. } => frequent.serialize(),
+            Counts::Exact(_) => unreachable!("converted to a sketch"),
+        }
+    }
+
     pub fn merge(&mut self, other: &CategoricalProfile) {
         self.count += other.count;
         self.nulls += other.nulls;
@@ -143,10 +159,7 @@ impl CategoricalProfile {
                 }
             }
             (a, b) => {
-                let to_sketch = |c: &Counts| match c {
-                    Counts::Exact(map) => sketched_from(map),
-                    other => other.clone(),
-                };
+                let to_sketch = sketched_from_counts;
                 let (
                     Counts::Sketched { frequent, distinct },
                     Counts::Sketched {

@@ -191,3 +191,33 @@ impl WindowBatch {
         self.errors.values().sum()
     }
 }
+
+const REFERENCE_MAGIC: &[u8; 4] = b"FLRF";
+
+/// A reference profile set (built from training data): `FLRF`, format version, row count,
+/// then named profiles as in a batch.
+pub fn encode_reference(rows: u64, profiles: &[NamedProfile]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.buf.extend_from_slice(REFERENCE_MAGIC);
+    w.u8(BATCH_FORMAT_VERSION);
+    w.u64(rows);
+    put_profiles(&mut w, profiles);
+    w.buf
+}
+
+pub fn decode_reference(bytes: &[u8]) -> Result<(u64, Vec<NamedProfile>), BatchError> {
+    let mut r = Reader::new(bytes);
+    if r.take(4)? != REFERENCE_MAGIC {
+        return Err(BatchError::BadMagic);
+    }
+    let version = r.u8()?;
+    if version != BATCH_FORMAT_VERSION {
+        return Err(BatchError::Version(version));
+    }
+    let rows = r.u64()?;
+    let profiles = read_profiles(&mut r)?;
+    if r.remaining() > 0 {
+        return Err(BatchError::Trailing(r.remaining()));
+    }
+    Ok((rows, profiles))
+}

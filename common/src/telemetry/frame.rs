@@ -99,7 +99,20 @@ pub fn open_frame(bytes: &[u8]) -> Result<OpenedFrame<'_>, FrameError> {
     })
 }
 
-impl OpenedFrame<'_> {
+/// Decodes a batch stored as its compressed bytes (after its frame was verified on arrival).
+pub fn decode_compressed(compressed: &[u8]) -> Result<WindowBatch, FrameError> {
+    let mut raw = Vec::new();
+    decompress_bounded(compressed, None, MAX_DECOMPRESSED_BYTES, &mut raw)
+        .map_err(|e| FrameError::Decompress(e.to_string()))?;
+    Ok(WindowBatch::decode(&raw)?)
+}
+
+impl<'a> OpenedFrame<'a> {
+    /// The compressed batch, for storing once verified.
+    pub fn compressed(&self) -> &'a [u8] {
+        self.compressed
+    }
+
     /// Checks the signature with the claimed device's key, then decompresses (bounded) and
     /// decodes; the batch must name the same device.
     pub fn verify_and_decode(&self, key: &PublicKey) -> Result<WindowBatch, FrameError> {
@@ -107,10 +120,7 @@ impl OpenedFrame<'_> {
         if !verify_bytes(key, &message, &hex::encode(self.signature)) {
             return Err(FrameError::BadSignature);
         }
-        let mut raw = Vec::new();
-        decompress_bounded(self.compressed, None, MAX_DECOMPRESSED_BYTES, &mut raw)
-            .map_err(|e| FrameError::Decompress(e.to_string()))?;
-        let batch = WindowBatch::decode(&raw)?;
+        let batch = decode_compressed(self.compressed)?;
         if batch.device_id != self.device_id {
             return Err(FrameError::DeviceMismatch {
                 frame: self.device_id.to_owned(),

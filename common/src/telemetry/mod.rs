@@ -7,7 +7,12 @@ mod feature_map;
 mod frame;
 mod table;
 
-pub use batch::{BatchError, BatchId, CaptureSample, NamedProfile, WindowBatch};
+pub use batch::{
+    BatchError, BatchId, CaptureSample, NamedProfile, WindowBatch, decode_reference,
+    encode_reference,
+};
 pub use feature_map::{MAX_FEATURES, default_feature_map, output_profile_names};
-pub use frame::{FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, open_frame, seal_frame};
+pub use frame::{
+    FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, decode_compressed, open_frame, seal_frame,
+};
 pub use table::{Table, TableError, profile_table, read_table};

@@ -268,7 +268,7 @@ mod tests {
     fn npy_float64_matrix() {
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         let mut header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }".to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

@@ -6,6 +6,7 @@ mod devices;
 mod error;
 mod models;
 mod openapi;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct ApiState {
     /// Where desired states are published.
     pub mqtt: Option<crate::transport::mqtt::HubMqtt>,
     pub metrics: Arc<crate::metrics::HubMetrics>,
+    /// Drift and health reports; absent in a registry-only hub.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -72,6 +75,27 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/devices/{id}", get(devices::show))
         .route("/api/v1/artifacts/{sha256}", get(devices::artifact))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/events", get(telemetry::events))
+        .route("/api/v1/models/{model}/drift", get(telemetry::drift))
+        .route("/api/v1/models/{model}/health", get(telemetry::health))
+        .route(
+            "/api/v1/models/{model}/drift-thresholds",
+            get(telemetry::get_thresholds).put(telemetry::put_thresholds),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{version}/reference",
+            get(telemetry::get_reference)
+                .put(telemetry::put_reference)
+                .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024)),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{version}/reference/features/{feature}",
+            get(telemetry::reference_sketch),
+        )
+        .route(
+            "/api/v1/models/{model}/versions/{version}/captures",
+            get(telemetry::captures),
+        )
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /openapi.json lists them")
         })

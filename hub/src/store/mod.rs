@@ -7,12 +7,16 @@
 
 mod migrations;
 mod sqlite;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
+pub use telemetry::{
+    CaptureRecord, EventRecord, NewWindow, StoredWindow, TelemetryStore, WindowFilter,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

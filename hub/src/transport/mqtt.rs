@@ -66,6 +66,7 @@ impl HubMqtt {
         fleet: Arc<Fleet>,
         store: Arc<dyn RegistryStore>,
         metrics: Arc<HubMetrics>,
+        telemetry_queue: Option<tokio::sync::mpsc::Sender<(String, bytes::Bytes)>>,
     ) -> HubMqtt {
         let mut options = MqttOptions::new(
             format!("flotilla-hub-{}", std::process::id()),
@@ -85,7 +86,7 @@ impl HubMqtt {
             client: client.clone(),
         };
         let republisher = hub.clone();
-        let ingest_queue = start_ingest(store, metrics);
+        let ingest_queue = start_ingest(store, metrics.clone());
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -94,7 +95,11 @@ impl HubMqtt {
                         let client = client.clone();
                         let (fleet, republisher) = (fleet.clone(), republisher.clone());
                         tokio::spawn(async move {
-                            for filter in [topics::HUB_REPORTED, topics::HUB_STATUS] {
+                            for filter in [
+                                topics::HUB_REPORTED,
+                                topics::HUB_STATUS,
+                                flotilla_proto::telemetry::topics::HUB_TELEMETRY,
+                            ] {
                                 if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await
                                 {
                                     tracing::error!(%error, filter, "subscribe failed");
@@ -110,6 +115,20 @@ impl HubMqtt {
                                 Err(error) => tracing::error!(%error, "desired-state task failed"),
                             }
                         });
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish)))
+                        if publish.topic.ends_with("/telemetry") =>
+                    {
+                        // Telemetry has its own thread and bounded queue; when it is full the
+                        // hub stops reading from the broker until it catches up.
+                        match &telemetry_queue {
+                            Some(queue) => {
+                                if queue.send((publish.topic, publish.payload)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => HubMetrics::add(&metrics.device_messages_rejected, 1),
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         // In broker order (an offline will must not overtake the online status

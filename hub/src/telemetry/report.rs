@@ -1,0 +1,398 @@
+//! Fleet drift and health reports: merge the windows of a slice of the fleet, then compare
+//! its profiles with a reference (the version's training data, or another slice). Pure: no
+//! database, no HTTP; windows come in as decoded batches.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use flotilla_common::sketch::{
+    DEVICE_K, DriftThresholds, NumericProfile, Profile, categorical_drift, numeric_drift, verdict,
+};
+use flotilla_common::telemetry::{NamedProfile, WindowBatch};
+use serde::{Deserialize, Serialize};
+
+/// A slice's merged windows.
+#[derive(Debug, Clone)]
+pub struct SliceSummary {
+    pub windows: u64,
+    pub devices: BTreeSet<String>,
+    pub requests: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency_ms: NumericProfile,
+    pub features: Vec<NamedProfile>,
+    pub predictions: Vec<NamedProfile>,
+    /// Windows that could not be merged (a profile of another kind than the slice's).
+    pub unmergeable: u64,
+    /// Spool drops and losses: the largest cumulative count each device reported, summed.
+    pub spool_dropped: u64,
+    pub spool_lost: u64,
+    spool_by_device: HashMap<String, (u64, u64)>,
+    pub first_window_ms: Option<i64>,
+    pub last_window_ms: Option<i64>,
+}
+
+impl Default for SliceSummary {
+    fn default() -> Self {
+        SliceSummary {
+            windows: 0,
+            devices: BTreeSet::new(),
+            requests: 0,
+            errors: BTreeMap::new(),
+            latency_ms: NumericProfile::new(DEVICE_K),
+            features: Vec::new(),
+            predictions: Vec::new(),
+            unmergeable: 0,
+            spool_dropped: 0,
+            spool_lost: 0,
+            spool_by_device: HashMap::new(),
+            first_window_ms: None,
+            last_window_ms: None,
+        }
+    }
+}
+
+fn merge_named(into: &mut Vec<NamedProfile>, from: &[NamedProfile]) -> Result<(), String> {
+    for profile in from {
+        match into.iter_mut().find(|p| p.name == profile.name) {
+            Some(existing) => existing
+                .profile
+                .merge(&profile.profile)
+                .map_err(|e| format!("{}: {e}", profile.name))?,
+            None => into.push(profile.clone()),
+        }
+    }
+    Ok(())
+}
+
+impl SliceSummary {
+    pub fn add(&mut self, batch: &WindowBatch) {
+        // Check the profiles merge before counting anything, so a bad window is left out whole.
+        let mut features = self.features.clone();
+        let mut predictions = self.predictions.clone();
+        if merge_named(&mut features, &batch.features).is_err()
+            || merge_named(&mut predictions, &batch.predictions).is_err()
+        {
+            self.unmergeable += 1;
+            return;
+        }
+        if self.latency_ms.merge(&batch.latency_ms).is_err() {
+            self.unmergeable += 1;
+            return;
+        }
+        self.features = features;
+        self.predictions = predictions;
+        self.windows += 1;
+        self.devices.insert(batch.device_id.clone());
+        self.requests += batch.requests;
+        for (kind, n) in &batch.errors {
+            *self.errors.entry(kind.clone()).or_insert(0) += n;
+        }
+        let entry = self
+            .spool_by_device
+            .entry(batch.device_id.clone())
+            .or_insert((0, 0));
+        entry.0 = entry.0.max(batch.spool_dropped_total);
+        entry.1 = entry.1.max(batch.spool_lost_total);
+        self.spool_dropped = self.spool_by_device.values().map(|v| v.0).sum();
+        self.spool_lost = self.spool_by_device.values().map(|v| v.1).sum();
+        self.first_window_ms = Some(
+            self.first_window_ms
+                .map_or(batch.window_start_ms, |t| t.min(batch.window_start_ms)),
+        );
+        self.last_window_ms = Some(
+            self.last_window_ms
+                .map_or(batch.window_end_ms, |t| t.max(batch.window_end_ms)),
+        );
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn health(&self) -> Health {
+        let q = |r: f64| self.latency_ms.quantile(r);
+        Health {
+            windows: self.windows,
+            devices: self.devices.len() as u64,
+            requests: self.requests,
+            errors: self.error_count(),
+            errors_by_kind: self.errors.clone(),
+            error_rate: (self.requests > 0)
+                .then(|| self.error_count() as f64 / self.requests as f64),
+            latency_ms_p50: q(0.5),
+            latency_ms_p90: q(0.9),
+            latency_ms_p99: q(0.99),
+            spool_dropped: self.spool_dropped,
+            spool_lost: self.spool_lost,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub windows: u64,
+    pub devices: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub error_rate: Option<f64>,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p90: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub spool_dropped: u64,
+    pub spool_lost: u64,
+}
+
+/// Thresholds of one metric set; missing fields keep the defaults (DESIGN.md section 6).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdOverrides {
+    pub ks: Option<f64>,
+    pub js: Option<f64>,
+    pub wasserstein_sigma: Option<f64>,
+    pub psi_warn: Option<f64>,
+    pub psi_alert: Option<f64>,
+    pub min_rows: Option<u64>,
+}
+
+impl ThresholdOverrides {
+    fn apply(&self, mut t: DriftThresholds) -> DriftThresholds {
+        t.ks = self.ks.unwrap_or(t.ks);
+        t.js = self.js.unwrap_or(t.js);
+        t.wasserstein_sigma = self.wasserstein_sigma.unwrap_or(t.wasserstein_sigma);
+        t.psi_warn = self.psi_warn.unwrap_or(t.psi_warn);
+        t.psi_alert = self.psi_alert.unwrap_or(t.psi_alert);
+        t.min_rows = self.min_rows.unwrap_or(t.min_rows);
+        t
+    }
+}
+
+/// A model's drift thresholds: defaults for every feature, overrides per feature, and the
+/// share of drifted features at which the dataset drifts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelThresholds {
+    #[serde(default)]
+    pub default: ThresholdOverrides,
+    #[serde(default)]
+    pub features: BTreeMap<String, ThresholdOverrides>,
+    /// Default 0.5.
+    #[serde(default)]
+    pub dataset_share: Option<f64>,
+}
+
+impl ModelThresholds {
+    pub fn for_feature(&self, name: &str) -> DriftThresholds {
+        let base = self.default.apply(DriftThresholds::default());
+        self.features.get(name).map_or(base, |o| o.apply(base))
+    }
+    fn dataset_share(&self) -> f64 {
+        self.dataset_share.unwrap_or(0.5)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureDrift {
+    pub name: String,
+    pub kind: &'static str,
+    pub reference_rows: u64,
+    pub current_rows: u64,
+    /// Nulls and non-finite values in the current slice (counted, never in the quantiles).
+    pub current_missing: u64,
+    pub ks: Option<f64>,
+    pub wasserstein_sigma: Option<f64>,
+    pub psi: Option<f64>,
+    pub js: Option<f64>,
+    pub hellinger: Option<f64>,
+    /// Categorical: the largest change in any value's share.
+    pub linf: Option<f64>,
+    /// 0 none, 1 warn, 2 alert.
+    pub psi_level: Option<u8>,
+    /// `None`: too few rows for a verdict (or nothing to compare).
+    pub drifted: Option<bool>,
+    /// Why there is no verdict, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub features: Vec<FeatureDrift>,
+    pub drifted_features: Vec<String>,
+    /// At least the dataset share of the features with a verdict drifted; `None` when no
+    /// feature has a verdict.
+    pub dataset_drift: Option<bool>,
+}
+
+fn missing(profile: &Profile) -> u64 {
+    profile.count() - profile.valid()
+}
+
+fn compare_one(
+    name: &str,
+    reference: Option<&Profile>,
+    current: &Profile,
+    t: &DriftThresholds,
+) -> FeatureDrift {
+    let mut row = FeatureDrift {
+        name: name.to_owned(),
+        kind: current.kind().name(),
+        reference_rows: reference.map_or(0, Profile::valid),
+        current_rows: current.valid(),
+        current_missing: missing(current),
+        ks: None,
+        wasserstein_sigma: None,
+        psi: None,
+        js: None,
+        hellinger: None,
+        linf: None,
+        psi_level: None,
+        drifted: None,
+        note: None,
+    };
+    let enough = row.reference_rows >= t.min_rows && row.current_rows >= t.min_rows;
+    match (reference, current) {
+        (None, _) => row.note = Some("not in the reference".into()),
+        (Some(Profile::Numeric(r)), Profile::Numeric(c)) => {
+            if let Some(s) = numeric_drift(r, c) {
+                let v = verdict(&s, r.valid(), c.valid(), t);
+                row.ks = Some(s.ks);
+                row.wasserstein_sigma = Some(s.wasserstein_sigma);
+                row.psi = Some(s.psi);
+                row.js = Some(s.js);
+                row.hellinger = Some(s.hellinger);
+                row.psi_level = v.psi_level;
+                row.drifted = v.drifted;
+            }
+        }
+        (Some(Profile::Categorical(r)), Profile::Categorical(c)) => {
+            if let Some((js, linf)) = categorical_drift(r, c) {
+                row.js = Some(js);
+                row.linf = Some(linf);
+                row.drifted = enough.then_some(js > t.js);
+            }
+        }
+        (Some(r), c) => {
+            row.note = Some(format!(
+                "reference is {} but the devices send {}",
+                r.kind().name(),
+                c.kind().name()
+            ));
+        }
+    }
+    if row.drifted.is_none() && row.note.is_none() && !enough {
+        row.note = Some(format!("fewer than {} rows on a side", t.min_rows));
+    }
+    row
+}
+
+/// Compares `current` with `reference`, feature by feature in `current`'s order.
+pub fn compare(
+    reference: &[NamedProfile],
+    current: &[NamedProfile],
+    thresholds: &ModelThresholds,
+) -> Comparison {
+    let features: Vec<FeatureDrift> = current
+        .iter()
+        .map(|c| {
+            let r = reference
+                .iter()
+                .find(|r| r.name == c.name)
+                .map(|r| &r.profile);
+            compare_one(&c.name, r, &c.profile, &thresholds.for_feature(&c.name))
+        })
+        .collect();
+    let judged: Vec<&FeatureDrift> = features.iter().filter(|f| f.drifted.is_some()).collect();
+    let drifted_features: Vec<String> = judged
+        .iter()
+        .filter(|f| f.drifted == Some(true))
+        .map(|f| f.name.clone())
+        .collect();
+    let dataset_drift = (!judged.is_empty()).then(|| {
+        drifted_features.len() as f64 >= thresholds.dataset_share() * judged.len() as f64
+            && !drifted_features.is_empty()
+    });
+    Comparison {
+        features,
+        drifted_features,
+        dataset_drift,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_common::sketch::{CategoricalProfile, REFERENCE_K};
+
+    use super::*;
+
+    fn numeric(name: &str, values: impl Iterator<Item = f32>, k: u16) -> NamedProfile {
+        let mut p = NumericProfile::new(k);
+        values.for_each(|v| p.update(Some(v)));
+        NamedProfile {
+            name: name.into(),
+            profile: Profile::Numeric(p),
+        }
+    }
+
+    #[test]
+    fn only_the_shifted_feature_drifts_and_small_samples_get_no_verdict() {
+        let reference = vec![
+            numeric("a", (0..20_000).map(|i| (i % 1000) as f32), REFERENCE_K),
+            numeric("b", (0..20_000).map(|i| (i % 500) as f32), REFERENCE_K),
+        ];
+        let current = vec![
+            numeric("a", (0..5_000).map(|i| (i % 1000) as f32 + 250.0), DEVICE_K),
+            numeric("b", (0..5_000).map(|i| (i % 500) as f32), DEVICE_K),
+        ];
+        let c = compare(&reference, &current, &ModelThresholds::default());
+        assert_eq!(c.drifted_features, ["a"]);
+        assert_eq!(c.dataset_drift, Some(true), "one of two features is half");
+        let few = vec![numeric("a", (0..999).map(|i| i as f32 + 250.0), DEVICE_K)];
+        let c = compare(&reference, &few, &ModelThresholds::default());
+        assert_eq!((c.features[0].drifted, c.dataset_drift), (None, None));
+        assert!(
+            c.features[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("fewer than 1000")
+        );
+    }
+
+    #[test]
+    fn thresholds_per_feature_and_kind_mismatch() {
+        let reference = vec![numeric(
+            "a",
+            (0..20_000).map(|i| (i % 1000) as f32),
+            REFERENCE_K,
+        )];
+        let current = vec![numeric(
+            "a",
+            (0..5_000).map(|i| (i % 1000) as f32 + 250.0),
+            DEVICE_K,
+        )];
+        let lenient: ModelThresholds =
+            serde_json::from_str(r#"{"features": {"a": {"wasserstein_sigma": 5.0}}}"#).unwrap();
+        assert_eq!(
+            compare(&reference, &current, &lenient).features[0].drifted,
+            Some(false)
+        );
+        let mut cat = CategoricalProfile::new();
+        (0..5000).for_each(|_| cat.update(Some("x")));
+        let c = compare(
+            &reference,
+            &[NamedProfile {
+                name: "a".into(),
+                profile: Profile::Categorical(cat),
+            }],
+            &ModelThresholds::default(),
+        );
+        assert_eq!(c.features[0].drifted, None);
+        assert!(
+            c.features[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("reference is numeric")
+        );
+    }
+}
