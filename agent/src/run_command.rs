@@ -251,6 +251,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: serve_config.max_body_bytes,
         telemetry: Some(telemetry.recorder.clone()),
+        telemetry_status: Some(telemetry.status.clone()),
     };
     let server = start(&serve_config, state).await?;
 

@@ -97,6 +97,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
         max_body_bytes: config.max_body_bytes,
         telemetry: None,
+        telemetry_status: None,
     };
     let server = start(&config, state).await?;
     let mut ready = String::from("flotilla-agent ready");

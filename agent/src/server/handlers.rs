@@ -312,5 +312,8 @@ async fn repository_load(
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     text.push_str(&crate::metrics::render_waiting(&state.repository.waiting()));
+    if let Some(status) = &state.telemetry_status {
+        text.push_str(&status.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

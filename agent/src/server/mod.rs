@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where requests are recorded for drift telemetry (agents following a hub).
     pub telemetry: Option<Arc<crate::telemetry::Recorder>>,
+    /// Telemetry counters for `/metrics`.
+    pub telemetry_status: Option<Arc<crate::telemetry::TelemetryStatus>>,
 }
 
 /// A server that is accepting requests.

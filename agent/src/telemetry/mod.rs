@@ -11,6 +11,7 @@ mod window;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_common::signing::SigningKey;
@@ -91,6 +92,66 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What the local `/metrics` shows about telemetry.
+#[derive(Debug)]
+pub struct TelemetryStatus {
+    pub spool: Arc<Spool>,
+    pub windows_sealed: AtomicU64,
+    pub windows_acknowledged: AtomicU64,
+}
+
+impl TelemetryStatus {
+    /// Prometheus text for the agent's `/metrics`.
+    pub fn render(&self) -> String {
+        let counters = self.spool.counters();
+        let (backlog, bytes) = self.spool.backlog();
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "flotilla_agent_telemetry_windows_sealed_total",
+                "counter",
+                "Telemetry windows sealed into the spool.",
+                self.windows_sealed.load(Ordering::Relaxed),
+            ),
+            (
+                "flotilla_agent_telemetry_windows_acknowledged_total",
+                "counter",
+                "Telemetry windows the broker acknowledged (then deleted from the spool).",
+                self.windows_acknowledged.load(Ordering::Relaxed),
+            ),
+            (
+                "flotilla_agent_telemetry_spool_dropped_total",
+                "counter",
+                "Windows dropped because the spool was full.",
+                counters.dropped,
+            ),
+            (
+                "flotilla_agent_telemetry_spool_lost_total",
+                "counter",
+                "Windows lost with spool files found corrupt.",
+                counters.lost,
+            ),
+            (
+                "flotilla_agent_telemetry_spool_backlog",
+                "gauge",
+                "Windows waiting in the spool.",
+                backlog,
+            ),
+            (
+                "flotilla_agent_telemetry_spool_bytes",
+                "gauge",
+                "Bytes waiting in the spool.",
+                bytes,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
 /// Closes windows into the spool. Shared by the closer task and `flush` at shutdown.
 #[derive(Debug)]
 struct WindowCloser {
@@ -100,6 +161,7 @@ struct WindowCloser {
     spool: Arc<Spool>,
     spooled: Arc<Notify>,
     capture: HashMap<String, CaptureLimits>,
+    status: Arc<TelemetryStatus>,
 }
 
 impl WindowCloser {
@@ -143,6 +205,7 @@ impl WindowCloser {
                 captures,
             };
             self.spool.push(&seal_frame(&batch, &self.key));
+            self.status.windows_sealed.fetch_add(1, Ordering::Relaxed);
             sealed += 1;
         }
         if sealed > 0 {
@@ -157,6 +220,7 @@ impl WindowCloser {
 pub struct Telemetry {
     pub recorder: Arc<Recorder>,
     pub spool: Arc<Spool>,
+    pub status: Arc<TelemetryStatus>,
     closer: Arc<WindowCloser>,
     window: Duration,
     window_start_ms: Arc<std::sync::atomic::AtomicI64>,
@@ -192,6 +256,11 @@ impl Telemetry {
             &state_dir.join("telemetry-spool.db"),
             config.spool_max_bytes,
         ));
+        let status = Arc::new(TelemetryStatus {
+            spool: spool.clone(),
+            windows_sealed: AtomicU64::new(0),
+            windows_acknowledged: AtomicU64::new(0),
+        });
         let closer = Arc::new(WindowCloser {
             device_id: device_id.to_owned(),
             key,
@@ -199,10 +268,12 @@ impl Telemetry {
             spool: spool.clone(),
             spooled: Arc::new(Notify::new()),
             capture,
+            status: status.clone(),
         });
         Telemetry {
             recorder,
             spool,
+            status,
             closer,
             window,
             window_start_ms: Arc::new(std::sync::atomic::AtomicI64::new(now_ms())),
@@ -239,7 +310,7 @@ impl Telemetry {
             reconnect_jitter: Duration::from_secs_f64(config.reconnect_jitter_seconds.max(0.0)),
         };
         self.tasks.push(tokio::spawn(uploader::run(
-            self.spool.clone(),
+            self.status.clone(),
             mqtt,
             acks,
             self.closer.spooled.clone(),

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use std::sync::atomic::Ordering;
+
+use super::TelemetryStatus;
 use super::spool::Spool;
 use crate::transport::mqtt::AgentMqtt;
 
@@ -26,12 +29,17 @@ pub struct DrainSettings {
 }
 
 pub async fn run(
-    spool: Arc<Spool>,
+    status: Arc<TelemetryStatus>,
     mqtt: AgentMqtt,
     mut acks: mpsc::UnboundedReceiver<i64>,
     spooled: Arc<Notify>,
     settings: DrainSettings,
 ) {
+    let spool = status.spool.clone();
+    let acknowledged = |spool: &Spool, seq: i64| {
+        spool.remove(seq);
+        status.windows_acknowledged.fetch_add(1, Ordering::Relaxed);
+    };
     let mut connected = mqtt.connected();
     let gap = Duration::from_secs_f64(1.0 / settings.per_second.max(0.001));
     loop {
@@ -39,7 +47,7 @@ pub async fn run(
         while !*connected.borrow_and_update() {
             tokio::select! {
                 changed = connected.changed() => if changed.is_err() { return },
-                Some(seq) = acks.recv() => spool.remove(seq),
+                Some(seq) = acks.recv() => acknowledged(&spool, seq),
             }
         }
         let jitter = settings
@@ -67,7 +75,7 @@ pub async fn run(
                         changed = connected.changed() => if changed.is_err() { return },
                     }
                     while let Ok(seq) = acks.try_recv() {
-                        spool.remove(seq);
+                        acknowledged(&spool, seq);
                         in_flight.remove(&seq);
                         last_progress = tokio::time::Instant::now();
                     }
@@ -77,7 +85,7 @@ pub async fn run(
             // Nothing to send now: wait for an ack, a new batch or the connection to change.
             tokio::select! {
                 Some(seq) = acks.recv() => {
-                    spool.remove(seq);
+                    acknowledged(&spool, seq);
                     in_flight.remove(&seq);
                     last_progress = tokio::time::Instant::now();
                 }

@@ -4,3 +4,4 @@
 mod fleet;
 mod registry;
 mod support;
+mod telemetry;

@@ -233,9 +233,14 @@ pub struct AgentRun {
 impl AgentRun {
     /// Writes agent.toml for `hub` with `token` and starts the agent; waits for its ready line.
     pub fn start(hub: &HubProcess, token: &str) -> Result<AgentRun, String> {
+        Self::start_with(hub, token, "")
+    }
+
+    /// `start`, with more agent.toml (e.g. a `[telemetry]` table) appended.
+    pub fn start_with(hub: &HubProcess, token: &str, extra: &str) -> Result<AgentRun, String> {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n",
+            "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n{extra}",
             hub.url
         );
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();
@@ -296,6 +301,71 @@ impl AgentRun {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One HTTP/1.1 request over the agent's Unix socket: status and body.
+    pub fn socket_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        use std::io::{Read, Write};
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("agent.sock"))
+                .map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| answer.clone())?;
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        Ok((status, body))
+    }
+
+    /// Runs `model` on rows of 4 features (iris) over the socket; the served version.
+    pub fn infer_rows(&self, model: &str, rows: &[[f32; 4]]) -> Result<u64, String> {
+        let data: Vec<f32> = rows.iter().flatten().copied().collect();
+        let body = serde_json::json!({"inputs": [{"name": "float_input", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+        let (status, answer) = self.socket_request(
+            "POST",
+            &format!("/v2/models/{model}/infer"),
+            &body.to_string(),
+        )?;
+        if status != 200 {
+            return Err(format!("{status}: {answer}"));
+        }
+        let value: serde_json::Value = serde_json::from_str(&answer).map_err(|_| answer.clone())?;
+        value["model_version"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or(answer)
+    }
+
+    /// A counter or gauge from the agent's local `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.socket_request("GET", "/metrics", "").unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("agent metrics have no {name}:\n{text}")) as u64
     }
 
     /// Runs the scaler model on `x` over the agent's Unix socket; `(version, y)` or the error.
@@ -400,5 +470,80 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy on loopback that the test can unplug (every connection cut, new ones refused
+/// at once) and plug back: a device losing its network, without touching anything else.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub port: u16,
+    upstream: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    plugged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    /// Listens now; forwards to the upstream port once `connect_to` names it.
+    pub fn start() -> TcpProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let plugged = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Arc::new(AtomicU16::new(0));
+        let (p, c, u) = (plugged.clone(), connections.clone(), upstream.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !p.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) =
+                    std::net::TcpStream::connect(("127.0.0.1", u.load(Ordering::SeqCst)))
+                else {
+                    continue;
+                };
+                {
+                    let mut list = c.lock().unwrap();
+                    list.push(client.try_clone().unwrap());
+                    list.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpProxy {
+            port,
+            upstream,
+            plugged,
+            connections,
+        }
+    }
+
+    pub fn connect_to(&self, upstream: u16) {
+        self.upstream
+            .store(upstream, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn unplug(&self) {
+        self.plugged
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.connections.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn plug(&self) {
+        self.plugged
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
