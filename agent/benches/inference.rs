@@ -13,11 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+
 use ort::session::Session;
 use ort::value::TensorRef;
+
+mod support;
+
+use support::{HttpCase, Round, Summary, Target, connect, http_round, machine, summarize};
 
 const MODEL: &str = "iris";
 const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
@@ -58,65 +62,6 @@ fn repo_root() -> PathBuf {
 
 fn model_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iris_classifier.onnx")
-}
-
-/// Latencies of one round at one concurrency.
-struct Round {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-    errors: usize,
-}
-
-impl Round {
-    fn percentile(&mut self, p: f64) -> Duration {
-        self.latencies.sort_unstable();
-        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[index]
-    }
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Summary {
-    p50_us: f64,
-    p99_us: f64,
-    throughput: f64,
-    errors: usize,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn summarize(mut rounds: Vec<Round>) -> Summary {
-    let errors = rounds.iter().map(|r| r.errors).sum();
-    rounds.retain(|r| !r.latencies.is_empty());
-    if rounds.is_empty() {
-        return Summary {
-            p50_us: f64::NAN,
-            p99_us: f64::NAN,
-            throughput: 0.0,
-            errors,
-        };
-    }
-    let p50 = rounds
-        .iter_mut()
-        .map(|r| r.percentile(0.5).as_secs_f64() * 1e6)
-        .collect();
-    let p99 = rounds
-        .iter_mut()
-        .map(|r| r.percentile(0.99).as_secs_f64() * 1e6)
-        .collect();
-    let throughput = rounds.iter().map(Round::throughput).collect();
-    Summary {
-        p50_us: median(p50),
-        p99_us: median(p99),
-        throughput: median(throughput),
-        errors: rounds.iter().map(|r| r.errors).sum(),
-    }
 }
 
 /// In-process: `concurrency` threads, each with its own session, calling `run` in a loop.
@@ -213,107 +158,6 @@ fn library_round(
         latencies,
         elapsed: started.elapsed(),
         errors: 0,
-    }
-}
-
-#[derive(Clone)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-#[derive(Clone)]
-struct HttpCase {
-    target: Target,
-    method: hyper::Method,
-    path: String,
-    headers: Vec<(&'static str, String)>,
-    body: Bytes,
-}
-
-async fn connect(target: &Target) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    macro_rules! handshake {
-        ($stream:expr) => {{
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            sender
-        }};
-    }
-    match target {
-        Target::Unix(path) => handshake!(tokio::net::UnixStream::connect(path).await.unwrap()),
-        Target::Tcp(address) => {
-            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            handshake!(stream)
-        }
-    }
-}
-
-/// `concurrency` keep-alive connections, each sending requests back to back.
-async fn http_round(case: &HttpCase, concurrency: usize, seconds: f64) -> Round {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..concurrency {
-        let case = case.clone();
-        clients.push(tokio::spawn(async move {
-            let mut sender = connect(&case.target).await;
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            while Instant::now() < deadline {
-                let begin = Instant::now();
-                let mut request = Request::builder()
-                    .uri(&case.path)
-                    .header("host", "localhost");
-                for (name, value) in &case.headers {
-                    request = request.header(*name, value);
-                }
-                let request = request
-                    .method(case.method.clone())
-                    .body(Full::new(case.body.clone()))
-                    .unwrap();
-                // A server may close a keep-alive connection; count it and reconnect.
-                let answer = match sender.ready().await {
-                    Ok(()) => sender.send_request(request).await,
-                    Err(error) => Err(error),
-                };
-                let ok = match answer {
-                    Ok(response) => {
-                        let ok = response.status() == 200;
-                        ok && response
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| std::hint::black_box(b.to_bytes()))
-                            .is_ok()
-                    }
-                    Err(_) => {
-                        sender = connect(&case.target).await;
-                        false
-                    }
-                };
-                if ok {
-                    latencies.push(begin.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for client in clients {
-        let (mut l, e) = client.await.unwrap();
-        latencies.append(&mut l);
-        errors += e;
-    }
-    Round {
-        latencies,
-        elapsed: started.elapsed(),
-        errors,
     }
 }
 
@@ -488,22 +332,6 @@ async fn start_peer() -> Option<Peer> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the KServe peer did not become ready");
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
 }
 
 fn row(name: &str, concurrency: usize, s: Summary) {

@@ -215,7 +215,8 @@ fn key_value(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn query_escape(text: &str) -> String {
+/// Percent-encodes a path segment or query value.
+pub fn query_escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

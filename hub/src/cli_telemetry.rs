@@ -10,6 +10,7 @@ use flotilla_common::sketch::{Profile, REFERENCE_K};
 use flotilla_common::telemetry::{NamedProfile, encode_reference, profile_table, read_table};
 use hyper::Method;
 
+use crate::cli::query_escape as escape;
 use crate::client::AdminClient;
 
 #[derive(Debug, Subcommand)]
@@ -58,17 +59,6 @@ pub enum CaptureCommand {
         #[arg(long)]
         format: Option<String>,
     },
-}
-
-fn escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// Builds a reference profile set from a CSV or `.npy` file: the column names and the

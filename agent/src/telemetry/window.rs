@@ -42,6 +42,26 @@ fn as_f32(data: &TensorData) -> Option<Vec<f32>> {
     })
 }
 
+/// Calls `each` with every value of a tensor as a label, formatting integers into one reused
+/// buffer (no allocation per value on the inference path).
+fn for_each_label(data: &TensorData, mut each: impl FnMut(&str)) {
+    use std::fmt::Write;
+    let mut buffer = String::with_capacity(24);
+    let mut number = |v: &dyn std::fmt::Display| {
+        buffer.clear();
+        let _ = write!(buffer, "{v}");
+        each(&buffer);
+    };
+    match data {
+        TensorData::Int64(v) => v.iter().for_each(|x| number(x)),
+        TensorData::Int32(v) => v.iter().for_each(|x| number(x)),
+        TensorData::Uint8(v) => v.iter().for_each(|x| number(x)),
+        TensorData::Bool(v) => v.iter().for_each(|x| number(x)),
+        TensorData::Bytes(v) => v.iter().for_each(|b| each(&String::from_utf8_lossy(b))),
+        other => as_labels(other).iter().for_each(|l| each(l)),
+    }
+}
+
 /// Values of a tensor as labels (integers and text).
 fn as_labels(data: &TensorData) -> Vec<String> {
     match data {
@@ -93,7 +113,9 @@ pub struct WindowAccumulator {
     pub errors: BTreeMap<&'static str, u64>,
     pub latency_ms: NumericProfile,
     features: Vec<Profile>,
-    predictions: BTreeMap<String, Profile>,
+    /// One slot per prediction output of the map, filled when the output is first seen (its
+    /// column count decides the profiles), so later requests only index.
+    predictions: Vec<Option<Vec<NamedProfile>>>,
     pub captures: Vec<CaptureSample>,
     /// Requests whose features could not be read with the map (wrong input or width).
     pub unmapped: u64,
@@ -101,6 +123,7 @@ pub struct WindowAccumulator {
 
 impl WindowAccumulator {
     pub fn new(map: Option<Arc<FeatureMap>>) -> WindowAccumulator {
+        let map_predictions = map.as_ref().map_or(0, |m| m.predictions.len());
         let features = map
             .as_ref()
             .map(|m| {
@@ -122,7 +145,7 @@ impl WindowAccumulator {
             errors: BTreeMap::new(),
             latency_ms: NumericProfile::new(DEVICE_K),
             features,
-            predictions: BTreeMap::new(),
+            predictions: vec![None; map_predictions],
             captures: Vec::new(),
             unmapped: 0,
         }
@@ -162,11 +185,11 @@ impl WindowAccumulator {
             }
             None => self.unmapped += 1,
         }
-        for prediction in &map.predictions {
+        for (slot, prediction) in map.predictions.iter().enumerate() {
             let Some(tensor) = outputs.iter().find(|t| t.name == prediction.output) else {
                 continue;
             };
-            self.record_prediction(prediction.kind, tensor);
+            self.record_prediction(slot, prediction.kind, tensor);
         }
         if let (Some(limits), Some(rows)) = (capture, features)
             && self.captures.len() < limits.per_window
@@ -175,50 +198,58 @@ impl WindowAccumulator {
         }
     }
 
-    fn record_prediction(&mut self, kind: PredictionKind, tensor: &NamedTensor) {
-        match kind {
-            PredictionKind::Class => {
-                let profile = self
-                    .predictions
-                    .entry(tensor.name.clone())
-                    .or_insert_with(|| Profile::Categorical(CategoricalProfile::new()));
-                if let Profile::Categorical(p) = profile {
-                    as_labels(&tensor.data)
-                        .iter()
-                        .for_each(|l| p.update(Some(l)));
-                }
+    fn record_prediction(&mut self, slot: usize, kind: PredictionKind, tensor: &NamedTensor) {
+        let rows = tensor.shape.first().copied().unwrap_or(1).max(1) as usize;
+        let columns = tensor.data.len() / rows;
+        let profiles = self.predictions[slot].get_or_insert_with(|| match kind {
+            PredictionKind::Class => vec![NamedProfile {
+                name: tensor.name.clone(),
+                profile: Profile::Categorical(CategoricalProfile::new()),
+            }],
+            PredictionKind::Score => output_profile_names(&tensor.name, columns)
+                .into_iter()
+                .map(|name| NamedProfile {
+                    name,
+                    profile: Profile::Numeric(NumericProfile::new(SCORE_K)),
+                })
+                .collect(),
+        });
+        match (kind, profiles.as_mut_slice()) {
+            (
+                PredictionKind::Class,
+                [
+                    NamedProfile {
+                        profile: Profile::Categorical(p),
+                        ..
+                    },
+                ],
+            ) => {
+                for_each_label(&tensor.data, |label| p.update(Some(label)));
             }
-            PredictionKind::Score => {
+            (PredictionKind::Score, slots) => {
                 let Some(values) = as_f32(&tensor.data) else {
                     return;
                 };
-                let rows = tensor.shape.first().copied().unwrap_or(1).max(1) as usize;
-                let columns = values.len() / rows;
-                let names = output_profile_names(&tensor.name, columns);
+                let max_only = slots.len() == 1 && columns > 1;
+                if !max_only && slots.len() != columns.max(1) {
+                    return; // another width than the first request had: not comparable
+                }
                 for chunk in values.chunks_exact(columns.max(1)) {
-                    if names.len() == 1 && columns > 1 {
+                    if max_only {
                         let max = chunk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        self.score(&names[0]).update(Some(max));
+                        if let Profile::Numeric(p) = &mut slots[0].profile {
+                            p.update(Some(max));
+                        }
                     } else {
-                        for (name, &value) in names.iter().zip(chunk) {
-                            self.score(name).update(Some(value));
+                        for (slot, &value) in slots.iter_mut().zip(chunk) {
+                            if let Profile::Numeric(p) = &mut slot.profile {
+                                p.update(Some(value));
+                            }
                         }
                     }
                 }
             }
-        }
-    }
-
-    fn score(&mut self, name: &str) -> &mut NumericProfile {
-        if !self.predictions.contains_key(name) {
-            self.predictions.insert(
-                name.to_owned(),
-                Profile::Numeric(NumericProfile::new(SCORE_K)),
-            );
-        }
-        match self.predictions.get_mut(name) {
-            Some(Profile::Numeric(p)) => p,
-            _ => unreachable!("score profiles are numeric"),
+            _ => {}
         }
     }
 
@@ -274,12 +305,18 @@ impl WindowAccumulator {
                 a.merge(b)?;
             }
         }
-        for (name, profile) in other.predictions {
-            match self.predictions.get_mut(&name) {
-                Some(existing) => existing.merge(&profile)?,
-                None => {
-                    self.predictions.insert(name, profile);
+        for (mine, theirs) in self.predictions.iter_mut().zip(other.predictions) {
+            match (mine.as_mut(), theirs) {
+                (Some(mine), Some(theirs)) => {
+                    for profile in theirs {
+                        match mine.iter_mut().find(|p| p.name == profile.name) {
+                            Some(existing) => existing.profile.merge(&profile.profile)?,
+                            None => mine.push(profile),
+                        }
+                    }
                 }
+                (None, Some(theirs)) => *mine = Some(theirs),
+                (_, None) => {}
             }
         }
         self.captures.extend(other.captures);
@@ -299,11 +336,7 @@ impl WindowAccumulator {
             .zip(self.features)
             .map(|(name, profile)| NamedProfile { name, profile })
             .collect();
-        let predictions = self
-            .predictions
-            .into_iter()
-            .map(|(name, profile)| NamedProfile { name, profile })
-            .collect();
+        let predictions = self.predictions.into_iter().flatten().flatten().collect();
         (features, predictions)
     }
 }

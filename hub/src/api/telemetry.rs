@@ -236,6 +236,23 @@ fn profile_summary(name: &str, profile: &Profile) -> serde_json::Value {
     }
 }
 
+/// The version (number or alias) and its reference profiles, or a 404 naming what is missing.
+fn reference_of(
+    state: &ApiState,
+    telemetry: &Telemetry,
+    model: &str,
+    version: &str,
+) -> Result<(u64, u64, Vec<flotilla_common::telemetry::NamedProfile>), ApiError> {
+    let record = state.registry.resolve(model, version)?;
+    let (rows, profiles) = telemetry.reference(model, record.version)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "model {model:?} version {} has no reference profile",
+            record.version
+        ))
+    })?;
+    Ok((record.version, rows, profiles))
+}
+
 pub(super) async fn get_reference(
     State(state): State<ApiState>,
     caller: Caller,
@@ -244,12 +261,9 @@ pub(super) async fn get_reference(
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || {
-        let record = state.registry.resolve(&model, &version)?;
-        let (rows, profiles) = telemetry
-            .reference(&model, record.version)?
-            .ok_or_else(|| ApiError::not_found(format!("model {model:?} version {} has no reference profile", record.version)))?;
+        let (version, rows, profiles) = reference_of(&state, &telemetry, &model, &version)?;
         Ok(Json(serde_json::json!({
-            "model": model, "version": record.version, "rows": rows,
+            "model": model, "version": version, "rows": rows,
             "features": profiles.iter().map(|p| profile_summary(&p.name, &p.profile)).collect::<Vec<_>>(),
         })))
     })
@@ -266,15 +280,7 @@ pub(super) async fn reference_sketch(
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || {
-        let record = state.registry.resolve(&model, &version)?;
-        let (_, profiles) = telemetry
-            .reference(&model, record.version)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "model {model:?} version {} has no reference profile",
-                    record.version
-                ))
-            })?;
+        let (_, _, profiles) = reference_of(&state, &telemetry, &model, &version)?;
         let profile = profiles.iter().find(|p| p.name == feature).ok_or_else(|| {
             ApiError::not_found(format!("the reference has no feature {feature:?}"))
         })?;

@@ -9,20 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
-    let labels = flotilla_hub::data_dir::parse_labels(labels).unwrap();
-    let answer = hub
-        .operator()
-        .json(
-            Method::POST,
-            "/api/v1/enrollment-tokens",
-            Some(json!({"labels": labels, "ttl_seconds": 600})),
-        )
-        .await
-        .unwrap();
-    answer["token"].as_str().unwrap().to_owned()
-}
-
 async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
     hub.operator()
         .upload(

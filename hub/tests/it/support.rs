@@ -370,24 +370,11 @@ impl AgentRun {
 
     /// Runs the scaler model on `x` over the agent's Unix socket; `(version, y)` or the error.
     pub fn scale(&self, model: &str, x: f32) -> Result<(u64, f64), String> {
-        use std::io::{Read, Write};
         let body =
             format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[{x}]}}]}}"#);
-        let request = format!(
-            "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut stream =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("agent.sock"))
-                .map_err(|e| e.to_string())?;
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| e.to_string())?;
-        let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let (_, answer) =
+            self.socket_request("POST", &format!("/v2/models/{model}/infer"), &body)?;
+        let json = answer.as_str();
         let value: serde_json::Value = serde_json::from_str(json).map_err(|_| answer.clone())?;
         match (
             value["model_version"].as_str(),
@@ -546,4 +533,19 @@ impl TcpProxy {
         self.plugged
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A one-time enrollment token with `labels` (k=v,k=v), valid ten minutes.
+pub async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
+    let labels = flotilla_hub::data_dir::parse_labels(labels).unwrap();
+    let answer = hub
+        .operator()
+        .json(
+            hyper::Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(serde_json::json!({"labels": labels, "ttl_seconds": 600})),
+        )
+        .await
+        .unwrap();
+    answer["token"].as_str().unwrap().to_owned()
 }

@@ -81,20 +81,6 @@ impl Traffic {
     }
 }
 
-async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
-    let labels = flotilla_hub::data_dir::parse_labels(labels).unwrap();
-    let answer = hub
-        .operator()
-        .json(
-            Method::POST,
-            "/api/v1/enrollment-tokens",
-            Some(json!({"labels": labels, "ttl_seconds": 600})),
-        )
-        .await
-        .unwrap();
-    answer["token"].as_str().unwrap().to_owned()
-}
-
 fn push_iris_with_reference(hub: &HubProcess) {
     let out = hub.cli(
         Some(&hub.operator_token),
