@@ -333,3 +333,24 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_settings_come_from_the_config() {
+        let config: TelemetryConfig =
+            toml::from_str("window_seconds = 2\n[capture.iris]\nper_minute = 60\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::open(
+            &config,
+            dir.path(),
+            "dev-1",
+            Arc::new(SigningKey::generate().unwrap()),
+        );
+        let limits = telemetry.recorder.capture_limits("iris").unwrap();
+        assert_eq!((limits.per_window, limits.max_sample_bytes), (2, 16 * 1024));
+        assert!(telemetry.recorder.capture_limits("other").is_none());
+    }
+}

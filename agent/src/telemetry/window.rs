@@ -62,6 +62,23 @@ fn for_each_label(data: &TensorData, mut each: impl FnMut(&str)) {
     }
 }
 
+/// `[1.5,2,null]`: f32 values in their shortest form; NaN and infinities (not JSON) as null.
+fn push_numbers(out: &mut String, values: &[f32]) {
+    use std::fmt::Write;
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if v.is_finite() {
+            let _ = write!(out, "{v}");
+        } else {
+            out.push_str("null");
+        }
+    }
+    out.push(']');
+}
+
 /// Values of a tensor as labels (integers and text).
 fn as_labels(data: &TensorData) -> Vec<String> {
     match data {
@@ -261,30 +278,35 @@ impl WindowAccumulator {
         limits: CaptureLimits,
         now_ms: i64,
     ) {
+        // Inputs keep the feature order: {"features": [names], "rows": [[values], ...]}.
         let width = map.features.len();
-        let inputs: Vec<serde_json::Map<String, serde_json::Value>> = rows
-            .values
-            .chunks_exact(width)
-            .map(|row| {
-                map.features
-                    .iter()
-                    .zip(row)
-                    .map(|(name, v)| (name.clone(), serde_json::json!(v)))
-                    .collect()
-            })
-            .collect();
-        let outputs: serde_json::Map<String, serde_json::Value> = outputs
-            .iter()
-            .map(|t| {
-                let values = match as_f32(&t.data) {
-                    Some(v) => serde_json::json!(v),
-                    None => serde_json::json!(as_labels(&t.data)),
-                };
-                (t.name.clone(), values)
-            })
-            .collect();
-        let inputs = serde_json::to_string(&inputs).expect("JSON values serialize");
-        let outputs = serde_json::to_string(&outputs).expect("JSON values serialize");
+        let mut inputs = String::with_capacity(rows.values.len() * 8 + 64);
+        inputs.push_str("{\"features\":");
+        inputs.push_str(&serde_json::to_string(&map.features).expect("names serialize"));
+        inputs.push_str(",\"rows\":[");
+        for (i, row) in rows.values.chunks_exact(width).enumerate() {
+            if i > 0 {
+                inputs.push(',');
+            }
+            push_numbers(&mut inputs, row);
+        }
+        inputs.push_str("]}");
+        let mut text = String::from("{");
+        for (i, t) in outputs.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::to_string(&t.name).expect("names serialize"));
+            text.push(':');
+            match as_f32(&t.data) {
+                Some(values) => push_numbers(&mut text, &values),
+                None => text.push_str(
+                    &serde_json::to_string(&as_labels(&t.data)).expect("labels serialize"),
+                ),
+            }
+        }
+        text.push('}');
+        let outputs = text;
         if inputs.len() + outputs.len() <= limits.max_sample_bytes {
             self.captures.push(CaptureSample {
                 at_ms: now_ms,
@@ -405,10 +427,13 @@ mod tests {
             1,
             "capture stops at the per-window limit"
         );
-        assert!(
-            window.captures[0].inputs.contains("\"b\":10.0"),
-            "{}",
-            window.captures[0].inputs
+        assert_eq!(
+            window.captures[0].inputs,
+            r#"{"features":["a","b"],"rows":[[1,10],[null,20]]}"#
+        );
+        assert_eq!(
+            window.captures[0].outputs,
+            r#"{"label":[0,2],"probabilities":[0.9,0.1,0.2,0.8]}"#
         );
         let (features, predictions) = window.into_profiles();
         let Profile::Numeric(a) = &features[0].profile else {

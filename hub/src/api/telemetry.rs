@@ -410,19 +410,26 @@ pub(super) async fn captures(
                 out.push('\n');
                 return;
             }
-            let rows = c.inputs.as_array().cloned().unwrap_or_default();
-            for row in rows {
-                let Some(object) = row.as_object() else {
-                    continue;
-                };
-                let names = header.get_or_insert_with(|| {
-                    let names: Vec<String> = object.keys().cloned().collect();
-                    out.push_str(&format!("device_id,at_ms,{},outputs\n", names.join(",")));
-                    names
-                });
-                let values: Vec<String> = names
+            let names: Vec<String> = c.inputs["features"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect();
+            if header.is_none() {
+                let escaped: Vec<String> = names
                     .iter()
-                    .map(|n| csv_field(object.get(n).unwrap_or(&serde_json::Value::Null)))
+                    .map(|n| csv_field(&serde_json::Value::String(n.clone())))
+                    .collect();
+                out.push_str(&format!("device_id,at_ms,{},outputs\n", escaped.join(",")));
+                header = Some(names);
+            }
+            for row in c.inputs["rows"].as_array().into_iter().flatten() {
+                let values: Vec<String> = row
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(csv_field)
                     .collect();
                 out.push_str(&format!(
                     "{},{},{},{}\n",

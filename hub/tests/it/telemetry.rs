@@ -165,6 +165,7 @@ async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
         "120",
     ]);
     push_iris_with_reference(&hub);
+    python_datasketches_reads_the_reference(&hub).await;
     let a = AgentRun::start_with(&hub, &enroll_token(&hub, "site=a").await, FAST_WINDOWS).unwrap();
     let b = AgentRun::start_with(&hub, &enroll_token(&hub, "site=b").await, FAST_WINDOWS).unwrap();
     deploy_iris(&hub).await;
@@ -297,6 +298,51 @@ async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
     );
 }
 
+/// The reference sketch the hub exports is the DataSketches binary format: Python's
+/// `datasketches` (installed in .cache/venv by deploy/setup.sh) reads it.
+async fn python_datasketches_reads_the_reference(hub: &HubProcess) {
+    let (status, sketch) = hub
+        .reader()
+        .request(
+            Method::GET,
+            "/api/v1/models/iris/versions/1/reference/features/petal_length",
+            "application/json",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let summary = hub
+        .reader()
+        .json(
+            Method::GET,
+            "/api/v1/models/iris/versions/1/reference",
+            None,
+        )
+        .await
+        .unwrap();
+    let ours = summary["features"][2]["quantiles"][2].as_f64().unwrap();
+    let file = hub.data_dir().join("petal_length.kll");
+    std::fs::write(&file, &sketch).unwrap();
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys, datasketches as ds; s = ds.kll_floats_sketch.deserialize(open(sys.argv[1], 'rb').read()); print(s.n, s.k, s.get_quantile(0.5, True))",
+        ])
+        .arg(&file)
+        .output()
+        .expect("the test venv (deploy/setup.sh)");
+    let text = stdout(&output);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields[..2], ["3000", "1024"], "{text}");
+    let median: f64 = fields[2].parse().unwrap();
+    assert!(
+        (median - ours).abs() < 1e-6,
+        "python says {median}, the hub {ours}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_cut_off_under_traffic_delivers_every_window_exactly_once() {
     let proxy = TcpProxy::start();
@@ -331,7 +377,11 @@ async fn an_agent_cut_off_under_traffic_delivers_every_window_exactly_once() {
     assert!(agent.metric("flotilla_agent_telemetry_spool_backlog") >= 3);
     proxy.plug();
     requests += serve_for(&mut traffic, 2);
-    // Let the last window close and the spool drain.
+    // Let the window holding the last request close (1 s windows, aligned to the clock),
+    // then the spool drain.
+    let last_request = now_ms();
+    let closed = (last_request / 1000 + 1) * 1000 + 300;
+    tokio::time::sleep(Duration::from_millis((closed - last_request) as u64)).await;
     let mut sealed = 0;
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -655,8 +705,9 @@ fn seal_raw(device: &str, encoded: &[u8], key: &SigningKey) -> Vec<u8> {
 async fn a_corrupt_spool_on_the_device_is_replaced_and_the_loss_reported() {
     let hub = HubProcess::start();
     push_iris_with_reference(&hub);
+    let config = format!("{FAST_WINDOWS}[telemetry.capture.iris]\nper_minute = 60\n");
     let mut agent =
-        AgentRun::start_with(&hub, &enroll_token(&hub, "site=x").await, FAST_WINDOWS).unwrap();
+        AgentRun::start_with(&hub, &enroll_token(&hub, "site=x").await, &config).unwrap();
     deploy_iris(&hub).await;
     wait_serving_iris(&agent);
     agent.kill_9();
@@ -667,12 +718,89 @@ async fn a_corrupt_spool_on_the_device_is_replaced_and_the_loss_reported() {
     wait_serving_iris(&agent);
     assert_eq!(agent.metric("flotilla_agent_telemetry_spool_lost_total"), 1);
     Traffic::new(3).send(&agent, 5, [0.0; 4]);
+    let mut heard = false;
     for _ in 0..300 {
         let r = report(&hub, &format!("devices={}", agent.device_id)).await;
         if r["spool_lost"] == 1 {
-            return;
+            heard = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the hub never heard of the lost spool:\n{}", agent.log());
+    assert!(
+        heard,
+        "the hub never heard of the lost spool:\n{}",
+        agent.log()
+    );
+
+    // Data capture was on for iris: 60 a minute is 2 per 2-second window, 50 rows each.
+    let csv = hub.data_dir().join("capture.csv");
+    let text = stdout(&hub.cli(
+        Some(&hub.read_token),
+        &[
+            "capture",
+            "export",
+            "iris",
+            "--version",
+            "1",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    ));
+    assert!(text.contains("csv"), "{text}");
+    let exported = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = exported.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "device_id,at_ms,sepal_length,sepal_width,petal_length,petal_width,outputs"
+    );
+    let rows = lines.count();
+    assert!(rows >= 50 && rows % 50 <= 1, "{rows} rows:\n{exported}");
+    let ndjson = hub.data_dir().join("capture.ndjson");
+    stdout(&hub.cli(
+        Some(&hub.read_token),
+        &[
+            "capture",
+            "export",
+            "iris",
+            "--version",
+            "1",
+            "--out",
+            ndjson.to_str().unwrap(),
+        ],
+    ));
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&ndjson)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["device_id"], agent.device_id.as_str());
+    assert!(first["outputs"]["label"].is_array(), "{first}");
+}
+
+#[test]
+fn profile_prints_a_local_table_without_a_hub() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["--hub", "http://127.0.0.1:9", "profile"])
+        .arg(fixture("iris_reference.csv"))
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    assert!(text.contains("3000 rows, 4 columns"), "{text}");
+    let petal = text
+        .lines()
+        .find(|l| l.starts_with("petal_length"))
+        .unwrap();
+    assert!(
+        petal.contains("numeric") && petal.contains("3000"),
+        "{text}"
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["profile", "/nonexistent.csv"])
+        .output()
+        .unwrap();
+    assert!(stderr_of_failure(&missing).contains("/nonexistent.csv"));
 }
