@@ -178,8 +178,8 @@ fn print_feature_rows(rows: &[serde_json::Value]) {
             "{:<28} {:<11} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
             f["name"].as_str().unwrap_or(""),
             f["kind"].as_str().unwrap_or(""),
-            f["reference_rows"],
-            f["current_rows"],
+            f["reference_rows"].to_string(),
+            f["current_rows"].to_string(),
             fmt(f["ks"].as_f64()),
             fmt(f["wasserstein_sigma"].as_f64()),
             fmt(f["psi"].as_f64()),
@@ -342,10 +342,10 @@ pub async fn health(
         println!(
             "{:>7} {:>7} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}",
             version,
-            h["devices"],
-            h["windows"],
-            h["requests"],
-            h["errors"],
+            h["devices"].to_string(),
+            h["windows"].to_string(),
+            h["requests"].to_string(),
+            h["errors"].to_string(),
             h["error_rate"]
                 .as_f64()
                 .map_or("-".into(), |r| format!("{:.3}%", r * 100.0)),
@@ -386,11 +386,11 @@ pub async fn events(client: &AdminClient, model: Option<String>, json: bool) -> 
         };
         println!(
             "{:>6} {:<20} {:<14} {:<20} {:>7}  {}",
-            e["id"],
+            e["id"].to_string(),
             crate::cli::utc(e["at"].as_i64().unwrap_or(0)),
             e["kind"].as_str().unwrap_or(""),
             e["model"].as_str().unwrap_or(""),
-            e["version"],
+            e["version"].to_string(),
             summary
         );
     }
