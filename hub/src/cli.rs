@@ -134,6 +134,12 @@ pub enum ModelCommand {
         /// Features counted by value instead of sketched as numbers, comma-separated.
         #[arg(long, value_delimiter = ',')]
         categorical: Vec<String>,
+        /// The input whose columns are the features (default: the first 2-D numeric input).
+        #[arg(long)]
+        feature_input: Option<String>,
+        /// The outputs that are predictions, comma-separated (default: every output).
+        #[arg(long, value_delimiter = ',')]
+        predictions: Vec<String>,
     },
     /// List models.
     List,
@@ -273,6 +279,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             parent,
             reference,
             categorical,
+            feature_input,
+            predictions,
         }) => {
             let mut query = Vec::new();
             let reference = match &reference {
@@ -283,9 +291,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let names: Vec<String> = names.iter().map(|n| query_escape(n)).collect();
                 query.push(format!("features={}", names.join("%2C")));
             }
-            if !categorical.is_empty() {
-                let names: Vec<String> = categorical.iter().map(|n| query_escape(n)).collect();
-                query.push(format!("categorical={}", names.join("%2C")));
+            for (key, list) in [("categorical", &categorical), ("predictions", &predictions)] {
+                if !list.is_empty() {
+                    let names: Vec<String> = list.iter().map(|n| query_escape(n)).collect();
+                    query.push(format!("{key}={}", names.join("%2C")));
+                }
+            }
+            if let Some(input) = &feature_input {
+                query.push(format!("feature_input={}", query_escape(input)));
             }
             for metric in &metrics {
                 let (k, v) = key_value("metric", metric)?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flotilla_agent::runtime::{LoadError, LoadedModel, SessionSettings};
 use flotilla_common::signing::{SigningKey, sign_envelope};
-use flotilla_common::telemetry::default_feature_map;
+use flotilla_common::telemetry::{default_feature_map, feature_map_for};
 use flotilla_proto::inference::TensorMetadata;
 use flotilla_proto::telemetry::FeatureMap;
 use flotilla_proto::trust::{Envelope, MANIFEST_PAYLOAD_TYPE, ModelManifest};
@@ -81,6 +81,10 @@ pub struct PushMetadata {
     pub feature_names: Option<Vec<String>>,
     /// Features (by name) counted by value rather than sketched as numbers.
     pub categorical: Vec<String>,
+    /// The input holding the features (default: the first 2-D numeric input).
+    pub feature_input: Option<String>,
+    /// The outputs that are predictions (default: every output).
+    pub prediction_outputs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +126,24 @@ fn feature_map(
     outputs: &[TensorMetadata],
     metadata: &PushMetadata,
 ) -> Result<Option<FeatureMap>, RegistryError> {
-    let Some(mut map) = default_feature_map(inputs, outputs) else {
+    let chosen = match &metadata.feature_input {
+        Some(name) => {
+            let input = inputs.iter().find(|t| &t.name == name).ok_or_else(|| {
+                RegistryError::BadFeatureMap(format!(
+                    "the model has no input {name:?}; its inputs are {:?}",
+                    inputs.iter().map(|t| &t.name).collect::<Vec<_>>()
+                ))
+            })?;
+            Some(feature_map_for(input, outputs).ok_or_else(|| {
+                RegistryError::BadFeatureMap(format!(
+                    "input {name:?} is {} {:?}, not a 2-D numeric [N, F] with fixed F",
+                    input.datatype, input.shape
+                ))
+            })?)
+        }
+        None => default_feature_map(inputs, outputs),
+    };
+    let Some(mut map) = chosen else {
         return match &metadata.feature_names {
             Some(_) => Err(RegistryError::BadFeatureMap(
                 "the model has no 2-D numeric input [N, F] to name features of".into(),
@@ -130,6 +151,18 @@ fn feature_map(
             None => Ok(None),
         };
     };
+    if let Some(wanted) = &metadata.prediction_outputs {
+        if let Some(unknown) = wanted
+            .iter()
+            .find(|w| !outputs.iter().any(|o| &o.name == *w))
+        {
+            return Err(RegistryError::BadFeatureMap(format!(
+                "the model has no output {unknown:?}; its outputs are {:?}",
+                outputs.iter().map(|t| &t.name).collect::<Vec<_>>()
+            )));
+        }
+        map.predictions.retain(|p| wanted.contains(&p.output));
+    }
     if let Some(names) = &metadata.feature_names {
         if names.len() != map.features.len() {
             return Err(RegistryError::BadFeatureMap(format!(

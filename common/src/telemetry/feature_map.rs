@@ -17,17 +17,28 @@ fn is_numeric(datatype: &str) -> bool {
         || datatype == "BF16"
 }
 
+/// Whether an input can hold features: 2-D numeric with a fixed, reasonable column count.
+pub fn is_feature_input(t: &TensorMetadata) -> bool {
+    t.shape.len() == 2
+        && is_numeric(&t.datatype)
+        && t.shape[1] > 0
+        && t.shape[1] as usize <= MAX_FEATURES
+}
+
 /// `None` when no input is a 2-D numeric tensor with a fixed, reasonable column count.
 pub fn default_feature_map(
     inputs: &[TensorMetadata],
     outputs: &[TensorMetadata],
 ) -> Option<FeatureMap> {
-    let input = inputs.iter().find(|t| {
-        t.shape.len() == 2
-            && is_numeric(&t.datatype)
-            && t.shape[1] > 0
-            && t.shape[1] as usize <= MAX_FEATURES
-    })?;
+    feature_map_for(inputs.iter().find(|t| is_feature_input(t))?, outputs)
+}
+
+/// The map for a chosen feature input: columns `f0..`, every output a prediction; `None`
+/// when the input cannot hold features.
+pub fn feature_map_for(input: &TensorMetadata, outputs: &[TensorMetadata]) -> Option<FeatureMap> {
+    if !is_feature_input(input) {
+        return None;
+    }
     let predictions = outputs
         .iter()
         .map(|t| PredictionOutput {

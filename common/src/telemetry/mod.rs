@@ -11,7 +11,9 @@ pub use batch::{
     BatchError, BatchId, CaptureSample, NamedProfile, WindowBatch, decode_reference,
     encode_reference,
 };
-pub use feature_map::{MAX_FEATURES, default_feature_map, output_profile_names};
+pub use feature_map::{
+    MAX_FEATURES, default_feature_map, feature_map_for, is_feature_input, output_profile_names,
+};
 pub use frame::{
     FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, decode_compressed, open_frame, seal_frame,
 };

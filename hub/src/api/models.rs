@@ -190,6 +190,16 @@ fn push_metadata(query: &BTreeMap<String, String>) -> Result<PushMetadata, ApiEr
             metadata.lineage.insert(name.to_owned(), value.clone());
         } else if key == "features" {
             metadata.feature_names = Some(value.split(',').map(|n| n.trim().to_owned()).collect());
+        } else if key == "feature_input" {
+            metadata.feature_input = Some(value.clone());
+        } else if key == "predictions" {
+            metadata.prediction_outputs = Some(
+                value
+                    .split(',')
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            );
         } else if key == "categorical" {
             metadata.categorical = value
                 .split(',')
@@ -198,7 +208,7 @@ fn push_metadata(query: &BTreeMap<String, String>) -> Result<PushMetadata, ApiEr
                 .collect();
         } else {
             return Err(ApiError::bad_request(format!(
-                "unknown parameter {key:?}; use metric.NAME, tag.NAME, lineage.NAME, features or categorical"
+                "unknown parameter {key:?}; use metric.NAME, tag.NAME, lineage.NAME, features, categorical, feature_input or predictions"
             )));
         }
     }

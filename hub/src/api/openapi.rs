@@ -27,10 +27,11 @@ pub fn spec() -> serde_json::Value {
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "responses": {"200": {"description": "text"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
             "/api/v1/root": {"get": op("Newest signed root metadata", "read")},
             "/api/v1/models": {"get": op("List models with version counts and aliases", "read")},
             "/api/v1/models/{model}": {"get": op("A model: versions, aliases, alias history", "read")},
-            "/api/v1/models/{model}/versions": {"post": op("Push an ONNX file (body); query metric.NAME, tag.NAME, lineage.NAME. 201 new, 200 same content already registered, 422 not loadable", "operator")},
+            "/api/v1/models/{model}/versions": {"post": op("Push an ONNX file (body); query metric.NAME, tag.NAME, lineage.NAME, features (comma-separated names of the feature input's columns), categorical, feature_input, predictions (outputs that are predictions). 201 new, 200 same content already registered, 422 not loadable", "operator")},
             "/api/v1/models/{model}/versions/{version}": {"get": op("A version by number or alias", "read")},
             "/api/v1/models/{model}/versions/{version}/manifest": {"get": op("The version's signed manifest envelope", "read")},
             "/api/v1/models/{model}/versions/{version}/retire": {"post": op("Retire a version", "operator")},
@@ -46,6 +47,19 @@ pub fn spec() -> serde_json::Value {
             "/api/v1/deployments": {"post": op("Set a model version (or alias) as desired on devices matching a label selector: body {\"model\", \"version\", \"selector\"}", "operator")},
             "/api/v1/devices": {"get": op("Enrolled devices: labels, hardware, online, last seen, serving versions, last install outcomes", "read")},
             "/api/v1/devices/{id}": {"get": op("One device with its desired state", "read")},
+            "/api/v1/events": {"get": op("The event log (drift_alert, drift_cleared): query model, after (event id), limit", "read")},
+            "/api/v1/models/{model}/drift": {"get": op("Drift report of a fleet slice: query version (number or alias; default newest), selector k=v,..., devices a,b, since/until (90s, 15m, 1h, 7d) or since_ms/until_ms, against reference|version:N", "read")},
+            "/api/v1/models/{model}/health": {"get": op("Requests, errors by kind, error rate, latency p50/p90/p99 and spool losses per version: query selector, devices, since, until", "read")},
+            "/api/v1/models/{model}/drift-thresholds": {
+                "get": op("The model's drift thresholds", "read"),
+                "put": op("Set drift thresholds: body {\"default\": {ks, js, wasserstein_sigma, psi_warn, psi_alert, min_rows}, \"features\": {NAME: {...}}, \"dataset_share\": 0.5}", "operator")
+            },
+            "/api/v1/models/{model}/versions/{version}/reference": {
+                "get": op("Summary of the version's reference profile", "read"),
+                "put": op("Store a reference profile set (binary, as `flotilla model push --reference` builds it); 422 when it lacks the version's features", "operator")
+            },
+            "/api/v1/models/{model}/versions/{version}/reference/features/{feature}": {"get": op("One reference sketch in the DataSketches binary format (header x-datasketches-type)", "read")},
+            "/api/v1/models/{model}/versions/{version}/captures": {"get": op("Captured samples: query format=ndjson (default) or csv", "read")},
             "/api/v1/artifacts/{sha256}": {"get": {"summary": "A model file by content hash; supports Range: bytes=N- for resumed downloads", "responses": {"200": {"description": "the file"}, "206": {"description": "a range"}, "416": {"$ref": "#/components/responses/Error"}}}}
         }
     })

@@ -804,3 +804,98 @@ fn profile_prints_a_local_table_without_a_hub() {
         .unwrap();
     assert!(stderr_of_failure(&missing).contains("/nonexistent.csv"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feature_maps_at_push_are_checked_against_the_model() {
+    let hub = HubProcess::start();
+    let model = std::fs::read(fixture("iris_classifier.onnx")).unwrap();
+    let push = |query: &'static str| {
+        let (operator, model) = (hub.operator(), model.clone());
+        async move {
+            operator
+                .upload(
+                    &format!("/api/v1/models/iris/versions?{query}"),
+                    model.into(),
+                )
+                .await
+        }
+    };
+    for (query, message) in [
+        (
+            "features=a,b,c",
+            "3 feature names given but input \"float_input\" has 4 columns",
+        ),
+        ("features=a,a,b,c", "distinct"),
+        ("feature_input=nope", "no input \"nope\""),
+        ("predictions=nope", "no output \"nope\""),
+        (
+            "features=a,b,c,d&categorical=z",
+            "categorical feature \"z\"",
+        ),
+    ] {
+        let error = push(query).await.unwrap_err().to_string();
+        assert!(
+            error.contains("422") && error.contains(message),
+            "{query}: {error}"
+        );
+    }
+    push("features=a,b,c,d&categorical=d&predictions=label&feature_input=float_input")
+        .await
+        .unwrap();
+    let envelope = hub
+        .reader()
+        .json(Method::GET, "/api/v1/models/iris/versions/1/manifest", None)
+        .await
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(envelope["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        manifest["features"],
+        json!({"input": "float_input", "features": ["a", "b", "c", "d"], "categorical": ["d"],
+               "predictions": [{"output": "label", "kind": "class"}]})
+    );
+    // A reference that lacks the version's features is refused with the names.
+    let reference = flotilla_common::telemetry::encode_reference(1, &[]);
+    let error = hub
+        .operator()
+        .put_bytes("/api/v1/models/iris/versions/1/reference", reference.into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("422") && error.contains("no feature \"a\""),
+        "{error}"
+    );
+    let junk = hub
+        .operator()
+        .put_bytes(
+            "/api/v1/models/iris/versions/1/reference",
+            b"junk".to_vec().into(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(junk.contains("not a reference profile set"), "{junk}");
+    // Read-only tokens cannot store references or thresholds.
+    let denied = hub
+        .reader()
+        .put_bytes(
+            "/api/v1/models/iris/versions/1/reference",
+            b"x".to_vec().into(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(denied.contains("403"), "{denied}");
+    let bad = hub
+        .operator()
+        .json(
+            Method::PUT,
+            "/api/v1/models/iris/drift-thresholds",
+            Some(json!({"default": {"kss": 0.2}})),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("400") && bad.contains("kss"), "{bad}");
+}
