@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Telemetry frames queued for ingest before the hub stops reading from the broker.
     #[arg(long, default_value_t = 8192)]
     pub telemetry_queue: usize,
+    /// Bytes of telemetry frames queued for ingest, at most.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub telemetry_queue_bytes: u64,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -222,7 +225,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry.store().clone(),
         metrics.clone(),
     ));
-    let telemetry_queue = start_ingest_thread(ingest, args.telemetry_queue.max(1));
+    let telemetry_queue =
+        start_ingest_thread(ingest, args.telemetry_queue, args.telemetry_queue_bytes);
     Arc::new(DriftEvaluator {
         telemetry: telemetry.clone(),
         metrics: metrics.clone(),

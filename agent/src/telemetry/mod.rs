@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_common::signing::SigningKey;
-use flotilla_common::telemetry::{WindowBatch, seal_frame};
+use flotilla_common::telemetry::{BatchId, WindowBatch, seal_frame};
 use serde::Deserialize;
+use sha2::Digest;
 use tokio::sync::{Notify, mpsc};
 
 pub use recorder::Recorder;
@@ -152,6 +153,24 @@ impl TelemetryStatus {
     }
 }
 
+/// The embedded broker takes payloads up to 1 MiB: sealed batches stay below, with headroom.
+const MAX_FRAME_BYTES: usize = 960 * 1024;
+/// Captured samples per batch, in bytes of JSON, at most (they are the bulky part).
+const MAX_CAPTURE_BYTES: usize = 256 * 1024;
+
+/// Keeps the first samples that fit in `budget` bytes.
+fn keep_within(captures: &mut Vec<flotilla_common::telemetry::CaptureSample>, budget: usize) {
+    let mut used = 0;
+    let keep = captures
+        .iter()
+        .take_while(|c| {
+            used += c.inputs.len() + c.outputs.len();
+            used <= budget
+        })
+        .count();
+    captures.truncate(keep);
+}
+
 /// Closes windows into the spool. Shared by the closer task and `flush` at shutdown.
 #[derive(Debug)]
 struct WindowCloser {
@@ -165,6 +184,27 @@ struct WindowCloser {
 }
 
 impl WindowCloser {
+    /// A random 128-bit id; if the OS has no randomness to give, a hash of what makes the
+    /// batch unique on this device, so two batches never share an id.
+    fn batch_id(&self, model: &str, version: u64, start_ms: i64) -> BatchId {
+        let mut id = [0u8; 16];
+        if getrandom::fill(&mut id).is_ok() {
+            return id;
+        }
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let digest = sha2::Sha256::digest(
+            format!(
+                "{}\0{model}\0{version}\0{start_ms}\0{}\0{}",
+                self.device_id,
+                now_ms(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )
+            .as_bytes(),
+        );
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+
     /// Seals what was recorded since the last close as the window `[start, end)`.
     fn close(&self, start_ms: i64, end_ms: i64) -> usize {
         let counters = self.spool.counters();
@@ -183,12 +223,10 @@ impl WindowCloser {
             if let Some(limits) = self.capture.get(&model) {
                 captures.truncate(limits.per_window);
             }
+            keep_within(&mut captures, MAX_CAPTURE_BYTES);
             let (features, predictions) = window.into_profiles();
-            let mut batch_id = [0u8; 16];
-            if getrandom::fill(&mut batch_id).is_err() {
-                batch_id[..8].copy_from_slice(&now_ms().to_le_bytes());
-            }
-            let batch = WindowBatch {
+            let batch_id = self.batch_id(&model, version, start_ms);
+            let mut batch = WindowBatch {
                 batch_id,
                 device_id: self.device_id.clone(),
                 model,
@@ -204,7 +242,21 @@ impl WindowCloser {
                 spool_lost_total: counters.lost,
                 captures,
             };
-            self.spool.push(&seal_frame(&batch, &self.key));
+            let mut frame = seal_frame(&batch, &self.key);
+            if frame.len() > MAX_FRAME_BYTES && !batch.captures.is_empty() {
+                tracing::warn!(
+                    bytes = frame.len(),
+                    "telemetry batch too big for the broker; sent without its captured samples"
+                );
+                batch.captures.clear();
+                frame = seal_frame(&batch, &self.key);
+            }
+            if frame.len() > MAX_FRAME_BYTES {
+                tracing::error!(bytes = frame.len(), model = %batch.model, "telemetry batch too big for the broker even without samples; dropped and counted");
+                self.spool.count_dropped(1);
+                continue;
+            }
+            self.spool.push(&frame);
             self.status.windows_sealed.fetch_add(1, Ordering::Relaxed);
             sealed += 1;
         }
@@ -300,6 +352,11 @@ impl Telemetry {
                 let now = now_ms();
                 let boundary = (now / length + 1) * length;
                 tokio::time::sleep(Duration::from_millis((boundary - now).max(1) as u64)).await;
+                // A timer that fires early, or a clock stepped back, must not close an empty
+                // or reversed window: wait for the boundary again.
+                if now_ms() < boundary {
+                    continue;
+                }
                 let begun = start.swap(boundary, std::sync::atomic::Ordering::SeqCst);
                 let closer = closer.clone();
                 let _ = tokio::task::spawn_blocking(move || closer.close(begun, boundary)).await;

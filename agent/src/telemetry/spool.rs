@@ -250,8 +250,8 @@ impl Spool {
         })
     }
 
-    /// Deletes a batch the broker acknowledged (again is harmless).
-    pub fn remove(&self, seq: i64) {
+    /// Deletes a batch the broker acknowledged (again is harmless); true when it was there.
+    pub fn remove(&self, seq: i64) -> bool {
         let mut inner = self.lock();
         let result = (|| -> rusqlite::Result<Option<u64>> {
             let Some(connection) = inner.connection.as_ref() else {
@@ -271,9 +271,25 @@ impl Spool {
             Ok(Some(size)) => {
                 inner.bytes = inner.bytes.saturating_sub(size);
                 inner.rows = inner.rows.saturating_sub(1);
+                true
             }
-            Ok(None) => {}
-            Err(error) => self.failed(&mut inner, error, "delete a sent batch"),
+            Ok(None) => false,
+            Err(error) => {
+                self.failed(&mut inner, error, "delete a sent batch");
+                false
+            }
+        }
+    }
+
+    /// Counts batches dropped before they reached the spool (too big to send).
+    pub fn count_dropped(&self, n: u64) {
+        let mut inner = self.lock();
+        inner.counters.dropped += n;
+        let counters = inner.counters;
+        if let Some(connection) = inner.connection.as_ref()
+            && let Err(error) = save_counters(connection, &counters)
+        {
+            tracing::warn!(%error, "telemetry spool: cannot save counters");
         }
     }
 
@@ -307,8 +323,8 @@ mod tests {
             oldest.iter().map(|(_, f)| f[0]).collect::<Vec<_>>(),
             [20, 21, 22]
         );
-        spool.remove(oldest[0].0);
-        spool.remove(oldest[0].0);
+        assert!(spool.remove(oldest[0].0));
+        assert!(!spool.remove(oldest[0].0), "a second acknowledgement finds nothing");
         assert_eq!(spool.backlog().0, 9);
         // Counters and batches survive a restart.
         drop(spool);

@@ -36,9 +36,11 @@ pub async fn run(
     settings: DrainSettings,
 ) {
     let spool = status.spool.clone();
+    // Counted once per batch: a batch sent twice (after a reconnect) may be acknowledged twice.
     let acknowledged = |spool: &Spool, seq: i64| {
-        spool.remove(seq);
-        status.windows_acknowledged.fetch_add(1, Ordering::Relaxed);
+        if spool.remove(seq) {
+            status.windows_acknowledged.fetch_add(1, Ordering::Relaxed);
+        }
     };
     let mut connected = mqtt.connected();
     let gap = Duration::from_secs_f64(1.0 / settings.per_second.max(0.001));

@@ -18,8 +18,20 @@ use crate::runtime::NamedTensor;
 /// features]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRows {
+    /// Rows kept (every `stride`-th row of the request).
     pub rows: usize,
     pub values: Vec<f32>,
+    /// 1 unless the request was larger than `MAX_SKETCHED_VALUES`.
+    pub stride: usize,
+}
+
+/// Values sketched per request and tensor at most: a huge request is sampled (every n-th
+/// row) so telemetry work per request stays bounded (about half a millisecond).
+pub const MAX_SKETCHED_VALUES: usize = 16_384;
+
+/// The row step that keeps `rows × width` under `MAX_SKETCHED_VALUES`.
+fn stride_for(rows: usize, width: usize) -> usize {
+    (rows * width.max(1)).div_ceil(MAX_SKETCHED_VALUES).max(1)
 }
 
 /// Values of a tensor as f32 (numbers only; BYTES gives `None`).
@@ -44,7 +56,7 @@ fn as_f32(data: &TensorData) -> Option<Vec<f32>> {
 
 /// Calls `each` with every value of a tensor as a label, formatting integers into one reused
 /// buffer (no allocation per value on the inference path).
-fn for_each_label(data: &TensorData, mut each: impl FnMut(&str)) {
+fn for_each_label(data: &TensorData, step: usize, mut each: impl FnMut(&str)) {
     use std::fmt::Write;
     let mut buffer = String::with_capacity(24);
     let mut number = |v: &dyn std::fmt::Display| {
@@ -53,12 +65,15 @@ fn for_each_label(data: &TensorData, mut each: impl FnMut(&str)) {
         each(&buffer);
     };
     match data {
-        TensorData::Int64(v) => v.iter().for_each(|x| number(x)),
-        TensorData::Int32(v) => v.iter().for_each(|x| number(x)),
-        TensorData::Uint8(v) => v.iter().for_each(|x| number(x)),
-        TensorData::Bool(v) => v.iter().for_each(|x| number(x)),
-        TensorData::Bytes(v) => v.iter().for_each(|b| each(&String::from_utf8_lossy(b))),
-        other => as_labels(other).iter().for_each(|l| each(l)),
+        TensorData::Int64(v) => v.iter().step_by(step).for_each(|x| number(x)),
+        TensorData::Int32(v) => v.iter().step_by(step).for_each(|x| number(x)),
+        TensorData::Uint8(v) => v.iter().step_by(step).for_each(|x| number(x)),
+        TensorData::Bool(v) => v.iter().step_by(step).for_each(|x| number(x)),
+        TensorData::Bytes(v) => v
+            .iter()
+            .step_by(step)
+            .for_each(|b| each(&String::from_utf8_lossy(b))),
+        other => as_labels(other).iter().step_by(step).for_each(|l| each(l)),
     }
 }
 
@@ -107,10 +122,22 @@ pub fn extract_features(map: &FeatureMap, inputs: &[NamedTensor]) -> Option<Feat
     if input.shape.len() != 2 || input.shape[1] as usize != width || width == 0 {
         return None;
     }
-    let values = as_f32(&input.data)?;
+    let all = as_f32(&input.data)?;
+    let rows = all.len() / width;
+    let stride = stride_for(rows, width);
+    let values: Vec<f32> = if stride == 1 {
+        all
+    } else {
+        all.chunks_exact(width)
+            .step_by(stride)
+            .flatten()
+            .copied()
+            .collect()
+    };
     Some(FeatureRows {
         rows: values.len() / width,
         values,
+        stride,
     })
 }
 
@@ -206,7 +233,8 @@ impl WindowAccumulator {
             let Some(tensor) = outputs.iter().find(|t| t.name == prediction.output) else {
                 continue;
             };
-            self.record_prediction(slot, prediction.kind, tensor);
+            let stride = features.map_or(1, |f| f.stride);
+            self.record_prediction(slot, prediction.kind, tensor, stride);
         }
         if let (Some(limits), Some(rows)) = (capture, features)
             && self.captures.len() < limits.per_window
@@ -215,9 +243,18 @@ impl WindowAccumulator {
         }
     }
 
-    fn record_prediction(&mut self, slot: usize, kind: PredictionKind, tensor: &NamedTensor) {
+    /// `stride`: the feature rows' sampling step, so outputs are sampled on the same rows
+    /// (and never more than `MAX_SKETCHED_VALUES` values either way).
+    fn record_prediction(
+        &mut self,
+        slot: usize,
+        kind: PredictionKind,
+        tensor: &NamedTensor,
+        stride: usize,
+    ) {
         let rows = tensor.shape.first().copied().unwrap_or(1).max(1) as usize;
         let columns = tensor.data.len() / rows;
+        let stride = stride.max(stride_for(rows, columns));
         let profiles = self.predictions[slot].get_or_insert_with(|| match kind {
             PredictionKind::Class => vec![NamedProfile {
                 name: tensor.name.clone(),
@@ -241,7 +278,9 @@ impl WindowAccumulator {
                     },
                 ],
             ) => {
-                for_each_label(&tensor.data, |label| p.update(Some(label)));
+                for_each_label(&tensor.data, stride * columns.max(1), |label| {
+                    p.update(Some(label))
+                });
             }
             (PredictionKind::Score, slots) => {
                 let Some(values) = as_f32(&tensor.data) else {
@@ -251,7 +290,7 @@ impl WindowAccumulator {
                 if !max_only && slots.len() != columns.max(1) {
                     return; // another width than the first request had: not comparable
                 }
-                for chunk in values.chunks_exact(columns.max(1)) {
+                for chunk in values.chunks_exact(columns.max(1)).step_by(stride) {
                     if max_only {
                         let max = chunk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         if let Profile::Numeric(p) = &mut slots[0].profile {
@@ -446,6 +485,34 @@ mod tests {
             panic!()
         };
         assert_eq!(label.frequencies(), vec![("0".into(), 2), ("2".into(), 2)]);
+    }
+
+    #[test]
+    fn huge_requests_are_sampled_so_the_work_stays_bounded() {
+        let map = iris_map();
+        let rows = 100_000;
+        let inputs = [tensor(
+            "float_input",
+            &[rows, 2],
+            TensorData::Fp32((0..rows * 2).map(|i| i as f32).collect()),
+        )];
+        let features = extract_features(&map, &inputs).unwrap();
+        assert_eq!((features.stride, features.rows), (13, 7693));
+        assert!(features.values.len() <= MAX_SKETCHED_VALUES);
+        assert_eq!(&features.values[..4], &[0.0, 1.0, 26.0, 27.0]);
+        let outputs = [tensor(
+            "label",
+            &[rows],
+            TensorData::Int64(vec![1; rows as usize]),
+        )];
+        let mut window = WindowAccumulator::new(Some(map));
+        window.record_success(Some(&features), &outputs, 1.0, None, 0);
+        let (_, predictions) = window.into_profiles();
+        assert_eq!(
+            predictions[0].profile.count(),
+            7693,
+            "labels sampled on the same rows"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! rumqttc reports acknowledgements by packet id, which it assigns itself. Every QoS 1
 //! publish therefore goes through one ordered path that queues a tag; the event loop pairs
 //! tags with packet ids as the publishes go out (in the same order) and hands the tag of
-//! each PUBACK to whoever waits for it.
+//! each PUBACK to whoever waits for it. When a connection drops, rumqttc (clean session)
+//! discards everything queued or unacknowledged at the next ConnAck, so the tags are
+//! forgotten with them; nothing is acknowledged that was not delivered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -118,15 +120,15 @@ impl AgentMqtt {
         let task = tokio::spawn(async move {
             let client = client_for_loop;
             let mut failures = 0u32;
+            // Whether a connection was up: only then does an error mean rumqttc moved every
+            // queued request into its pending list, which a clean-session ConnAck discards.
+            let mut session_up = false;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                         let mut t = tracker_for_loop.lock().unwrap_or_else(|e| e.into_inner());
-                        // A publish sent again after a reconnect keeps its packet id.
-                        if !t.in_flight.contains_key(&pkid) {
-                            let tag = t.queued.pop_front().flatten();
-                            t.in_flight.insert(pkid, tag);
-                        }
+                        let tag = t.queued.pop_front().flatten();
+                        t.in_flight.insert(pkid, tag);
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         let tag = tracker_for_loop
@@ -141,6 +143,7 @@ impl AgentMqtt {
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
+                        session_up = true;
                         let _ = connected_tx.send(true);
                         tracing::info!("connected to the hub's MQTT broker");
                         let (client, key, device) = (client.clone(), key.clone(), device.clone());
@@ -179,6 +182,16 @@ impl AgentMqtt {
                     Ok(_) => {}
                     Err(error) => {
                         let _ = connected_tx.send(false);
+                        if std::mem::take(&mut session_up) {
+                            // The publishes queued or in flight were dropped with the session
+                            // (clean session): forget their tags, so no later acknowledgement is
+                            // paired with them. Their senders send again (the telemetry
+                            // uploader re-reads its spool). Held so no publish is half-queued.
+                            let _order = order_for_loop.lock().await;
+                            let mut t = tracker_for_loop.lock().unwrap_or_else(|e| e.into_inner());
+                            t.queued.clear();
+                            t.in_flight.clear();
+                        }
                         let delay = backoff_delay(
                             failures,
                             Duration::from_millis(200),

@@ -144,8 +144,8 @@ impl CategoricalProfile {
     }
 
     pub fn merge(&mut self, other: &CategoricalProfile) {
-        self.count += other.count;
-        self.nulls += other.nulls;
+        self.count = self.count.saturating_add(other.count);
+        self.nulls = self.nulls.saturating_add(other.nulls);
         let merged = match (&self.counts, &other.counts) {
             (Counts::Exact(a), Counts::Exact(b)) => {
                 let mut map = a.clone();
@@ -247,6 +247,17 @@ impl CategoricalProfile {
         r.finish()?;
         if nulls > count {
             return Err(ProfileError::Sketch("more nulls than rows".into()));
+        }
+        // The values must account for every non-null row, or shares would not sum to one.
+        let counted = match &counts {
+            Counts::Exact(map) => map.values().try_fold(0u64, |a, &b| a.checked_add(b)),
+            Counts::Sketched { frequent, .. } => Some(frequent.total_weight()),
+        };
+        if counted != Some(count - nulls) {
+            return Err(ProfileError::Sketch(format!(
+                "value counts ({counted:?}) do not add up to the {} non-null rows",
+                count - nulls
+            )));
         }
         Ok(CategoricalProfile {
             counts,

@@ -78,9 +78,9 @@ impl NumericProfile {
         self.kll
             .merge(&other.kll)
             .map_err(|e| ProfileError::Sketch(e.to_string()))?;
-        self.count += other.count;
-        self.nulls += other.nulls;
-        self.non_finite += other.non_finite;
+        self.count = self.count.saturating_add(other.count);
+        self.nulls = self.nulls.saturating_add(other.nulls);
+        self.non_finite = self.non_finite.saturating_add(other.non_finite);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.sum += other.sum;

@@ -181,10 +181,14 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Table, String> {
         }
     };
     let data = &bytes[start + header_len..];
-    if data.len() < rows * width * size {
+    let needed = rows
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(size))
+        .filter(|_| width > 0)
+        .ok_or_else(|| format!("shape {shape:?} is not a table of rows and columns"))?;
+    if data.len() < needed {
         return Err(format!(
-            "truncated: shape {shape:?} needs {} bytes of data, the file has {}",
-            rows * width * size,
+            "truncated: shape {shape:?} needs {needed} bytes of data, the file has {}",
             data.len()
         ));
     }
@@ -284,6 +288,11 @@ mod tests {
             parse_npy(&bytes[..bytes.len() - 8])
                 .unwrap_err()
                 .contains("truncated")
+        );
+        let huge = String::from_utf8_lossy(&bytes).replace("(2, 3)", "(4611686018427387904, 4)");
+        assert!(
+            parse_npy(huge.as_bytes()).is_err(),
+            "an overflowing shape is refused, not a panic"
         );
     }
 }

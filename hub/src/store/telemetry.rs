@@ -195,32 +195,56 @@ impl TelemetryStore {
     }
 
     /// Calls `each` for every window matching the filter, one at a time (a fleet's worth of
-    /// windows is never held in memory at once).
+    /// windows is never held in memory at once). Rows are read in pages and the reader is
+    /// free between pages, so a long report does not hold up other reads.
     pub fn for_each_window(
         &self,
         filter: &WindowFilter,
         each: &mut dyn FnMut(StoredWindow),
     ) -> Result<(), StoreError> {
-        let connection = Self::lock(&self.reader);
-        let mut statement = connection.prepare_cached(
-            "SELECT device_id, version, batch FROM windows
-             WHERE model = ?1 AND (?2 IS NULL OR version = ?2)
-               AND (?3 IS NULL OR window_end > ?3) AND (?4 IS NULL OR window_end <= ?4)",
-        )?;
-        let mut rows = statement.query(params![
-            filter.model,
-            filter.version.map(|v| v as i64),
-            filter.since_ms,
-            filter.until_ms
-        ])?;
-        while let Some(row) = rows.next()? {
-            each(StoredWindow {
-                device_id: row.get(0)?,
-                version: row.get::<_, i64>(1)? as u64,
-                batch: row.get(2)?,
-            });
+        const PAGE: i64 = 256;
+        let mut after = 0i64;
+        loop {
+            let page: Vec<(i64, StoredWindow)> = {
+                let connection = Self::lock(&self.reader);
+                let mut statement = connection.prepare_cached(
+                    "SELECT rowid, device_id, version, batch FROM windows
+                     WHERE model = ?1 AND (?2 IS NULL OR version = ?2)
+                       AND (?3 IS NULL OR window_end > ?3) AND (?4 IS NULL OR window_end <= ?4)
+                       AND rowid > ?5
+                     ORDER BY rowid LIMIT ?6",
+                )?;
+                let rows = statement.query_map(
+                    params![
+                        filter.model,
+                        filter.version.map(|v| v as i64),
+                        filter.since_ms,
+                        filter.until_ms,
+                        after,
+                        PAGE
+                    ],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            StoredWindow {
+                                device_id: row.get(1)?,
+                                version: row.get::<_, i64>(2)? as u64,
+                                batch: row.get(3)?,
+                            },
+                        ))
+                    },
+                )?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let full = page.len() as i64 == PAGE;
+            for (rowid, window) in page {
+                after = rowid;
+                each(window);
+            }
+            if !full {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Model versions with windows that ended after `since_ms`.

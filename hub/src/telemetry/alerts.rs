@@ -37,6 +37,55 @@ pub struct DriftEvaluator {
     pub settings: EvaluatorSettings,
 }
 
+/// The gauge lines of one pass, by family, so each family is contiguous under its HELP.
+#[derive(Debug, Default)]
+struct Gauges {
+    requests: Vec<String>,
+    error_rate: Vec<String>,
+    latency: Vec<String>,
+    drift: Vec<String>,
+    dataset: Vec<String>,
+}
+
+impl Gauges {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, lines) in [
+            (
+                "flotilla_model_requests",
+                "Requests in the look-back window, fleet-wide, per model version.",
+                &self.requests,
+            ),
+            (
+                "flotilla_model_error_rate",
+                "Share of those requests that failed.",
+                &self.error_rate,
+            ),
+            (
+                "flotilla_model_latency_ms",
+                "Request latency quantiles over the look-back window, in milliseconds.",
+                &self.latency,
+            ),
+            (
+                "flotilla_drift_score",
+                "Drift of the fleet-wide look-back slice against the version's reference, per feature and metric.",
+                &self.drift,
+            ),
+            (
+                "flotilla_dataset_drift",
+                "1 when at least the dataset share of features drift, else 0.",
+                &self.dataset,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+}
+
 fn label(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -44,125 +93,125 @@ fn label(text: &str) -> String {
 }
 
 impl DriftEvaluator {
-    /// One pass; returns the events it recorded as `(kind, model, version)`.
+    /// One pass; returns the events it recorded as `(kind, model, version)`. A version whose
+    /// evaluation fails is logged and skipped; the others go on.
     pub fn evaluate(&self, now_ms: i64) -> Result<Vec<(String, String, u64)>, TelemetryError> {
         let since = now_ms - self.settings.lookback.as_millis() as i64;
         let mut events = Vec::new();
-        let mut gauges = String::new();
-        let _ = writeln!(
-            gauges,
-            "# HELP flotilla_model_requests Requests in the look-back window, fleet-wide.\n# TYPE flotilla_model_requests gauge"
-        );
-        let mut health_lines = Vec::new();
-        let mut drift_lines = Vec::new();
+        let mut gauges = Gauges::default();
         for (model, version) in self.telemetry.store.active_versions(since)? {
-            let query = SliceQuery {
-                model: model.clone(),
-                version: Some(version),
-                since_ms: Some(since),
-                ..SliceQuery::default()
-            };
-            let slice = self.telemetry.slice(&query)?;
-            let health = slice.health();
-            let (m, v) = (label(&model), version);
-            health_lines.push(format!(
-                "flotilla_model_requests{{model=\"{m}\",version=\"{v}\"}} {}",
-                health.requests
-            ));
-            if let Some(rate) = health.error_rate {
-                health_lines.push(format!(
-                    "flotilla_model_error_rate{{model=\"{m}\",version=\"{v}\"}} {rate}"
-                ));
-            }
-            for (q, value) in [
-                ("0.5", health.latency_ms_p50),
-                ("0.9", health.latency_ms_p90),
-                ("0.99", health.latency_ms_p99),
-            ] {
-                if let Some(value) = value {
-                    health_lines.push(format!("flotilla_model_latency_ms{{model=\"{m}\",version=\"{v}\",quantile=\"{q}\"}} {value}"));
+            match self.evaluate_version(&model, version, since, now_ms, &mut gauges) {
+                Ok(Some(kind)) => events.push((kind.to_owned(), model, version)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(%model, version, %error, "drift evaluation of this version failed")
                 }
             }
-            let report = match self.telemetry.drift_report(&query, &Against::Reference) {
-                Ok(report) => report,
-                Err(TelemetryError::NotFound(_)) => continue,
-                Err(error) => return Err(error),
-            };
-            for f in &report.features {
-                for (metric, value) in [
-                    ("ks", f.ks),
-                    ("wasserstein_sigma", f.wasserstein_sigma),
-                    ("psi", f.psi),
-                    ("js", f.js),
-                    ("hellinger", f.hellinger),
-                ] {
-                    if let Some(value) = value {
-                        drift_lines.push(format!(
-                            "flotilla_drift_score{{model=\"{m}\",version=\"{v}\",feature=\"{}\",metric=\"{metric}\"}} {value}",
-                            label(&f.name)
-                        ));
-                    }
-                }
-            }
-            if let Some(drift) = report.dataset_drift {
-                drift_lines.push(format!(
-                    "flotilla_dataset_drift{{model=\"{m}\",version=\"{v}\"}} {}",
-                    drift as u8
-                ));
-            }
-            let state = self.telemetry.store.last_event_kind(
-                &model,
-                version,
-                &[DRIFT_ALERT, DRIFT_CLEARED],
-            )?;
-            let kind = match (report.dataset_drift, state.as_deref()) {
-                (Some(true), None | Some(DRIFT_CLEARED)) => Some(DRIFT_ALERT),
-                (Some(false), Some(DRIFT_ALERT)) => Some(DRIFT_CLEARED),
-                _ => None,
-            };
-            if let Some(kind) = kind {
-                let scores: Vec<serde_json::Value> = report
-                    .features
-                    .iter()
-                    .filter(|f| f.drifted == Some(true))
-                    .map(|f| serde_json::json!({"feature": f.name, "wasserstein_sigma": f.wasserstein_sigma, "ks": f.ks, "psi": f.psi, "js": f.js}))
-                    .collect();
-                let detail = serde_json::json!({
-                    "drifted_features": report.drifted_features,
-                    "features_judged": report.features.iter().filter(|f| f.drifted.is_some()).count(),
-                    "scores": scores,
-                    "devices": report.devices,
-                    "windows": report.windows,
-                    "since_ms": since,
-                    "against": "reference",
-                });
-                self.telemetry.store.add_event(
-                    now_ms / 1000,
-                    kind,
-                    &model,
-                    Some(version),
-                    &detail,
-                )?;
-                tracing::warn!(%model, version, kind, drifted = ?report.drifted_features, "drift event");
-                events.push((kind.to_owned(), model.clone(), version));
-            }
-        }
-        for line in &health_lines {
-            let _ = writeln!(gauges, "{line}");
-        }
-        let _ = writeln!(
-            gauges,
-            "# HELP flotilla_drift_score Drift of the fleet-wide look-back slice against the version's reference.\n# TYPE flotilla_drift_score gauge"
-        );
-        for line in &drift_lines {
-            let _ = writeln!(gauges, "{line}");
         }
         *self
             .metrics
             .model_gauges
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = gauges;
+            .unwrap_or_else(|e| e.into_inner()) = gauges.render();
         Ok(events)
+    }
+
+    fn evaluate_version(
+        &self,
+        model: &str,
+        version: u64,
+        since: i64,
+        now_ms: i64,
+        gauges: &mut Gauges,
+    ) -> Result<Option<&'static str>, TelemetryError> {
+        let query = SliceQuery {
+            model: model.to_owned(),
+            version: Some(version),
+            since_ms: Some(since),
+            ..SliceQuery::default()
+        };
+        let slice = self.telemetry.slice(&query)?;
+        let health = slice.health();
+        let series = format!("model=\"{}\",version=\"{version}\"", label(model));
+        gauges.requests.push(format!(
+            "flotilla_model_requests{{{series}}} {}",
+            health.requests
+        ));
+        if let Some(rate) = health.error_rate {
+            gauges
+                .error_rate
+                .push(format!("flotilla_model_error_rate{{{series}}} {rate}"));
+        }
+        for (q, value) in [
+            ("0.5", health.latency_ms_p50),
+            ("0.9", health.latency_ms_p90),
+            ("0.99", health.latency_ms_p99),
+        ] {
+            if let Some(value) = value {
+                gauges.latency.push(format!(
+                    "flotilla_model_latency_ms{{{series},quantile=\"{q}\"}} {value}"
+                ));
+            }
+        }
+        let report = match self
+            .telemetry
+            .compare_slice(&query, &slice, &Against::Reference)
+        {
+            Ok(report) => report,
+            Err(TelemetryError::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        for f in &report.features {
+            for (metric, value) in [
+                ("ks", f.ks),
+                ("wasserstein_sigma", f.wasserstein_sigma),
+                ("psi", f.psi),
+                ("js", f.js),
+                ("hellinger", f.hellinger),
+            ] {
+                if let Some(value) = value {
+                    gauges.drift.push(format!(
+                        "flotilla_drift_score{{{series},feature=\"{}\",metric=\"{metric}\"}} {value}",
+                        label(&f.name)
+                    ));
+                }
+            }
+        }
+        if let Some(drift) = report.dataset_drift {
+            gauges.dataset.push(format!(
+                "flotilla_dataset_drift{{{series}}} {}",
+                drift as u8
+            ));
+        }
+        let state =
+            self.telemetry
+                .store
+                .last_event_kind(model, version, &[DRIFT_ALERT, DRIFT_CLEARED])?;
+        let kind = match (report.dataset_drift, state.as_deref()) {
+            (Some(true), None | Some(DRIFT_CLEARED)) => DRIFT_ALERT,
+            (Some(false), Some(DRIFT_ALERT)) => DRIFT_CLEARED,
+            _ => return Ok(None),
+        };
+        let scores: Vec<serde_json::Value> = report
+            .features
+            .iter()
+            .filter(|f| f.drifted == Some(true))
+            .map(|f| serde_json::json!({"feature": f.name, "wasserstein_sigma": f.wasserstein_sigma, "ks": f.ks, "psi": f.psi, "js": f.js}))
+            .collect();
+        let detail = serde_json::json!({
+            "drifted_features": report.drifted_features,
+            "features_judged": report.features.iter().filter(|f| f.drifted.is_some()).count(),
+            "scores": scores,
+            "devices": report.devices,
+            "windows": report.windows,
+            "since_ms": since,
+            "against": "reference",
+        });
+        self.telemetry
+            .store
+            .add_event(now_ms / 1000, kind, model, Some(version), &detail)?;
+        tracing::warn!(%model, version, kind, drifted = ?report.drifted_features, "drift event");
+        Ok(Some(kind))
     }
 
     /// Runs `evaluate` every interval on the blocking pool.

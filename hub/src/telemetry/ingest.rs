@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flotilla_common::sketch::Kind;
+use flotilla_common::sketch::{DEVICE_K, Kind, Profile, SCORE_K};
 use flotilla_common::telemetry::{FrameError, WindowBatch, open_frame};
 use flotilla_proto::control::topics;
-use flotilla_proto::telemetry::FeatureMap;
+use flotilla_proto::telemetry::{FeatureMap, PredictionKind};
 use flotilla_proto::trust::{Envelope, ModelManifest, PublicKey};
 
 use crate::metrics::HubMetrics;
@@ -129,6 +129,30 @@ impl TelemetryIngest {
         Ok(map)
     }
 
+    /// A profile must be of the kind the version expects and, when numeric, sketched with the
+    /// accuracy devices use: one device with another k would make every fleet merge fail.
+    fn check_profile(name: &str, profile: &Profile, kind: Kind, k: u16) -> Result<(), Rejection> {
+        if profile.kind() != kind {
+            return Err(reject(
+                "sketch_kind",
+                format!(
+                    "{name:?} is {} but the version expects {}",
+                    profile.kind().name(),
+                    kind.name()
+                ),
+            ));
+        }
+        if let Profile::Numeric(p) = profile
+            && p.k() != k
+        {
+            return Err(reject(
+                "sketch_kind",
+                format!("{name:?} is sketched with k={} instead of {k}", p.k()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Everything a frame must pass before it is stored.
     pub fn check(
         &self,
@@ -188,18 +212,47 @@ impl TelemetryIngest {
                 } else {
                     Kind::Numeric
                 };
-                if feature.profile.kind() != expected {
-                    return Err(reject(
-                        "sketch_kind",
-                        format!(
-                            "feature {:?} is {} but the version expects {}",
-                            feature.name,
-                            feature.profile.kind().name(),
-                            expected.name()
-                        ),
-                    ));
-                }
+                Self::check_profile(&feature.name, &feature.profile, expected, DEVICE_K)?;
             }
+            for prediction in &batch.predictions {
+                let output = map
+                    .predictions
+                    .iter()
+                    .find(|p| {
+                        prediction.name == p.output
+                            || prediction
+                                .name
+                                .strip_prefix(p.output.as_str())
+                                .is_some_and(|rest| rest.starts_with('['))
+                    })
+                    .ok_or_else(|| {
+                        reject(
+                            "feature_mismatch",
+                            format!(
+                                "prediction {:?} is not one of the version's outputs {:?}",
+                                prediction.name,
+                                map.predictions
+                                    .iter()
+                                    .map(|p| &p.output)
+                                    .collect::<Vec<_>>()
+                            ),
+                        )
+                    })?;
+                let expected = match output.kind {
+                    PredictionKind::Class => Kind::Categorical,
+                    PredictionKind::Score => Kind::Numeric,
+                };
+                Self::check_profile(&prediction.name, &prediction.profile, expected, SCORE_K)?;
+            }
+        }
+        if batch.latency_ms.k() != DEVICE_K {
+            return Err(reject(
+                "sketch_kind",
+                format!(
+                    "latency is sketched with k={} instead of {DEVICE_K}",
+                    batch.latency_ms.k()
+                ),
+            ));
         }
         Ok((batch, frame.compressed().to_vec()))
     }
@@ -235,7 +288,20 @@ impl TelemetryIngest {
         if windows.is_empty() {
             return outcome;
         }
-        match self.telemetry.insert_windows(&windows) {
+        // A busy or briefly failing database is retried: these windows were acknowledged to
+        // their devices already, so giving up loses them.
+        let mut attempt = 0;
+        let stored = loop {
+            match self.telemetry.insert_windows(&windows) {
+                Err(error) if attempt < 6 => {
+                    tracing::warn!(%error, attempt, "cannot store telemetry yet; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match stored {
             Ok(fresh) => {
                 outcome.stored = fresh.iter().filter(|f| **f).count() as u64;
                 outcome.duplicates = fresh.len() as u64 - outcome.stored;
@@ -266,20 +332,50 @@ impl TelemetryIngest {
 /// Most frames written per transaction.
 const BATCH_LIMIT: usize = 512;
 
-/// Starts the ingest thread; the returned queue is bounded, so a hub that falls behind slows
-/// its reading from the broker (and the broker its publishers) instead of growing memory.
+/// Where the MQTT loop hands telemetry frames to the ingest thread. Bounded in frames and in
+/// bytes: when either is full, `push` waits, the MQTT loop stops reading from the broker, and
+/// the broker holds back its publishers; memory does not grow with a backlog.
+#[derive(Debug, Clone)]
+pub struct TelemetryQueue {
+    sender: tokio::sync::mpsc::Sender<QueuedFrame>,
+    budget_kib: Arc<tokio::sync::Semaphore>,
+    capacity_kib: u32,
+    metrics: Arc<HubMetrics>,
+}
+
+type QueuedFrame = (String, bytes::Bytes, tokio::sync::OwnedSemaphorePermit);
+
+impl TelemetryQueue {
+    /// Queues a frame; false when the ingest thread has stopped.
+    pub async fn push(&self, topic: String, payload: bytes::Bytes) -> bool {
+        let kib = (payload.len() as u64).div_ceil(1024).max(1);
+        if kib > self.capacity_kib as u64 {
+            self.metrics.telemetry_rejected("too_large");
+            return true;
+        }
+        let Ok(permit) = self.budget_kib.clone().acquire_many_owned(kib as u32).await else {
+            return false;
+        };
+        self.sender.send((topic, payload, permit)).await.is_ok()
+    }
+}
+
+/// Starts the ingest thread behind a queue of at most `frames` frames and `bytes` bytes.
 pub fn start_ingest_thread(
     ingest: Arc<TelemetryIngest>,
-    capacity: usize,
-) -> tokio::sync::mpsc::Sender<(String, bytes::Bytes)> {
-    let (queue, mut frames) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(capacity);
+    frames: usize,
+    bytes: u64,
+) -> TelemetryQueue {
+    let (sender, mut queue) = tokio::sync::mpsc::channel::<QueuedFrame>(frames.max(1));
+    let capacity_kib = (bytes / 1024).clamp(1024, u32::MAX as u64 / 2) as u32;
+    let metrics = ingest.metrics.clone();
     std::thread::Builder::new()
         .name("telemetry-ingest".into())
         .spawn(move || {
-            while let Some(first) = frames.blocking_recv() {
+            while let Some(first) = queue.blocking_recv() {
                 let mut run = vec![first];
                 while run.len() < BATCH_LIMIT {
-                    match frames.try_recv() {
+                    match queue.try_recv() {
                         Ok(next) => run.push(next),
                         Err(_) => break,
                     }
@@ -288,9 +384,24 @@ pub fn start_ingest_thread(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
-                ingest.ingest(&run, now_ms);
+                let mut permits = Vec::with_capacity(run.len());
+                let messages: Vec<(String, bytes::Bytes)> = run
+                    .into_iter()
+                    .map(|(topic, payload, permit)| {
+                        permits.push(permit);
+                        (topic, payload)
+                    })
+                    .collect();
+                ingest.ingest(&messages, now_ms);
+                // The bytes budget is given back once the frames are processed, not before.
+                drop(permits);
             }
         })
         .expect("the OS lets the hub start its telemetry thread");
-    queue
+    TelemetryQueue {
+        sender,
+        budget_kib: Arc::new(tokio::sync::Semaphore::new(capacity_kib as usize)),
+        capacity_kib,
+        metrics,
+    }
 }

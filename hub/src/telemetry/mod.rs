@@ -15,7 +15,8 @@ use serde::Serialize;
 
 pub use alerts::{DriftEvaluator, EvaluatorSettings};
 pub use ingest::{
-    IngestOutcome, MAX_WINDOW_AGE_MS, Rejection, TelemetryIngest, start_ingest_thread,
+    IngestOutcome, MAX_WINDOW_AGE_MS, Rejection, TelemetryIngest, TelemetryQueue,
+    start_ingest_thread,
 };
 pub use report::{
     Comparison, FeatureDrift, Health, ModelThresholds, SliceSummary, ThresholdOverrides, compare,
@@ -192,16 +193,28 @@ impl Telemetry {
         Ok(names)
     }
 
-    /// A slice compared with the version's reference or with the same slice on another version.
+    /// A slice compared with the version's reference or with another version's cohort.
     pub fn drift_report(
         &self,
         query: &SliceQuery,
         against: &Against,
     ) -> Result<DriftReport, TelemetryError> {
+        let current = self.slice(query)?;
+        self.compare_slice(query, &current, against)
+    }
+
+    /// `current` (the merged `query`) compared with the version's reference, or with version
+    /// N's cohort: the same time range and label selector on version N, over whichever
+    /// devices ran N (a device list narrows only `current`: cohorts are different devices).
+    pub fn compare_slice(
+        &self,
+        query: &SliceQuery,
+        current: &SliceSummary,
+        against: &Against,
+    ) -> Result<DriftReport, TelemetryError> {
         let version = query
             .version
             .ok_or_else(|| TelemetryError::Invalid("a drift report needs a version".into()))?;
-        let current = self.slice(query)?;
         let thresholds = self.thresholds(&query.model)?;
         let (label, reference_features, reference_predictions) = match against {
             Against::Reference => {
@@ -216,6 +229,7 @@ impl Telemetry {
             Against::Version(other) => {
                 let mut baseline_query = query.clone();
                 baseline_query.version = Some(*other);
+                baseline_query.devices = None;
                 let baseline = self.slice(&baseline_query)?;
                 (
                     format!("version:{other}"),

@@ -50,41 +50,55 @@ impl Default for SliceSummary {
     }
 }
 
-fn merge_named(into: &mut Vec<NamedProfile>, from: &[NamedProfile]) -> Result<(), String> {
+/// Whether `from` merges into `into`: same kinds by name, numeric sketches of one k.
+fn numeric_merges(a: &NumericProfile, b: &NumericProfile) -> bool {
+    a.k() == b.k() || a.valid() == 0 || b.valid() == 0
+}
+
+fn mergeable(into: &[NamedProfile], from: &[NamedProfile]) -> bool {
+    from.iter()
+        .all(|p| match into.iter().find(|q| q.name == p.name) {
+            None => true,
+            Some(q) => match (&q.profile, &p.profile) {
+                (Profile::Numeric(a), Profile::Numeric(b)) => numeric_merges(a, b),
+                (Profile::Categorical(_), Profile::Categorical(_)) => true,
+                _ => false,
+            },
+        })
+}
+
+fn merge_named(into: &mut Vec<NamedProfile>, from: &[NamedProfile]) {
     for profile in from {
         match into.iter_mut().find(|p| p.name == profile.name) {
-            Some(existing) => existing
-                .profile
-                .merge(&profile.profile)
-                .map_err(|e| format!("{}: {e}", profile.name))?,
+            Some(existing) => {
+                // Checked by `mergeable` first.
+                let _ = existing.profile.merge(&profile.profile);
+            }
             None => into.push(profile.clone()),
         }
     }
-    Ok(())
 }
 
 impl SliceSummary {
+    /// Adds one window; a window that does not merge with the slice (another kind or k) is
+    /// left out whole and counted.
     pub fn add(&mut self, batch: &WindowBatch) {
-        // Check the profiles merge before counting anything, so a bad window is left out whole.
-        let mut features = self.features.clone();
-        let mut predictions = self.predictions.clone();
-        if merge_named(&mut features, &batch.features).is_err()
-            || merge_named(&mut predictions, &batch.predictions).is_err()
+        if !mergeable(&self.features, &batch.features)
+            || !mergeable(&self.predictions, &batch.predictions)
+            || !numeric_merges(&self.latency_ms, &batch.latency_ms)
         {
             self.unmergeable += 1;
             return;
         }
-        if self.latency_ms.merge(&batch.latency_ms).is_err() {
-            self.unmergeable += 1;
-            return;
-        }
-        self.features = features;
-        self.predictions = predictions;
+        merge_named(&mut self.features, &batch.features);
+        merge_named(&mut self.predictions, &batch.predictions);
+        let _ = self.latency_ms.merge(&batch.latency_ms);
         self.windows += 1;
         self.devices.insert(batch.device_id.clone());
-        self.requests += batch.requests;
+        self.requests = self.requests.saturating_add(batch.requests);
         for (kind, n) in &batch.errors {
-            *self.errors.entry(kind.clone()).or_insert(0) += n;
+            let count = self.errors.entry(kind.clone()).or_insert(0);
+            *count = count.saturating_add(*n);
         }
         let entry = self
             .spool_by_device

@@ -66,7 +66,7 @@ impl HubMqtt {
         fleet: Arc<Fleet>,
         store: Arc<dyn RegistryStore>,
         metrics: Arc<HubMetrics>,
-        telemetry_queue: Option<tokio::sync::mpsc::Sender<(String, bytes::Bytes)>>,
+        telemetry_queue: Option<crate::telemetry::TelemetryQueue>,
     ) -> HubMqtt {
         let mut options = MqttOptions::new(
             format!("flotilla-hub-{}", std::process::id()),
@@ -123,7 +123,7 @@ impl HubMqtt {
                         // hub stops reading from the broker until it catches up.
                         match &telemetry_queue {
                             Some(queue) => {
-                                if queue.send((publish.topic, publish.payload)).await.is_err() {
+                                if !queue.push(publish.topic, publish.payload).await {
                                     return;
                                 }
                             }
