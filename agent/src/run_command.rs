@@ -60,6 +60,10 @@ pub struct RunConfig {
     /// Hardware facts reported at enrollment, beside the detected ones.
     #[serde(default)]
     pub hardware: BTreeMap<String, String>,
+    /// The MQTT broker to use instead of the one the hub named at enrollment, `HOST:PORT`
+    /// (a device behind a relay or port forward; fleet-sim routes cohorts through proxies).
+    #[serde(default)]
+    pub mqtt: Option<String>,
     /// Drift telemetry: window length, spool size, drain rate, data capture.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -166,6 +170,46 @@ impl AgentCore {
     }
 
     /// Stops following the hub and lets in-flight local requests finish.
+    /// Runs one inference in this process, as the local server would (same model lookup,
+    /// same telemetry), for embedders without a socket (fleet-sim). Inputs must fit the
+    /// model's signature. Returns the version that answered and the outputs.
+    pub async fn infer(
+        &self,
+        model: &str,
+        inputs: Vec<crate::runtime::NamedTensor>,
+    ) -> Result<(u64, Vec<crate::runtime::NamedTensor>), String> {
+        let started = std::time::Instant::now();
+        let loaded = self
+            .repository
+            .get(model, None)
+            .map_err(|e| e.to_string())?;
+        let features = loaded
+            .feature_map
+            .as_ref()
+            .and_then(|map| crate::telemetry::extract_features(map, &inputs));
+        let all_outputs = loaded
+            .signature
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
+        let result = loaded.infer(inputs, all_outputs).await;
+        let outcome = match &result {
+            Ok(outputs) => Ok((features, outputs.clone())),
+            Err(crate::runtime::InferError::Busy { .. }) => Err("busy"),
+            Err(_) => Err("inference_failed"),
+        };
+        crate::telemetry::record_request(
+            &self.telemetry.recorder,
+            &loaded,
+            outcome,
+            started.elapsed(),
+        );
+        result
+            .map(|outputs| (loaded.version, outputs))
+            .map_err(|e| e.to_string())
+    }
+
     /// Stops following the hub and lets in-flight local requests finish; the open
     /// telemetry window is sealed into the spool, to be sent after the next start.
     pub async fn stop(self) {
@@ -258,7 +302,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
     let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     let mqtt = AgentMqtt::start(
-        &enrollment.mqtt,
+        config.mqtt.as_deref().unwrap_or(&enrollment.mqtt),
         &enrollment.device_id,
         key.clone(),
         now_unix(),

@@ -72,6 +72,7 @@ fn main() {
                     intra_op_threads: Some(1),
                     hardware: Default::default(),
                     telemetry: Default::default(),
+                    mqtt: None,
                 };
                 starting.push(tokio::spawn(async move { start_core(&config).await }));
             }

@@ -145,9 +145,59 @@ pub fn rotate_offline(
     Ok(())
 }
 
+/// A hub serving in this process: what `flotilla-hub serve` runs, and what fleet-sim and
+/// tests embed.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// The admin API's base URL, `http://ADDR`.
+    pub url: String,
+    /// The broker address devices are told, `HOST:PORT`.
+    pub mqtt: String,
+    /// The QUIC artifact endpoint devices are told, when there is one.
+    pub quic: Option<String>,
+    pub metrics: Arc<crate::metrics::HubMetrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningHub {
+    /// The line `flotilla-hub serve` prints once it serves.
+    pub fn ready_line(&self) -> String {
+        let quic = self
+            .quic
+            .as_ref()
+            .map(|q| format!(" quic={q}"))
+            .unwrap_or_default();
+        format!(
+            "flotilla-hub ready api={} mqtt={}{quic}",
+            self.url, self.mqtt
+        )
+    }
+
+    /// Stops the API gracefully (the embedded broker and background tasks end with the
+    /// process or runtime).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let hub = start(args).await?;
+    println!("{}", hub.ready_line());
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down");
+    hub.shutdown().await
+}
+
+/// Starts every part of a hub on an initialised data folder and returns once it serves.
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let data_dir = DataDir::new(&args.data_dir);
     let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store()?);
     let signing_key = data_dir.load_signing_key()?;
@@ -193,7 +243,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"));
     let metrics = Arc::new(crate::metrics::HubMetrics::default());
     let mut fleet = Fleet::new(registry.clone(), advertise_mqtt.clone(), advertise_url);
-    let mut quic_line = String::new();
+    let mut quic_advertised = None;
     if !args.no_quic {
         let identity =
             QuicIdentity::load_or_create(&data_dir.keys()).map_err(anyhow::Error::msg)?;
@@ -208,7 +258,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .advertise_quic
             .clone()
             .unwrap_or_else(|| quic_address.to_string());
-        quic_line = format!(" quic={advertise_quic}");
+        quic_advertised = Some(advertise_quic.clone());
         fleet = fleet.with_quic(advertise_quic, identity.pin());
     }
     let fleet = Arc::new(fleet);
@@ -243,6 +293,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
         Some(telemetry_queue),
     );
+    let hub_metrics = metrics.clone();
     let state = ApiState {
         registry,
         max_upload_bytes: args.max_upload_bytes,
@@ -256,13 +307,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
-    println!("flotilla-hub ready api=http://{address} mqtt={advertise_mqtt}{quic_line}");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    tracing::info!("shutting down");
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    Ok(RunningHub {
+        url: format!("http://{address}"),
+        mqtt: advertise_mqtt,
+        quic: quic_advertised,
+        metrics: hub_metrics,
+        stop,
+        server,
+    })
 }

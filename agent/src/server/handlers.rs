@@ -237,8 +237,7 @@ async fn infer(
     }
 }
 
-/// Adds the request to its model version's window: features and predictions when it
-/// succeeded, its error kind when it failed; latency either way.
+/// Adds the request to its model version's window (see `telemetry::record_request`).
 fn record_telemetry(
     recorder: &Recorder,
     model: &LoadedModel,
@@ -246,24 +245,12 @@ fn record_telemetry(
     observed: Option<(Option<FeatureRows>, Vec<NamedTensor>)>,
     elapsed: std::time::Duration,
 ) {
-    let latency_ms = elapsed.as_secs_f32() * 1000.0;
-    let capture = recorder.capture_limits(&model.name);
-    recorder.record(
-        &model.name,
-        model.version,
-        model.feature_map.as_ref(),
-        |window| match (result, observed) {
-            (Ok(_), Some((features, outputs))) => {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                window.record_success(features.as_ref(), &outputs, latency_ms, capture, now_ms)
-            }
-            (Ok(_), None) => window.record_success(None, &[], latency_ms, None, 0),
-            (Err(error), _) => window.record_error(error.kind.label(), latency_ms),
-        },
-    );
+    let outcome = match (result, observed) {
+        (Ok(_), Some(observed)) => Ok(observed),
+        (Ok(_), None) => Ok((None, Vec::new())),
+        (Err(error), _) => Err(error.kind.label()),
+    };
+    crate::telemetry::record_request(recorder, model, outcome, elapsed);
 }
 
 fn body_error(error: axum::Error, limit: usize) -> ApiError {

@@ -93,6 +93,29 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Adds one request to its model version's window: features and predictions when it
+/// succeeded (`Ok((features, outputs))`), its error kind when it failed; latency either way.
+pub fn record_request(
+    recorder: &Recorder,
+    model: &crate::runtime::LoadedModel,
+    outcome: Result<(Option<FeatureRows>, Vec<crate::runtime::NamedTensor>), &'static str>,
+    elapsed: Duration,
+) {
+    let latency_ms = elapsed.as_secs_f32() * 1000.0;
+    let capture = recorder.capture_limits(&model.name);
+    recorder.record(
+        &model.name,
+        model.version,
+        model.feature_map.as_ref(),
+        |window| match outcome {
+            Ok((features, outputs)) => {
+                window.record_success(features.as_ref(), &outputs, latency_ms, capture, now_ms())
+            }
+            Err(kind) => window.record_error(kind, latency_ms),
+        },
+    );
+}
+
 /// What the local `/metrics` shows about telemetry.
 #[derive(Debug)]
 pub struct TelemetryStatus {

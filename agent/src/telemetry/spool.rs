@@ -324,7 +324,10 @@ mod tests {
             [20, 21, 22]
         );
         assert!(spool.remove(oldest[0].0));
-        assert!(!spool.remove(oldest[0].0), "a second acknowledgement finds nothing");
+        assert!(
+            !spool.remove(oldest[0].0),
+            "a second acknowledgement finds nothing"
+        );
         assert_eq!(spool.backlog().0, 9);
         // Counters and batches survive a restart.
         drop(spool);
