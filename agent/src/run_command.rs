@@ -142,6 +142,17 @@ fn detected_hardware(extra: &BTreeMap<String, String>) -> BTreeMap<String, Strin
     hardware
 }
 
+/// Why an in-process inference did not answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoreInferError {
+    /// The model is not served (yet): nothing was recorded.
+    #[error("not served: {0}")]
+    NotServed(String),
+    /// The model ran and failed (or was busy): recorded as an error in its window.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
 /// One agent core: everything a device does (enrollment, local inference server when
 /// listeners are configured, following the hub), without the process around it. The binary
 /// runs one; fleet-sim and benchmarks run thousands in one process.
@@ -177,12 +188,12 @@ impl AgentCore {
         &self,
         model: &str,
         inputs: Vec<crate::runtime::NamedTensor>,
-    ) -> Result<(u64, Vec<crate::runtime::NamedTensor>), String> {
+    ) -> Result<(u64, Vec<crate::runtime::NamedTensor>), CoreInferError> {
         let started = std::time::Instant::now();
         let loaded = self
             .repository
             .get(model, None)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CoreInferError::NotServed(e.to_string()))?;
         let features = loaded
             .feature_map
             .as_ref()
@@ -207,7 +218,7 @@ impl AgentCore {
         );
         result
             .map(|outputs| (loaded.version, outputs))
-            .map_err(|e| e.to_string())
+            .map_err(|e| CoreInferError::Failed(e.to_string()))
     }
 
     /// Stops following the hub and lets in-flight local requests finish; the open

@@ -39,6 +39,9 @@ pub struct AgentMqtt {
     /// Held while a QoS 1 publish is queued, so tags and requests keep one order.
     send_order: Arc<tokio::sync::Mutex<()>>,
     connected: watch::Receiver<bool>,
+    /// The newest signed report, sent again after every reconnect: a report queued when a
+    /// connection dropped is discarded with the session, and the hub must still learn it.
+    last_report: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 /// Queues a QoS 1 publish with its tag (see the module comment).
@@ -117,6 +120,8 @@ impl AgentMqtt {
         let send_order = Arc::new(tokio::sync::Mutex::new(()));
         let (connected_tx, connected) = watch::channel(false);
         let (tracker_for_loop, order_for_loop) = (tracker.clone(), send_order.clone());
+        let last_report: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let report_for_loop = last_report.clone();
         let task = tokio::spawn(async move {
             let client = client_for_loop;
             let mut failures = 0u32;
@@ -149,6 +154,10 @@ impl AgentMqtt {
                         let (client, key, device) = (client.clone(), key.clone(), device.clone());
                         let (tracker, send_order) =
                             (tracker_for_loop.clone(), order_for_loop.clone());
+                        let report = report_for_loop
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
                         tokio::spawn(async move {
                             if let Err(error) = client
                                 .subscribe(topics::desired(&device), QoS::AtLeastOnce)
@@ -169,6 +178,20 @@ impl AgentMqtt {
                             .await
                             {
                                 tracing::warn!(%error, "cannot publish status");
+                            }
+                            if let Some(report) = report
+                                && let Err(error) = publish_tagged(
+                                    &client,
+                                    &tracker,
+                                    &send_order,
+                                    topics::reported(&device),
+                                    false,
+                                    report,
+                                    None,
+                                )
+                                .await
+                            {
+                                tracing::warn!(%error, "cannot publish the last report again");
                             }
                         });
                     }
@@ -212,6 +235,7 @@ impl AgentMqtt {
             tracker,
             send_order,
             connected,
+            last_report,
         })
     }
 
@@ -225,6 +249,7 @@ impl AgentMqtt {
 
     /// Publishes a signed report; when offline it is queued by the client and sent on reconnect.
     pub async fn publish_report(&self, envelope: Vec<u8>) {
+        *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(envelope.clone());
         if let Err(error) = publish_tagged(
             &self.client,
             &self.tracker,

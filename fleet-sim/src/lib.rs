@@ -1,0 +1,14 @@
+//! fleet-sim: many real agent cores against a hub, in one process, with network faults and
+//! drift injected (DESIGN.md section 2: it drives the real agent and hub libraries and has
+//! no production logic of its own). The scale benchmark and end-to-end test bed.
+
+pub mod embedded_hub;
+pub mod proxy;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod traffic;
+
+pub use embedded_hub::TestHub;
+pub use runner::{HubTarget, run};
+pub use scenario::Scenario;

@@ -1,0 +1,79 @@
+//! `flotilla-sim run SCENARIO.toml [--embedded-hub | --hub URL --token T --broker ADDR]`
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use flotilla_sim::{HubTarget, Scenario, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-sim",
+    version,
+    about = "Runs many real Flotilla agent cores against a hub"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario and report.
+    Run {
+        scenario: PathBuf,
+        /// Start a hub in this process (the default).
+        #[arg(long, conflicts_with = "hub")]
+        embedded_hub: bool,
+        /// A running hub's API instead.
+        #[arg(long, requires_all = ["token", "broker"])]
+        hub: Option<String>,
+        /// Operator token for --hub.
+        #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// That hub's MQTT broker, HOST:PORT (devices reach it through per-cohort proxies).
+        #[arg(long)]
+        broker: Option<std::net::SocketAddr>,
+        /// Write the JSON report here (default: print it).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,rumqttd=off")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let Command::Run {
+        scenario,
+        embedded_hub: _,
+        hub,
+        token,
+        broker,
+        json,
+    } = cli.command;
+    let scenario = Scenario::load(&scenario)?;
+    let target = match (hub, token, broker) {
+        (Some(url), Some(token), Some(broker)) => HubTarget::External { url, token, broker },
+        _ => HubTarget::Embedded,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(run(&scenario, target, &|line: &str| eprintln!("{line}")))?;
+    let text = serde_json::to_string_pretty(&report)?;
+    match json {
+        Some(path) => std::fs::write(&path, text)?,
+        None => println!("{text}"),
+    }
+    eprint!("{}", report.summary());
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    if !(report.telemetry.reconciled && report.requests.reconciled) {
+        std::process::exit(1);
+    }
+    Ok(())
+}

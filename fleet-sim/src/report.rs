@@ -1,0 +1,137 @@
+//! What a run found: the JSON report and its short human summary.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    pub at_seconds: f64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Installs {
+    /// Devices reporting the deployed version.
+    pub installed: usize,
+    /// Devices whose last outcome for the model is a failure.
+    pub failed: usize,
+    pub pending: usize,
+    /// From the first deploy to every targeted device serving it.
+    pub time_to_converge_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelemetryCounts {
+    /// Windows the devices sealed into their spools.
+    pub sealed: u64,
+    /// Windows the broker acknowledged (then deleted from the spools).
+    pub acknowledged: u64,
+    /// Windows the hub stored (each batch id once).
+    pub received: u64,
+    /// Deliveries the hub recognised as repeats.
+    pub duplicates: u64,
+    /// Windows dropped on devices (full spool) and lost (corrupt spool).
+    pub dropped: u64,
+    pub lost: u64,
+    /// sealed == received + dropped + lost, and nothing waits in a spool.
+    pub reconciled: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Requests {
+    /// Answered by the model on the device.
+    pub served: u64,
+    /// Ran and failed (or were refused as busy).
+    pub failed: u64,
+    /// Sent before the model was installed (not part of any window).
+    pub not_ready: u64,
+    /// Requests in the windows the hub holds.
+    pub hub_counted: u64,
+    pub reconciled: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DriftDetection {
+    pub injected_at_seconds: Option<f64>,
+    pub alert_at_seconds: Option<f64>,
+    pub latency_seconds: Option<f64>,
+    pub drifted_features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    pub devices: usize,
+    pub process_rss_mib: f64,
+    pub rss_per_device_kib: f64,
+    pub process_cpu_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub devices: usize,
+    pub duration_seconds: f64,
+    pub timeline: Vec<TimelineEvent>,
+    pub installs: Installs,
+    pub telemetry: TelemetryCounts,
+    pub requests: Requests,
+    pub drift: DriftDetection,
+    pub resources: Resources,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "scenario {}: {} devices, {:.0} s\n",
+            self.scenario, self.devices, self.duration_seconds
+        );
+        out.push_str(&format!(
+            "installs: {} installed, {} failed, {} pending; converged in {}\n",
+            self.installs.installed,
+            self.installs.failed,
+            self.installs.pending,
+            self.installs
+                .time_to_converge_seconds
+                .map_or("(not converged)".to_owned(), |s| format!("{s:.1} s"))
+        ));
+        let t = &self.telemetry;
+        out.push_str(&format!(
+            "telemetry windows: {} sealed, {} acknowledged, {} received ({} duplicate deliveries), {} dropped, {} lost: {}\n",
+            t.sealed,
+            t.acknowledged,
+            t.received,
+            t.duplicates,
+            t.dropped,
+            t.lost,
+            if t.reconciled { "reconciled" } else { "NOT RECONCILED" }
+        ));
+        let r = &self.requests;
+        out.push_str(&format!(
+            "requests: {} served, {} failed, {} before install; the hub counted {}: {}\n",
+            r.served,
+            r.failed,
+            r.not_ready,
+            r.hub_counted,
+            if r.reconciled {
+                "reconciled"
+            } else {
+                "NOT RECONCILED"
+            }
+        ));
+        if let Some(injected) = self.drift.injected_at_seconds {
+            out.push_str(&match self.drift.latency_seconds {
+                Some(latency) => format!(
+                    "drift injected at {injected:.0} s, alert after {latency:.1} s: {}\n",
+                    self.drift.drifted_features.join(", ")
+                ),
+                None => format!("drift injected at {injected:.0} s: NO ALERT\n"),
+            });
+        }
+        out.push_str(&format!(
+            "process: {:.0} MiB RSS ({:.0} KiB per device), {:.1} CPU seconds\n",
+            self.resources.process_rss_mib,
+            self.resources.rss_per_device_kib,
+            self.resources.process_cpu_seconds
+        ));
+        out
+    }
+}
