@@ -228,6 +228,8 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    // Scenario times count from here; the report's timeline from the run's start.
+    let traffic_offset = clock.elapsed().as_secs_f64();
     let mut traffic = Vec::new();
     for (i, device) in devices.iter().enumerate() {
         let cohort = scenario.cohorts[device.cohort].clone();
@@ -334,7 +336,7 @@ pub async fn run(
             && !drift_logged
         {
             drift_logged = true;
-            report.drift.injected_at_seconds = Some(at);
+            report.drift.injected_at_seconds = Some(traffic_offset + at);
             timeline("drift injected".into(), &mut report);
         }
         // Inventory, events, progress.
@@ -371,8 +373,8 @@ pub async fn run(
         for event in events["events"].as_array().into_iter().flatten() {
             seen_events = seen_events.max(event["id"].as_i64().unwrap_or(0));
             if event["kind"] == "drift_alert" && report.drift.alert_at_seconds.is_none() {
-                report.drift.alert_at_seconds = Some(t);
-                report.drift.latency_seconds = report.drift.injected_at_seconds.map(|i| t - i);
+                report.drift.alert_at_seconds = Some(traffic_offset + t);
+                report.drift.latency_seconds = drift_at.map(|i| t - i);
                 report.drift.drifted_features = event["detail"]["drifted_features"]
                     .as_array()
                     .into_iter()
