@@ -2,6 +2,7 @@
 //! drift injected (DESIGN.md section 2: it drives the real agent and hub libraries and has
 //! no production logic of its own). The scale benchmark and end-to-end test bed.
 
+pub mod chart;
 pub mod embedded_hub;
 pub mod proxy;
 pub mod report;

@@ -37,6 +37,9 @@ enum Command {
         /// Write the JSON report here (default: print it).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also draw the run (devices online and serving, windows, drift per feature) as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         token,
         broker,
         json,
+        svg,
     } = cli.command;
     let scenario = Scenario::load(&scenario)?;
     let target = match (hub, token, broker) {
@@ -69,6 +73,9 @@ fn main() -> anyhow::Result<()> {
     match json {
         Some(path) => std::fs::write(&path, text)?,
         None => println!("{text}"),
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, flotilla_sim::chart::svg(&report))?;
     }
     eprint!("{}", report.summary());
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -65,6 +65,18 @@ pub struct Resources {
     pub process_cpu_seconds: f64,
 }
 
+/// One second of the run, for the timeline chart.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub at_seconds: f64,
+    pub online: usize,
+    pub installed: usize,
+    pub requests: u64,
+    pub windows_sealed: u64,
+    /// Wasserstein/σ of the fleet-wide look-back slice against the reference, per feature.
+    pub drift: std::collections::BTreeMap<String, f64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -76,6 +88,7 @@ pub struct Report {
     pub requests: Requests,
     pub drift: DriftDetection,
     pub resources: Resources,
+    pub series: Vec<Sample>,
 }
 
 impl Report {

@@ -397,6 +397,24 @@ pub async fn run(
                     .load(Ordering::Relaxed)
             })
             .sum();
+        let drift = match &embedded {
+            Some(hub) => drift_gauges(
+                &hub.hub
+                    .metrics
+                    .model_gauges
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
+            None => BTreeMap::new(),
+        };
+        report.series.push(Sample {
+            at_seconds: traffic_offset + t,
+            online,
+            installed,
+            requests: counters.served.load(Ordering::Relaxed),
+            windows_sealed: sealed,
+            drift,
+        });
         progress(&format!(
             "t={t:>5.1}s online {online}/{} installed {installed} requests {} windows sealed {sealed}",
             devices.len(),
@@ -502,6 +520,20 @@ pub async fn run(
         hub.hub.shutdown().await?;
     }
     Ok(report)
+}
+
+/// Wasserstein/σ per feature from the hub's drift gauges (`flotilla_drift_score`).
+fn drift_gauges(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("flotilla_drift_score{") && l.contains("metric=\"wasserstein_sigma\"")
+        })
+        .filter_map(|l| {
+            let feature = l.split("feature=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((feature.to_owned(), value))
+        })
+        .collect()
 }
 
 /// Windows the hub stored and duplicate deliveries, from its metrics.
