@@ -60,6 +60,10 @@ pub struct RunConfig {
     /// Hardware facts reported at enrollment, beside the detected ones.
     #[serde(default)]
     pub hardware: BTreeMap<String, String>,
+    /// Seconds between heartbeats (the signed online status, which keeps the hub's "last
+    /// seen" current); 0 turns them off.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
     /// The MQTT broker to use instead of the one the hub named at enrollment, `HOST:PORT`
     /// (a device behind a relay or port forward; fleet-sim routes cohorts through proxies).
     #[serde(default)]
@@ -71,6 +75,10 @@ pub struct RunConfig {
 
 fn default_socket_mode() -> String {
     "0660".into()
+}
+
+fn default_heartbeat_seconds() -> u64 {
+    30
 }
 
 impl RunConfig {
@@ -319,6 +327,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         now_unix(),
         desired_tx,
         acks_tx,
+        Duration::from_secs(config.heartbeat_seconds),
     )
     .map_err(anyhow::Error::msg)?;
     telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);

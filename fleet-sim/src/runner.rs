@@ -193,6 +193,7 @@ pub async fn run(
                 intra_op_threads: Some(1),
                 hardware: BTreeMap::new(),
                 mqtt: Some(proxies[c].address.to_string()),
+                heartbeat_seconds: scenario.heartbeat_seconds,
                 telemetry: TelemetryConfig {
                     window_seconds: scenario.window_seconds,
                     reconnect_jitter_seconds: 1.0,

@@ -15,6 +15,9 @@ pub struct Scenario {
     /// Telemetry window length on every device.
     #[serde(default = "default_window_seconds")]
     pub window_seconds: u64,
+    /// Seconds between device heartbeats (signed status).
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
     /// How far back the hub's drift evaluator looks (embedded hub).
     #[serde(default = "default_lookback_seconds")]
     pub drift_lookback_seconds: u64,
@@ -31,6 +34,9 @@ pub struct Scenario {
 
 fn default_window_seconds() -> u64 {
     5
+}
+fn default_heartbeat_seconds() -> u64 {
+    10
 }
 fn default_lookback_seconds() -> u64 {
     30

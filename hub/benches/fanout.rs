@@ -73,6 +73,7 @@ fn main() {
                     hardware: Default::default(),
                     telemetry: Default::default(),
                     mqtt: None,
+                    heartbeat_seconds: 30,
                 };
                 starting.push(tokio::spawn(async move { start_core(&config).await }));
             }

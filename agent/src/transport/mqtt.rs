@@ -42,6 +42,8 @@ pub struct AgentMqtt {
     /// The newest signed report, sent again after every reconnect: a report queued when a
     /// connection dropped is discarded with the session, and the hub must still learn it.
     last_report: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The heartbeat task, ended by `stop`.
+    heartbeat: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Queues a QoS 1 publish with its tag (see the module comment).
@@ -97,6 +99,7 @@ impl AgentMqtt {
         now: i64,
         desired: mpsc::Sender<Vec<u8>>,
         acks: mpsc::UnboundedSender<i64>,
+        heartbeat: Duration,
     ) -> Result<AgentMqtt, String> {
         let (host, port) = broker
             .rsplit_once(':')
@@ -114,6 +117,7 @@ impl AgentMqtt {
             true,
         ));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let key_for_heartbeat = key.clone();
         let device = device_id.to_owned();
         let client_for_loop = client.clone();
         let tracker = Arc::new(Mutex::new(AckTracker::default()));
@@ -228,7 +232,7 @@ impl AgentMqtt {
                 }
             }
         });
-        Ok(AgentMqtt {
+        let mqtt = AgentMqtt {
             client,
             device_id: device_id.to_owned(),
             task: Arc::new(Mutex::new(Some(task))),
@@ -236,11 +240,61 @@ impl AgentMqtt {
             send_order,
             connected,
             last_report,
-        })
+            heartbeat: Arc::new(Mutex::new(None)),
+        };
+        mqtt.start_heartbeat(heartbeat, key_for_heartbeat, now);
+        Ok(mqtt)
+    }
+
+    /// Publishes the signed online status every `interval` while connected, so the hub's
+    /// "last seen" stays current between reports (skipped while offline: a queued heartbeat
+    /// would only be discarded with the session).
+    fn start_heartbeat(&self, interval: Duration, key: Arc<SigningKey>, connected_at: i64) {
+        if interval.is_zero() {
+            return;
+        }
+        let mqtt = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                if !*mqtt.connected.borrow() {
+                    continue;
+                }
+                let status = status_payload(&mqtt.device_id, true, connected_at, &key);
+                if let Err(error) = publish_tagged(
+                    &mqtt.client,
+                    &mqtt.tracker,
+                    &mqtt.send_order,
+                    topics::status(&mqtt.device_id),
+                    true,
+                    status,
+                    None,
+                )
+                .await
+                {
+                    tracing::debug!(%error, "cannot publish a heartbeat");
+                }
+            }
+        });
+        self.heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task);
     }
 
     /// Disconnects for good (the last will is not sent: this is a deliberate stop).
     pub fn stop(&self) {
+        if let Some(task) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
         let _ = self.client.try_disconnect();
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();

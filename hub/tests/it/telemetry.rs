@@ -971,3 +971,47 @@ async fn feature_maps_at_push_are_checked_against_the_model() {
         .to_string();
     assert!(bad.contains("400") && bad.contains("kss"), "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_keep_last_seen_current() {
+    let hub = HubProcess::start();
+    let agent = AgentRun::start_with(
+        &hub,
+        &enroll_token(&hub, "site=beat").await,
+        "heartbeat_seconds = 1\n",
+    )
+    .unwrap();
+    let last_seen = || async {
+        hub.reader()
+            .json(
+                Method::GET,
+                &format!("/api/v1/devices/{}", agent.device_id),
+                None,
+            )
+            .await
+            .unwrap()["last_seen"]
+            .as_i64()
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        first = last_seen().await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.expect("the device was seen");
+    // Let start-up messages (status, first report) pass; from then on nothing else happens
+    // on this device, so only heartbeats can move last_seen on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let first = last_seen().await.unwrap();
+    let mut later = first;
+    for _ in 0..100 {
+        later = last_seen().await.unwrap();
+        if later > first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(later > first, "last_seen stayed at {first}");
+}
