@@ -229,6 +229,17 @@ impl AgentCore {
             .map_err(|e| CoreInferError::Failed(e.to_string()))
     }
 
+    /// Stops the way `kill -9` would: no window sealed, no goodbye to the broker (which then
+    /// publishes the last will). What was spooled stays for the next start on the same
+    /// state folder. For fleet-sim's crash faults.
+    pub async fn crash(self) {
+        self.sync.abort();
+        self.telemetry.stop();
+        self.mqtt.drop_connection();
+        self.server.shutdown();
+        self.server.wait().await;
+    }
+
     /// Stops following the hub and lets in-flight local requests finish; the open
     /// telemetry window is sealed into the spool, to be sent after the next start.
     pub async fn stop(self) {

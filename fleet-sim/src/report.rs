@@ -44,6 +44,10 @@ pub struct Requests {
     pub failed: u64,
     /// Sent before the model was installed (not part of any window).
     pub not_ready: u64,
+    /// Not sent because the device was crashed at the time.
+    pub while_down: u64,
+    /// Served, then lost with a crashed core's open window (a crash cannot report them).
+    pub lost_in_crashes: u64,
     /// Requests in the windows the hub holds.
     pub hub_counted: u64,
     pub reconciled: bool,
@@ -119,10 +123,11 @@ impl Report {
         ));
         let r = &self.requests;
         out.push_str(&format!(
-            "requests: {} served, {} failed, {} before install; the hub counted {}: {}\n",
+            "requests: {} served, {} failed, {} before install, {} lost in crashes; the hub counted {}: {}\n",
             r.served,
             r.failed,
             r.not_ready,
+            r.lost_in_crashes,
             r.hub_counted,
             if r.reconciled {
                 "reconciled"

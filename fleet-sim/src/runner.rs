@@ -41,11 +41,75 @@ struct Counters {
     served: AtomicU64,
     failed: AtomicU64,
     not_ready: AtomicU64,
+    /// Not sent: the device was crashed.
+    down: AtomicU64,
+    /// Served but lost with a crashed core's open window.
+    lost_in_crashes: AtomicU64,
 }
 
+/// A simulated device: its agent core (absent while crashed), the config that restarts it,
+/// and the telemetry counters of the cores it had before (each core counts from zero).
 struct Device {
     cohort: usize,
-    core: AgentCore,
+    core: tokio::sync::RwLock<Option<AgentCore>>,
+    config: RunConfig,
+    earlier_sealed: AtomicU64,
+    earlier_acknowledged: AtomicU64,
+}
+
+impl Device {
+    fn new(cohort: usize, core: AgentCore, config: RunConfig) -> Arc<Device> {
+        Arc::new(Device {
+            cohort,
+            core: tokio::sync::RwLock::new(Some(core)),
+            config,
+            earlier_sealed: AtomicU64::new(0),
+            earlier_acknowledged: AtomicU64::new(0),
+        })
+    }
+
+    /// Windows sealed and acknowledged by every core this device has had.
+    async fn telemetry(&self) -> (u64, u64, u64, u64, u64) {
+        let (mut sealed, mut acknowledged) = (
+            self.earlier_sealed.load(Ordering::Relaxed),
+            self.earlier_acknowledged.load(Ordering::Relaxed),
+        );
+        let (mut backlog, mut dropped, mut lost) = (0, 0, 0);
+        if let Some(core) = self.core.read().await.as_ref() {
+            let status = &core.telemetry.status;
+            sealed += status.windows_sealed.load(Ordering::Relaxed);
+            acknowledged += status.windows_acknowledged.load(Ordering::Relaxed);
+            backlog = status.spool.backlog().0;
+            let counters = status.spool.counters();
+            (dropped, lost) = (counters.dropped, counters.lost);
+        }
+        (sealed, acknowledged, backlog, dropped, lost)
+    }
+
+    /// Crashes the core; returns the requests its open window held (lost with it).
+    async fn crash(&self) -> u64 {
+        let Some(core) = self.core.write().await.take() else {
+            return 0;
+        };
+        let status = &core.telemetry.status;
+        self.earlier_sealed.fetch_add(
+            status.windows_sealed.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.earlier_acknowledged.fetch_add(
+            status.windows_acknowledged.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let open = core.telemetry.recorder.pending_requests();
+        core.crash().await;
+        open
+    }
+
+    async fn restart(&self) -> anyhow::Result<()> {
+        let core = start_core(&self.config).await?;
+        *self.core.write().await = Some(core);
+        Ok(())
+    }
 }
 
 fn rss_kib() -> f64 {
@@ -201,23 +265,21 @@ pub async fn run(
                     ..TelemetryConfig::default()
                 },
             };
-            pending.push((c, tokio::spawn(async move { start_core(&config).await })));
+            pending.push((
+                c,
+                config.clone(),
+                tokio::spawn(async move { start_core(&config).await }),
+            ));
             index += 1;
             if pending.len() == 64 {
-                for (c, task) in pending.drain(..) {
-                    devices.push(Arc::new(Device {
-                        cohort: c,
-                        core: task.await??,
-                    }));
+                for (c, config, task) in pending.drain(..) {
+                    devices.push(Device::new(c, task.await??, config));
                 }
             }
         }
     }
-    for (c, task) in pending.drain(..) {
-        devices.push(Arc::new(Device {
-            cohort: c,
-            core: task.await??,
-        }));
+    for (c, config, task) in pending.drain(..) {
+        devices.push(Device::new(c, task.await??, config));
     }
     let rss_after = rss_kib();
     timeline(
@@ -271,10 +333,15 @@ pub async fn run(
                     shape: vec![cohort.rows_per_request as i64, dataset.width() as i64],
                     data: TensorData::Fp32(values),
                 };
-                let counter = match device.core.infer(&model, vec![tensor]).await {
-                    Ok(_) => &counters.served,
-                    Err(CoreInferError::NotServed(_)) => &counters.not_ready,
-                    Err(CoreInferError::Failed(_)) => &counters.failed,
+                let answer = match device.core.read().await.as_ref() {
+                    Some(core) => Some(core.infer(&model, vec![tensor]).await),
+                    None => None,
+                };
+                let counter = match answer {
+                    Some(Ok(_)) => &counters.served,
+                    Some(Err(CoreInferError::NotServed(_))) => &counters.not_ready,
+                    Some(Err(CoreInferError::Failed(_))) => &counters.failed,
+                    None => &counters.down,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(gap).await;
@@ -293,6 +360,10 @@ pub async fn run(
         .iter()
         .map(|d| d.from_seconds)
         .reduce(f64::min);
+    let mut crashes = scenario.crashes.clone();
+    crashes.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
+    let mut next_crash = 0;
+    let mut restarts = tokio::task::JoinSet::new();
     let mut drift_logged = false;
     let mut seen_events = 0i64;
     loop {
@@ -331,6 +402,34 @@ pub async fn run(
                 proxies[c].plug();
                 timeline(format!("cohort {} back online", cohort.name), &mut report);
             }
+        }
+        while next_crash < crashes.len() && crashes[next_crash].at_seconds <= t {
+            let crash = &crashes[next_crash];
+            let cohort = scenario
+                .cohorts
+                .iter()
+                .position(|c| c.name == crash.cohort)
+                .expect("checked at load");
+            let mut lost = 0;
+            let mut crashed = 0;
+            for device in devices.iter().filter(|d| d.cohort == cohort) {
+                lost += device.crash().await;
+                crashed += 1;
+                let (device, down) = (device.clone(), Duration::from_secs_f64(crash.down_seconds));
+                restarts.spawn(async move {
+                    tokio::time::sleep(down).await;
+                    device.restart().await
+                });
+            }
+            counters.lost_in_crashes.fetch_add(lost, Ordering::Relaxed);
+            timeline(
+                format!(
+                    "cohort {} crashed ({crashed} agents, {lost} requests in open windows lost)",
+                    crash.cohort
+                ),
+                &mut report,
+            );
+            next_crash += 1;
         }
         if let Some(at) = drift_at
             && t >= at
@@ -388,16 +487,10 @@ pub async fn run(
                 );
             }
         }
-        let sealed: u64 = devices
-            .iter()
-            .map(|d| {
-                d.core
-                    .telemetry
-                    .status
-                    .windows_sealed
-                    .load(Ordering::Relaxed)
-            })
-            .sum();
+        let mut sealed = 0;
+        for d in &devices {
+            sealed += d.telemetry().await.0;
+        }
         let drift = match &embedded {
             Some(hub) => drift_gauges(
                 &hub.hub
@@ -430,6 +523,9 @@ pub async fn run(
     for task in traffic {
         task.await?;
     }
+    while let Some(restarted) = restarts.join_next().await {
+        restarted??;
+    }
     for proxy in &proxies {
         proxy.plug();
     }
@@ -442,13 +538,12 @@ pub async fn run(
     loop {
         let (mut sealed, mut acknowledged, mut backlog, mut dropped, mut lost) = (0, 0, 0, 0, 0);
         for d in &devices {
-            let status = &d.core.telemetry.status;
-            sealed += status.windows_sealed.load(Ordering::Relaxed);
-            acknowledged += status.windows_acknowledged.load(Ordering::Relaxed);
-            backlog += status.spool.backlog().0;
-            let counters = status.spool.counters();
-            dropped += counters.dropped;
-            lost += counters.lost;
+            let (s, a, b, dr, l) = d.telemetry().await;
+            sealed += s;
+            acknowledged += a;
+            backlog += b;
+            dropped += dr;
+            lost += l;
         }
         let (received, duplicates) = hub_telemetry_counts(&embedded, &url).await?;
         report.telemetry = TelemetryCounts {
@@ -484,11 +579,13 @@ pub async fn run(
         served: counters.served.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
         not_ready: counters.not_ready.load(Ordering::Relaxed),
+        while_down: counters.down.load(Ordering::Relaxed),
+        lost_in_crashes: counters.lost_in_crashes.load(Ordering::Relaxed),
         hub_counted,
         reconciled: false,
     };
-    report.requests.reconciled =
-        report.requests.hub_counted == report.requests.served + report.requests.failed;
+    let r = &report.requests;
+    report.requests.reconciled = r.hub_counted + r.lost_in_crashes == r.served + r.failed;
     let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
     if let Some((v, _)) = &deploy_target {
         for d in inventory.as_array().into_iter().flatten() {
@@ -513,8 +610,8 @@ pub async fn run(
         process_cpu_seconds: cpu_seconds(),
     };
     for device in devices {
-        if let Ok(device) = Arc::try_unwrap(device) {
-            device.core.stop().await;
+        if let Some(core) = device.core.write().await.take() {
+            core.stop().await;
         }
     }
     if let Some(hub) = embedded {

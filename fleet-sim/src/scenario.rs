@@ -30,6 +30,18 @@ pub struct Scenario {
     pub drift: Vec<DriftInjection>,
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// Agent crashes: every device of the cohort is killed (its open window is lost) and
+    /// started again on its state folder after `down_seconds`.
+    #[serde(default)]
+    pub crashes: Vec<Crash>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    pub cohort: String,
+    pub at_seconds: f64,
+    pub down_seconds: f64,
 }
 
 fn default_window_seconds() -> u64 {
@@ -144,6 +156,14 @@ impl Scenario {
         }
         if self.dataset.is_none() && self.model.reference.is_none() {
             return Err("give a dataset (or a model reference) to draw inputs from".into());
+        }
+        for crash in &self.crashes {
+            if !self.cohorts.iter().any(|c| c.name == crash.cohort) {
+                return Err(format!(
+                    "crash names cohort {:?}, which does not exist",
+                    crash.cohort
+                ));
+            }
         }
         for drift in &self.drift {
             if !self.cohorts.iter().any(|c| c.name == drift.cohort) {

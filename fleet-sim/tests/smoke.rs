@@ -46,6 +46,15 @@ async fn smoke_scenario_converges_reconciles_and_alerts() {
                 .any(|e| e.what == "cohort boats back online"),
         "{summary}"
     );
+    // The crash lost the requests of the boats' open windows, and only those.
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|e| e.what.starts_with("cohort boats crashed")),
+        "{summary}"
+    );
+    assert!(report.requests.lost_in_crashes > 0, "{summary}");
     // The drift injected in a quarter of the fleet is alerted, naming the two features.
     assert_eq!(
         report.drift.drifted_features,

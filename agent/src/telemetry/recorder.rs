@@ -60,6 +60,22 @@ impl Recorder {
         update(window);
     }
 
+    /// Requests recorded in the open window, not yet sealed (what a crash would lose).
+    pub fn pending_requests(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .flat_map(|versions| versions.values())
+                    .map(|window| window.requests)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Takes everything recorded since the last call, merged per model version.
     pub fn take(&self) -> Vec<(String, u64, WindowAccumulator)> {
         let mut merged: HashMap<(String, u64), WindowAccumulator> = HashMap::new();

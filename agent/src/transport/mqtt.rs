@@ -285,6 +285,22 @@ impl AgentMqtt {
             .replace(task);
     }
 
+    /// Drops the connection as a crash would (no DISCONNECT, so the broker sends the last
+    /// will); for simulations and tests.
+    pub fn drop_connection(&self) {
+        if let Some(task) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+
     /// Disconnects for good (the last will is not sent: this is a deliberate stop).
     pub fn stop(&self) {
         if let Some(task) = self
