@@ -104,10 +104,16 @@ impl SliceSummary {
             .spool_by_device
             .entry(batch.device_id.clone())
             .or_insert((0, 0));
-        entry.0 = entry.0.max(batch.spool_dropped_total);
-        entry.1 = entry.1.max(batch.spool_lost_total);
-        self.spool_dropped = self.spool_by_device.values().map(|v| v.0).sum();
-        self.spool_lost = self.spool_by_device.values().map(|v| v.1).sum();
+        // Counters are cumulative per device: the slice total grows by how far this window
+        // moved the device's largest value (kept up to date in O(1), not re-summed).
+        let (dropped, lost) = (
+            batch.spool_dropped_total.saturating_sub(entry.0),
+            batch.spool_lost_total.saturating_sub(entry.1),
+        );
+        entry.0 += dropped;
+        entry.1 += lost;
+        self.spool_dropped += dropped;
+        self.spool_lost += lost;
         self.first_window_ms = Some(
             self.first_window_ms
                 .map_or(batch.window_start_ms, |t| t.min(batch.window_start_ms)),
@@ -370,6 +376,32 @@ mod tests {
                 .unwrap()
                 .contains("fewer than 1000")
         );
+    }
+
+    #[test]
+    fn spool_losses_add_up_per_device_from_cumulative_counters() {
+        let window = |device: &str, dropped: u64, lost: u64| WindowBatch {
+            batch_id: [0; 16],
+            device_id: device.into(),
+            model: "m".into(),
+            version: 1,
+            window_start_ms: 0,
+            window_end_ms: 1,
+            requests: 1,
+            errors: BTreeMap::new(),
+            latency_ms: NumericProfile::new(DEVICE_K),
+            features: vec![],
+            predictions: vec![],
+            spool_dropped_total: dropped,
+            spool_lost_total: lost,
+            captures: vec![],
+        };
+        let mut slice = SliceSummary::default();
+        // Windows may arrive out of order: the largest cumulative value per device counts.
+        for (device, dropped, lost) in [("a", 2, 0), ("a", 5, 1), ("a", 3, 1), ("b", 4, 0)] {
+            slice.add(&window(device, dropped, lost));
+        }
+        assert_eq!((slice.spool_dropped, slice.spool_lost), (9, 1));
     }
 
     #[test]
