@@ -123,6 +123,7 @@ fn library_round(
         sessions,
         intra_op_threads: 1,
         queue_depth: 1024,
+        engine: Default::default(),
     };
     let model = Arc::new(LoadedModel::load(MODEL, 1, &model_path(), &settings).unwrap());
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

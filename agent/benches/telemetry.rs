@@ -188,6 +188,7 @@ fn main() {
         sessions: Some(2),
         intra_op_threads: None,
         queue_depth: None,
+        engine: Default::default(),
     };
     let targets: Vec<(&str, Target)> = runtime.block_on(async {
         let mut targets = Vec::new();

@@ -62,6 +62,10 @@ pub struct ModelConfig {
     /// Requests that may wait for a free session before more are refused with 503.
     #[serde(default)]
     pub queue_depth: Option<usize>,
+    /// What runs requests: own ONNX Runtime sessions unless an embedder (fleet-sim) says
+    /// otherwise; not settable from the file.
+    #[serde(skip)]
+    pub engine: crate::runtime::Engine,
 }
 
 fn default_socket_mode() -> String {
@@ -195,6 +199,7 @@ impl ModelConfig {
                 sessions: None,
                 intra_op_threads: None,
                 queue_depth: None,
+                engine: Default::default(),
             }),
             _ => Err(ConfigError::ModelFlag(flag.to_owned())),
         }
@@ -205,6 +210,7 @@ impl ModelConfig {
             sessions: self.sessions.unwrap_or_else(default_sessions),
             intra_op_threads: self.intra_op_threads.unwrap_or(1),
             queue_depth: self.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -246,7 +252,8 @@ mod tests {
             SessionSettings {
                 sessions: 2,
                 intra_op_threads: 1,
-                queue_depth: 16
+                queue_depth: 16,
+                engine: crate::runtime::Engine::Onnx,
             }
         );
         assert!(toml::from_str::<ServeConfig>("sockett = \"x\"").is_err());

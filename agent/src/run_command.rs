@@ -71,6 +71,13 @@ pub struct RunConfig {
     /// Drift telemetry: window length, spool size, drain rate, data capture.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// What runs inference: own ONNX Runtime sessions on a device; fleet-sim shares them or
+    /// declares a cost model. Not settable from the file.
+    #[serde(skip)]
+    pub engine: crate::runtime::Engine,
+    /// Faults injected into installs (fleet-sim only; not settable from the file).
+    #[serde(skip)]
+    pub faults: crate::sync::InjectedFaults,
 }
 
 fn default_socket_mode() -> String {
@@ -307,6 +314,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         sessions: config.sessions,
         intra_op_threads: config.intra_op_threads,
         queue_depth: None,
+        engine: config.engine.clone(),
     };
     let models_dir = config.state_dir.join("models");
     let repository = Arc::new(tokio::task::spawn_blocking(|| ModelRepository::load(&[])).await??);
@@ -364,6 +372,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         models_dir,
         downloads_dir: config.state_dir.join("downloads"),
         settings,
+        faults: config.faults,
     };
     let sync = tokio::spawn(syncer.run(desired_rx));
     Ok(AgentCore {

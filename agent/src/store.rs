@@ -27,6 +27,10 @@ pub struct AgentStore {
 impl AgentStore {
     pub fn open(path: &Path) -> Result<AgentStore, AgentStoreError> {
         let connection = Connection::open(path)?;
+        // One agent owns its state: exclusive locking keeps a second agent on the same
+        // folder out, and lets WAL work without the shared-memory file (one descriptor less).
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.execute_batch(

@@ -31,12 +31,38 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Faults a simulator injects into real installs (fleet-sim); none on a real device. Each
+/// is a real failure the install steps must catch, not a made-up outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InjectedFaults {
+    /// Share of downloads damaged on disk after they arrive (one byte flipped): the artifact
+    /// check must reject them.
+    pub corrupt_download: f64,
+    /// Share of installs whose model file is overwritten with garbage after the artifact
+    /// check (a device whose storage fails under it): loading must reject them.
+    pub unloadable_install: f64,
+}
+
+fn happens(rate: f64) -> bool {
+    rate > 0.0 && flotilla_common::backoff::random_jitter() < rate
+}
+
+/// Flips one byte in the middle of a file.
+fn damage(path: &Path) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    if let Some(middle) = bytes.len().checked_div(2).filter(|_| !bytes.is_empty()) {
+        bytes[middle] ^= 0x5a;
+    }
+    std::fs::write(path, bytes)
+}
+
 /// Sessions and threads for models the hub installs.
 #[derive(Debug, Clone)]
 pub struct InstalledModelSettings {
     pub sessions: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub queue_depth: Option<usize>,
+    pub engine: crate::runtime::Engine,
 }
 
 #[derive(Debug)]
@@ -54,6 +80,7 @@ pub struct Syncer {
     pub models_dir: PathBuf,
     pub downloads_dir: PathBuf,
     pub settings: InstalledModelSettings,
+    pub faults: InjectedFaults,
 }
 
 impl Syncer {
@@ -68,6 +95,7 @@ impl Syncer {
             sessions: settings.sessions,
             intra_op_threads: settings.intra_op_threads,
             queue_depth: settings.queue_depth,
+            engine: settings.engine.clone(),
         }
     }
 
@@ -313,7 +341,11 @@ impl Syncer {
                     .downloads_dir
                     .join(format!("{}.part", m.artifact_sha256));
                 self.fetch(&m.model, &m.artifact_sha256, &part, m.artifact_size)
-                    .await
+                    .await?;
+                if happens(self.faults.corrupt_download) {
+                    damage(&part).map_err(|e| format!("injected fault: {e}"))?;
+                }
+                Ok(())
             }
             Step::CheckArtifact => {
                 let m = manifest
@@ -339,7 +371,12 @@ impl Syncer {
                     ));
                 }
                 place_verified(&part, &target_dir, m.features.as_ref())
-                    .map_err(|e| format!("cannot install the artifact: {e}"))
+                    .map_err(|e| format!("cannot install the artifact: {e}"))?;
+                if happens(self.faults.unloadable_install) {
+                    std::fs::write(&installed, b"injected fault: not a model")
+                        .map_err(|e| format!("injected fault: {e}"))?;
+                }
+                Ok(())
             }
             Step::Load => {
                 self.repository.add_source(&Self::model_config(

@@ -4,12 +4,14 @@
 
 pub mod chart;
 pub mod embedded_hub;
+pub mod fleet;
 pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod traffic;
+pub mod worker;
 
 pub use embedded_hub::TestHub;
-pub use runner::{HubTarget, run};
+pub use runner::{HubTarget, RunOptions, run};
 pub use scenario::Scenario;

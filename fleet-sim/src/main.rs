@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use flotilla_sim::{HubTarget, Scenario, run};
+use flotilla_sim::{HubTarget, RunOptions, Scenario, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,7 +40,13 @@ enum Command {
         /// Also draw the run (devices online and serving, windows, drift per feature) as SVG.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Spread the fleet over this many processes (default: the scenario's `processes`).
+        #[arg(long)]
+        processes: Option<usize>,
     },
+    /// (internal) Run part of a fleet for a coordinating `run`; reads its spec on stdin.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,22 +59,36 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let Command::Run {
-        scenario,
-        embedded_hub: _,
-        hub,
-        token,
-        broker,
-        json,
-        svg,
-    } = cli.command;
+    let (scenario, hub, token, broker, json, svg, processes) = match cli.command {
+        Command::Worker => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(flotilla_sim::worker::worker_main());
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            return result;
+        }
+        Command::Run {
+            scenario,
+            embedded_hub: _,
+            hub,
+            token,
+            broker,
+            json,
+            svg,
+            processes,
+        } => (scenario, hub, token, broker, json, svg, processes),
+    };
     let scenario = Scenario::load(&scenario)?;
     let target = match (hub, token, broker) {
         (Some(url), Some(token), Some(broker)) => HubTarget::External { url, token, broker },
         _ => HubTarget::Embedded,
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(&scenario, target, &|line: &str| eprintln!("{line}")))?;
+    let options = RunOptions {
+        target,
+        processes,
+        worker_exe: None,
+    };
+    let report = runtime.block_on(run(&scenario, options, &|line: &str| eprintln!("{line}")))?;
     let text = serde_json::to_string_pretty(&report)?;
     match json {
         Some(path) => std::fs::write(&path, text)?,

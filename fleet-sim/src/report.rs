@@ -14,6 +14,8 @@ pub struct Installs {
     pub installed: usize,
     /// Devices whose last outcome for the model is a failure.
     pub failed: usize,
+    /// Failed devices by step and reason.
+    pub failures: std::collections::BTreeMap<String, usize>,
     pub pending: usize,
     /// From the first deploy to every targeted device serving it.
     pub time_to_converge_seconds: Option<f64>,
@@ -48,6 +50,8 @@ pub struct Requests {
     pub while_down: u64,
     /// Served, then lost with a crashed core's open window (a crash cannot report them).
     pub lost_in_crashes: u64,
+    /// Served, in windows a full spool dropped (counted on the device).
+    pub dropped_with_windows: u64,
     /// Requests in the windows the hub holds.
     pub hub_counted: u64,
     pub reconciled: bool,
@@ -64,9 +68,24 @@ pub struct DriftDetection {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Resources {
     pub devices: usize,
-    pub process_rss_mib: f64,
+    /// Processes the fleet ran in.
+    pub processes: usize,
+    /// The fleet's processes together: resident memory at the end, the sum of their peaks,
+    /// memory the devices added at start, CPU seconds.
+    pub fleet_rss_mib: f64,
+    pub fleet_peak_rss_mib: f64,
     pub rss_per_device_kib: f64,
-    pub process_cpu_seconds: f64,
+    pub fleet_cpu_seconds: f64,
+    /// The hub's process, when it is not also the fleet's.
+    pub hub: Option<HubProcess>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubProcess {
+    pub cpu_seconds: f64,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    pub open_fds: u64,
 }
 
 /// One second of the run, for the timeline chart.
@@ -110,6 +129,9 @@ impl Report {
                 .time_to_converge_seconds
                 .map_or("(not converged)".to_owned(), |s| format!("{s:.1} s"))
         ));
+        for (why, n) in &self.installs.failures {
+            out.push_str(&format!("  {n} failed at {why}\n"));
+        }
         let t = &self.telemetry;
         out.push_str(&format!(
             "telemetry windows: {} sealed, {} acknowledged, {} received ({} duplicate deliveries), {} dropped, {} lost: {}\n",
@@ -123,11 +145,12 @@ impl Report {
         ));
         let r = &self.requests;
         out.push_str(&format!(
-            "requests: {} served, {} failed, {} before install, {} lost in crashes; the hub counted {}: {}\n",
+            "requests: {} served, {} failed, {} before install, {} lost in crashes, {} in dropped windows; the hub counted {}: {}\n",
             r.served,
             r.failed,
             r.not_ready,
             r.lost_in_crashes,
+            r.dropped_with_windows,
             r.hub_counted,
             if r.reconciled {
                 "reconciled"
@@ -144,12 +167,18 @@ impl Report {
                 None => format!("drift injected at {injected:.0} s: NO ALERT\n"),
             });
         }
+        let r = &self.resources;
         out.push_str(&format!(
-            "process: {:.0} MiB RSS ({:.0} KiB per device), {:.1} CPU seconds\n",
-            self.resources.process_rss_mib,
-            self.resources.rss_per_device_kib,
-            self.resources.process_cpu_seconds
+            "fleet: {} process(es), {:.0} MiB RSS (peak {:.0} MiB, {:.0} KiB per device), {:.1} CPU seconds\n",
+            r.processes, r.fleet_rss_mib, r.fleet_peak_rss_mib, r.rss_per_device_kib, r.fleet_cpu_seconds
         ));
+        match &r.hub {
+            Some(hub) => out.push_str(&format!(
+                "hub: {:.1} CPU seconds, {:.0} MiB RSS (peak {:.0} MiB), {} open files\n",
+                hub.cpu_seconds, hub.rss_mib, hub.peak_rss_mib, hub.open_fds
+            )),
+            None => out.push_str("hub: in the fleet's process (its figures are included above)\n"),
+        }
         out
     }
 }

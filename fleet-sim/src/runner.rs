@@ -1,26 +1,23 @@
-//! Runs a scenario: a hub (embedded or external), one real agent core per simulated device
-//! (own key, enrollment, MQTT connection through its cohort's proxy, QUIC downloads, install
-//! state machine, ONNX Runtime sessions, sketches and spool), traffic, faults, drift, the
-//! operator's timeline; then waits for telemetry to settle and reconciles.
+//! Coordinates a run: a hub (embedded or external), the fleet (in this process or spread
+//! over worker processes, see fleet.rs and worker.rs), the operator's timeline, progress;
+//! then waits for telemetry to settle and reconciles what the devices did with what the hub
+//! holds.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_core};
-use flotilla_agent::runtime::NamedTensor;
-use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_hub::client::AdminClient;
-use flotilla_proto::inference::TensorData;
 use hyper::Method;
 
 use crate::embedded_hub::TestHub;
-use crate::proxy::CohortProxy;
+use crate::fleet::{Fleet, FleetSpec, FleetStatus};
 use crate::report::*;
 use crate::scenario::Scenario;
-use crate::traffic::{Dataset, Sampler};
+use crate::traffic::Dataset;
+use crate::worker::{FleetPart, WorkerProcess};
 
 /// Which hub the fleet talks to.
 #[derive(Debug, Clone)]
@@ -35,115 +32,34 @@ pub enum HubTarget {
     },
 }
 
-/// Request counters of the whole fleet.
-#[derive(Debug, Default)]
-struct Counters {
-    served: AtomicU64,
-    failed: AtomicU64,
-    not_ready: AtomicU64,
-    /// Not sent: the device was crashed.
-    down: AtomicU64,
-    /// Served but lost with a crashed core's open window.
-    lost_in_crashes: AtomicU64,
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub target: HubTarget,
+    /// Processes for the fleet, overriding the scenario's `processes`.
+    pub processes: Option<usize>,
+    /// The `flotilla-sim` binary that runs workers (default: this program).
+    pub worker_exe: Option<PathBuf>,
 }
 
-/// A simulated device: its agent core (absent while crashed), the config that restarts it,
-/// and the telemetry counters of the cores it had before (each core counts from zero).
-struct Device {
-    cohort: usize,
-    core: tokio::sync::RwLock<Option<AgentCore>>,
-    config: RunConfig,
-    earlier_sealed: AtomicU64,
-    earlier_acknowledged: AtomicU64,
-}
-
-impl Device {
-    fn new(cohort: usize, core: AgentCore, config: RunConfig) -> Arc<Device> {
-        Arc::new(Device {
-            cohort,
-            core: tokio::sync::RwLock::new(Some(core)),
-            config,
-            earlier_sealed: AtomicU64::new(0),
-            earlier_acknowledged: AtomicU64::new(0),
-        })
-    }
-
-    /// Windows sealed and acknowledged by every core this device has had.
-    async fn telemetry(&self) -> (u64, u64, u64, u64, u64) {
-        let (mut sealed, mut acknowledged) = (
-            self.earlier_sealed.load(Ordering::Relaxed),
-            self.earlier_acknowledged.load(Ordering::Relaxed),
-        );
-        let (mut backlog, mut dropped, mut lost) = (0, 0, 0);
-        if let Some(core) = self.core.read().await.as_ref() {
-            let status = &core.telemetry.status;
-            sealed += status.windows_sealed.load(Ordering::Relaxed);
-            acknowledged += status.windows_acknowledged.load(Ordering::Relaxed);
-            backlog = status.spool.backlog().0;
-            let counters = status.spool.counters();
-            (dropped, lost) = (counters.dropped, counters.lost);
+impl RunOptions {
+    pub fn embedded() -> RunOptions {
+        RunOptions {
+            target: HubTarget::Embedded,
+            processes: None,
+            worker_exe: None,
         }
-        (sealed, acknowledged, backlog, dropped, lost)
     }
-
-    /// Crashes the core; returns the requests its open window held (lost with it).
-    async fn crash(&self) -> u64 {
-        let Some(core) = self.core.write().await.take() else {
-            return 0;
-        };
-        let status = &core.telemetry.status;
-        self.earlier_sealed.fetch_add(
-            status.windows_sealed.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        self.earlier_acknowledged.fetch_add(
-            status.windows_acknowledged.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        let open = core.telemetry.recorder.pending_requests();
-        core.crash().await;
-        open
-    }
-
-    async fn restart(&self) -> anyhow::Result<()> {
-        let core = start_core(&self.config).await?;
-        *self.core.write().await = Some(core);
-        Ok(())
-    }
-}
-
-fn rss_kib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(
-                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                    / 100.0,
-            )
-        })
-        .unwrap_or(0.0)
 }
 
 /// Runs `scenario` to the end and reports. `progress` gets a line every second or so.
 pub async fn run(
     scenario: &Scenario,
-    target: HubTarget,
+    options: RunOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
-    let dataset = Arc::new(Dataset::read(scenario.dataset_path())?);
-    let (embedded, url, token, broker) = match target {
+    let dataset = Dataset::read(scenario.dataset_path())?;
+    let (embedded, url, token, broker) = match options.target {
         HubTarget::Embedded => {
             let hub = TestHub::start(1, scenario.drift_lookback_seconds).await?;
             let (url, token, broker) =
@@ -226,128 +142,71 @@ pub async fn run(
         &mut report,
     );
 
-    // Proxies and devices.
-    let mut proxies = Vec::new();
-    for _ in &scenario.cohorts {
-        proxies.push(CohortProxy::start(broker).await?);
-    }
-    let states = tempfile::tempdir()?;
-    let rss_before = rss_kib();
-    let mut devices: Vec<Arc<Device>> = Vec::new();
-    let mut pending = Vec::new();
-    let mut index = 0usize;
-    for (c, cohort) in scenario.cohorts.iter().enumerate() {
-        for _ in 0..cohort.devices {
-            let answer = operator
-                .json(
-                    Method::POST,
-                    "/api/v1/enrollment-tokens",
-                    Some(serde_json::json!({"labels": cohort.labels, "ttl_seconds": 3600})),
-                )
-                .await?;
-            let config = RunConfig {
-                hub: url.clone(),
-                enrollment_token: answer["token"].as_str().map(str::to_owned),
-                state_dir: states.path().join(format!("device-{index}")),
-                socket: None,
-                socket_mode: "0660".into(),
-                http: None,
-                ort_lib: None,
-                sessions: Some(1),
-                intra_op_threads: Some(1),
-                hardware: BTreeMap::new(),
-                mqtt: Some(proxies[c].address.to_string()),
-                heartbeat_seconds: scenario.heartbeat_seconds,
-                telemetry: TelemetryConfig {
-                    window_seconds: scenario.window_seconds,
-                    reconnect_jitter_seconds: 1.0,
-                    drain_per_second: 50.0,
-                    ..TelemetryConfig::default()
-                },
+    // The fleet: in this process, or spread over workers.
+    let processes = options
+        .processes
+        .unwrap_or(scenario.processes)
+        .clamp(1, scenario.device_count().max(1));
+    let total = scenario.device_count();
+    let mut parts: Vec<FleetPart> = Vec::new();
+    let mut starting = Vec::new();
+    for p in 0..processes {
+        let (first, end) = (total * p / processes, total * (p + 1) / processes);
+        let spec = FleetSpec {
+            scenario: scenario.path.clone(),
+            first,
+            count: end - first,
+            hub_url: url.clone(),
+            token: token.clone(),
+            broker,
+            input: input.clone(),
+        };
+        if processes == 1 {
+            parts.push(FleetPart::Local(Box::new(
+                Fleet::start(&spec, scenario.clone()).await?,
+            )));
+        } else {
+            let exe = match &options.worker_exe {
+                Some(exe) => exe.clone(),
+                None => std::env::current_exe()?,
             };
-            pending.push((
-                c,
-                config.clone(),
-                tokio::spawn(async move { start_core(&config).await }),
-            ));
-            index += 1;
-            if pending.len() == 64 {
-                for (c, config, task) in pending.drain(..) {
-                    devices.push(Device::new(c, task.await??, config));
-                }
-            }
+            starting.push(tokio::spawn(async move {
+                WorkerProcess::start(&exe, &spec).await
+            }));
         }
     }
-    for (c, config, task) in pending.drain(..) {
-        devices.push(Device::new(c, task.await??, config));
+    for worker in starting {
+        parts.push(FleetPart::Worker(Box::new(worker.await??)));
     }
-    let rss_after = rss_kib();
+    let fleet_status = |statuses: &[FleetStatus]| {
+        let mut total = FleetStatus::default();
+        statuses.iter().for_each(|s| total.add(s));
+        total
+    };
+    let mut statuses: Vec<FleetStatus> = Vec::new();
+    for part in parts.iter_mut() {
+        statuses.push(part.tick().await.1);
+    }
+    let devices = fleet_status(&statuses).devices;
     timeline(
-        format!("{} devices enrolled and connected", devices.len()),
+        format!(
+            "{devices} devices enrolled and connected ({processes} process{})",
+            if processes == 1 { "" } else { "es" }
+        ),
         &mut report,
     );
 
-    // Traffic: one task per device, from now until the duration ends.
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    // Traffic: every device sends from now until the duration ends.
     let start = Instant::now();
     // Scenario times count from here; the report's timeline from the run's start.
     let traffic_offset = clock.elapsed().as_secs_f64();
-    let mut traffic = Vec::new();
-    for (i, device) in devices.iter().enumerate() {
-        let cohort = scenario.cohorts[device.cohort].clone();
-        let drifts: Vec<(usize, crate::scenario::DriftInjection)> = scenario
-            .drift
-            .iter()
-            .filter(|d| d.cohort == cohort.name)
-            .filter_map(|d| {
-                dataset
-                    .names
-                    .iter()
-                    .position(|n| *n == d.feature)
-                    .map(|col| (col, d.clone()))
-            })
-            .collect();
-        let (device, dataset, counters, stop, input, model) = (
-            device.clone(),
-            dataset.clone(),
-            counters.clone(),
-            stop.clone(),
-            input.clone(),
-            scenario.model.name.clone(),
-        );
-        traffic.push(tokio::spawn(async move {
-            let mut sampler = Sampler::new(i as u64 * 7919 + 17);
-            let gap = Duration::from_secs_f64(1.0 / cohort.requests_per_second);
-            tokio::time::sleep(gap.mul_f64(sampler.unit())).await;
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed().as_secs_f64();
-                let active: Vec<(usize, &crate::scenario::DriftInjection)> = drifts
-                    .iter()
-                    .filter(|(_, d)| t >= d.from_seconds)
-                    .map(|(c, d)| (*c, d))
-                    .collect();
-                let values = sampler.rows(&dataset, cohort.rows_per_request, &active);
-                let tensor = NamedTensor {
-                    name: input.clone(),
-                    shape: vec![cohort.rows_per_request as i64, dataset.width() as i64],
-                    data: TensorData::Fp32(values),
-                };
-                let answer = match device.core.read().await.as_ref() {
-                    Some(core) => Some(core.infer(&model, vec![tensor]).await),
-                    None => None,
-                };
-                let counter = match answer {
-                    Some(Ok(_)) => &counters.served,
-                    Some(Err(CoreInferError::NotServed(_))) => &counters.not_ready,
-                    Some(Err(CoreInferError::Failed(_))) => &counters.failed,
-                    None => &counters.down,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(gap).await;
-            }
-        }));
+    for part in parts.iter_mut() {
+        part.start_traffic().await?;
     }
+    // A large fleet's inventory is a large answer: read it less often.
+    let inventory_every = (total / 2000).max(1) as u64;
+    let mut ticks = 0u64;
+    let (mut online, mut installed) = (0, 0);
 
     // The timeline: actions, offline periods, drift; progress and convergence.
     let mut actions: Vec<_> = scenario.actions.clone();
@@ -360,10 +219,6 @@ pub async fn run(
         .iter()
         .map(|d| d.from_seconds)
         .reduce(f64::min);
-    let mut crashes = scenario.crashes.clone();
-    crashes.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
-    let mut next_crash = 0;
-    let mut restarts = tokio::task::JoinSet::new();
     let mut drift_logged = false;
     let mut seen_events = 0i64;
     loop {
@@ -390,47 +245,19 @@ pub async fn run(
             ));
             next_action += 1;
         }
-        for (c, cohort) in scenario.cohorts.iter().enumerate() {
-            let offline = cohort
-                .offline
-                .iter()
-                .any(|p| t >= p.from_seconds && t < p.until_seconds);
-            if offline && proxies[c].is_plugged() {
-                proxies[c].unplug();
-                timeline(format!("cohort {} cut off", cohort.name), &mut report);
-            } else if !offline && !proxies[c].is_plugged() {
-                proxies[c].plug();
-                timeline(format!("cohort {} back online", cohort.name), &mut report);
-            }
-        }
-        while next_crash < crashes.len() && crashes[next_crash].at_seconds <= t {
-            let crash = &crashes[next_crash];
-            let cohort = scenario
-                .cohorts
-                .iter()
-                .position(|c| c.name == crash.cohort)
-                .expect("checked at load");
-            let mut lost = 0;
-            let mut crashed = 0;
-            for device in devices.iter().filter(|d| d.cohort == cohort) {
-                lost += device.crash().await;
-                crashed += 1;
-                let (device, down) = (device.clone(), Duration::from_secs_f64(crash.down_seconds));
-                restarts.spawn(async move {
-                    tokio::time::sleep(down).await;
-                    device.restart().await
+        for (part, status) in parts.iter_mut().zip(statuses.iter_mut()) {
+            let (events, latest) = part.tick().await;
+            *status = latest;
+            for event in events {
+                report.timeline.push(TimelineEvent {
+                    at_seconds: traffic_offset + event.at_seconds,
+                    what: event.what,
                 });
             }
-            counters.lost_in_crashes.fetch_add(lost, Ordering::Relaxed);
-            timeline(
-                format!(
-                    "cohort {} crashed ({crashed} agents, {lost} requests in open windows lost)",
-                    crash.cohort
-                ),
-                &mut report,
-            );
-            next_crash += 1;
         }
+        report
+            .timeline
+            .sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
         if let Some(at) = drift_at
             && t >= at
             && !drift_logged
@@ -440,22 +267,25 @@ pub async fn run(
             timeline("drift injected".into(), &mut report);
         }
         // Inventory, events, progress.
-        let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
-        let list = inventory.as_array().cloned().unwrap_or_default();
-        let online = list.iter().filter(|d| d["online"] == true).count();
-        let installed = match &deploy_target {
-            Some((v, _)) => list
-                .iter()
-                .filter(|d| d["serving"][&scenario.model.name].as_u64() == Some(*v))
-                .count(),
-            None => 0,
-        };
+        if ticks % inventory_every == 0 || t >= scenario.duration_seconds {
+            let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
+            let list = inventory.as_array().cloned().unwrap_or_default();
+            online = list.iter().filter(|d| d["online"] == true).count();
+            installed = match &deploy_target {
+                Some((v, _)) => list
+                    .iter()
+                    .filter(|d| d["serving"][&scenario.model.name].as_u64() == Some(*v))
+                    .count(),
+                None => 0,
+            };
+        }
+        ticks += 1;
         if let (Some(at), None, Some((_, selector))) = (
             deployed_at,
             report.installs.time_to_converge_seconds,
             &deploy_target,
         ) && selector.is_empty()
-            && installed == devices.len()
+            && installed == devices
         {
             report.installs.time_to_converge_seconds = Some(t - at);
             timeline(format!("all {installed} devices serving"), &mut report);
@@ -487,10 +317,8 @@ pub async fn run(
                 );
             }
         }
-        let mut sealed = 0;
-        for d in &devices {
-            sealed += d.telemetry().await.0;
-        }
+        let now = fleet_status(&statuses);
+        let sealed = now.sealed;
         let drift = match &embedded {
             Some(hub) => drift_gauges(
                 &hub.hub
@@ -505,29 +333,22 @@ pub async fn run(
             at_seconds: traffic_offset + t,
             online,
             installed,
-            requests: counters.served.load(Ordering::Relaxed),
+            requests: now.served,
             windows_sealed: sealed,
             drift,
         });
         progress(&format!(
-            "t={t:>5.1}s online {online}/{} installed {installed} requests {} windows sealed {sealed}",
-            devices.len(),
-            counters.served.load(Ordering::Relaxed)
+            "t={t:>5.1}s online {online}/{devices} installed {installed} requests {} windows sealed {sealed} received {}",
+            now.served,
+            hub_telemetry_counts(&embedded, &url).await?.0
         ));
         if t >= scenario.duration_seconds {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in traffic {
-        task.await?;
-    }
-    while let Some(restarted) = restarts.join_next().await {
-        restarted??;
-    }
-    for proxy in &proxies {
-        proxy.plug();
+    for part in parts.iter_mut() {
+        part.stop_traffic().await?;
     }
     timeline("traffic stopped".into(), &mut report);
 
@@ -536,15 +357,17 @@ pub async fn run(
         .await;
     let settle_deadline = Instant::now() + Duration::from_secs(60 + scenario.window_seconds * 2);
     loop {
-        let (mut sealed, mut acknowledged, mut backlog, mut dropped, mut lost) = (0, 0, 0, 0, 0);
-        for d in &devices {
-            let (s, a, b, dr, l) = d.telemetry().await;
-            sealed += s;
-            acknowledged += a;
-            backlog += b;
-            dropped += dr;
-            lost += l;
+        for (part, status) in parts.iter_mut().zip(statuses.iter_mut()) {
+            *status = part.tick().await.1;
         }
+        let FleetStatus {
+            sealed,
+            acknowledged,
+            backlog,
+            dropped,
+            lost,
+            ..
+        } = fleet_status(&statuses);
         let (received, duplicates) = hub_telemetry_counts(&embedded, &url).await?;
         report.telemetry = TelemetryCounts {
             sealed,
@@ -575,44 +398,64 @@ pub async fn run(
         .flatten()
         .filter_map(|(_, h)| h["requests"].as_u64())
         .sum();
+    let fleet = fleet_status(&statuses);
     report.requests = Requests {
-        served: counters.served.load(Ordering::Relaxed),
-        failed: counters.failed.load(Ordering::Relaxed),
-        not_ready: counters.not_ready.load(Ordering::Relaxed),
-        while_down: counters.down.load(Ordering::Relaxed),
-        lost_in_crashes: counters.lost_in_crashes.load(Ordering::Relaxed),
+        served: fleet.served,
+        failed: fleet.failed,
+        not_ready: fleet.not_ready,
+        while_down: fleet.while_down,
+        lost_in_crashes: fleet.lost_in_crashes,
+        dropped_with_windows: fleet.dropped_requests,
         hub_counted,
         reconciled: false,
     };
     let r = &report.requests;
-    report.requests.reconciled = r.hub_counted + r.lost_in_crashes == r.served + r.failed;
+    report.requests.reconciled =
+        r.hub_counted + r.lost_in_crashes + r.dropped_with_windows == r.served + r.failed;
     let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
     if let Some((v, _)) = &deploy_target {
         for d in inventory.as_array().into_iter().flatten() {
             if d["serving"][&scenario.model.name].as_u64() == Some(*v) {
                 report.installs.installed += 1;
-            } else if d["last_outcomes"]
+            } else if let Some(failure) = d["last_outcomes"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|o| o["state"] == "failed")
+                .find(|o| o["state"] == "failed")
             {
                 report.installs.failed += 1;
+                // Reasons name files and hashes; the step and the reason's first words group.
+                let reason: String = failure["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split([':', '(', '"'])
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let step = failure["step"].as_str().unwrap_or("?");
+                *report
+                    .installs
+                    .failures
+                    .entry(format!("{step}: {reason}"))
+                    .or_default() += 1;
             } else {
                 report.installs.pending += 1;
             }
         }
     }
+    let coordinator_is_fleet = processes == 1;
     report.resources = Resources {
-        devices: devices.len(),
-        process_rss_mib: rss_kib() / 1024.0,
-        rss_per_device_kib: (rss_after - rss_before) / devices.len().max(1) as f64,
-        process_cpu_seconds: cpu_seconds(),
+        devices,
+        processes,
+        fleet_rss_mib: fleet.rss_kib / 1024.0,
+        fleet_peak_rss_mib: fleet.peak_rss_kib / 1024.0,
+        rss_per_device_kib: fleet.device_rss_kib / devices.max(1) as f64,
+        fleet_cpu_seconds: fleet.cpu_seconds,
+        hub: hub_process(&url, coordinator_is_fleet && embedded.is_some()).await,
     };
-    for device in devices {
-        if let Some(core) = device.core.write().await.take() {
-            core.stop().await;
-        }
+    for part in parts {
+        part.shutdown().await?;
     }
     if let Some(hub) = embedded {
         hub.hub.shutdown().await?;
@@ -632,6 +475,32 @@ fn drift_gauges(text: &str) -> BTreeMap<String, f64> {
             Some((feature.to_owned(), value))
         })
         .collect()
+}
+
+/// The hub's own CPU and memory from its /metrics; `None` when it shares this process with
+/// the fleet (its figures would be the fleet's).
+async fn hub_process(url: &str, shared_with_fleet: bool) -> Option<HubProcess> {
+    if shared_with_fleet {
+        return None;
+    }
+    let (_, body) = AdminClient::new(url, None)
+        .ok()?
+        .request(Method::GET, "/metrics", "text/plain", Default::default())
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+    };
+    Some(HubProcess {
+        cpu_seconds: value("process_cpu_seconds_total ")?,
+        rss_mib: value("process_resident_memory_bytes ")? / (1024.0 * 1024.0),
+        peak_rss_mib: value("process_resident_memory_peak_bytes ")? / (1024.0 * 1024.0),
+        open_fds: value("process_open_fds ").unwrap_or(0.0) as u64,
+    })
 }
 
 /// Windows the hub stored and duplicate deliveries, from its metrics.

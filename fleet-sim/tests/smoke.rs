@@ -3,14 +3,16 @@
 
 use std::path::Path;
 
-use flotilla_sim::{HubTarget, Scenario, run};
+use flotilla_sim::{RunOptions, Scenario, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_scenario_converges_reconciles_and_alerts() {
     let scenario =
         Scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml"))
             .unwrap();
-    let report = run(&scenario, HubTarget::Embedded, &|_| {}).await.unwrap();
+    let report = run(&scenario, RunOptions::embedded(), &|_| {})
+        .await
+        .unwrap();
     let summary = report.summary();
     assert_eq!(report.devices, 200);
     assert_eq!(

@@ -74,6 +74,7 @@ fn main() {
                     telemetry: Default::default(),
                     mqtt: None,
                     heartbeat_seconds: 30,
+                    engine: Default::default(),
                 };
                 starting.push(tokio::spawn(async move { start_core(&config).await }));
             }

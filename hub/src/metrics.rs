@@ -139,6 +139,63 @@ impl HubMetrics {
                 models.len()
             );
         }
+        out.push_str(&process_metrics());
         out
     }
+}
+
+/// The standard Prometheus process metrics (CPU seconds, resident and peak resident memory,
+/// open file descriptors), read from /proc: what an admin needs to see the hub's own cost.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            // USER_HZ is 100 on every Linux this runs on.
+            Some(ticks / 100.0)
+        });
+    if let Some(cpu) = cpu {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time spent.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+        );
+    }
+    for (name, field, help) in [
+        (
+            "process_resident_memory_bytes",
+            "VmRSS:",
+            "Resident memory.",
+        ),
+        (
+            "process_resident_memory_peak_bytes",
+            "VmHWM:",
+            "Peak resident memory.",
+        ),
+    ] {
+        if let Some(value) = kib(field) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value * 1024
+            );
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            entries.count()
+        );
+    }
+    out
 }

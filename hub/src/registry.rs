@@ -256,6 +256,7 @@ impl Registry {
             sessions: 1,
             intra_op_threads: 1,
             queue_depth: 1,
+            engine: Default::default(),
         };
         let loaded =
             LoadedModel::load(model, 0, upload.path(), &settings).map_err(|e| match e {

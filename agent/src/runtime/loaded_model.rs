@@ -7,6 +7,7 @@ use flotilla_common::telemetry::default_feature_map;
 use flotilla_proto::telemetry::FeatureMap;
 use ort::session::Session;
 
+use super::engine::{CostModel, Engine, shared_key, shared_pool};
 use super::environment::{RuntimeInitError, init_onnx_runtime};
 use super::session_pool::{InferError, NamedTensor, SessionPool};
 use super::signature::ModelSignature;
@@ -20,6 +21,8 @@ pub struct SessionSettings {
     pub intra_op_threads: usize,
     /// Requests that may wait for a session before new ones are refused as busy.
     pub queue_depth: usize,
+    /// Own sessions, sessions shared in this process, or a declared cost model.
+    pub engine: Engine,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +48,19 @@ pub struct LoadedModel {
     /// model file (`.onnx` replaced by `.features.json`; the hub's manifest writes it), else
     /// the default from the signature, else none.
     pub feature_map: Option<Arc<FeatureMap>>,
-    pool: SessionPool,
+    runner: Runner,
+}
+
+/// What runs this version's requests.
+#[derive(Debug)]
+enum Runner {
+    Own(SessionPool),
+    Shared(Arc<(SessionPool, ModelSignature)>),
+    /// Keeps the one shared session alive, so reloads do not load the file again.
+    Cost(
+        CostModel,
+        #[allow(dead_code)] Arc<(SessionPool, ModelSignature)>,
+    ),
 }
 
 /// The sidecar file that holds a model file's feature map.
@@ -85,17 +100,38 @@ impl LoadedModel {
             path: path.to_owned(),
             message,
         };
-        let mut sessions = Vec::with_capacity(settings.sessions.max(1));
-        for _ in 0..settings.sessions.max(1) {
-            let session = new_session(environment, &bytes, settings.intra_op_threads)
-                .map_err(|e| invalid(e.to_string()))?;
-            sessions.push(session);
-        }
-        let signature = ModelSignature::from_session(&sessions[0]).map_err(invalid)?;
-        if !signature.skipped_outputs.is_empty() {
-            tracing::warn!(model = name, version, skipped = ?signature.skipped_outputs, "outputs that are not tensors are not served");
-        }
-        let pool = SessionPool::new(name, version, sessions, settings.queue_depth);
+        let sessions = settings.sessions.max(1);
+        let make_pool = |sessions: usize| -> Result<(SessionPool, ModelSignature), LoadError> {
+            let mut made = Vec::with_capacity(sessions);
+            for _ in 0..sessions {
+                let session = new_session(environment, &bytes, settings.intra_op_threads)
+                    .map_err(|e| invalid(e.to_string()))?;
+                made.push(session);
+            }
+            let signature = ModelSignature::from_session(&made[0]).map_err(invalid)?;
+            if !signature.skipped_outputs.is_empty() {
+                tracing::warn!(model = name, version, skipped = ?signature.skipped_outputs, "outputs that are not tensors are not served");
+            }
+            Ok((
+                SessionPool::new(name, version, made, settings.queue_depth),
+                signature,
+            ))
+        };
+        let (runner, signature) = match &settings.engine {
+            Engine::Onnx => {
+                let (pool, signature) = make_pool(sessions)?;
+                (Runner::Own(pool), signature)
+            }
+            Engine::SharedOnnx | Engine::Cost(_) => {
+                let key = shared_key(name, version, &bytes, sessions, settings.intra_op_threads);
+                let shared = shared_pool(key, || make_pool(sessions))?;
+                let signature = shared.1.clone();
+                match &settings.engine {
+                    Engine::Cost(cost) => (Runner::Cost(*cost, shared), signature),
+                    _ => (Runner::Shared(shared), signature),
+                }
+            }
+        };
         let feature_map = load_feature_map(path, &signature);
         Ok(LoadedModel {
             name: name.to_owned(),
@@ -103,13 +139,17 @@ impl LoadedModel {
             path: path.to_owned(),
             feature_map,
             signature,
-            pool,
+            runner,
         })
     }
 
     /// Requests waiting for a free session of this version now.
     pub fn waiting(&self) -> usize {
-        self.pool.waiting()
+        match &self.runner {
+            Runner::Own(pool) => pool.waiting(),
+            Runner::Shared(shared) => shared.0.waiting(),
+            Runner::Cost(..) => 0,
+        }
     }
 
     /// Runs the model once on an input derived from its schema (zeros, empty strings, dynamic
@@ -165,7 +205,14 @@ impl LoadedModel {
         inputs: Vec<NamedTensor>,
         outputs: Vec<String>,
     ) -> Result<Vec<NamedTensor>, InferError> {
-        self.pool.infer(inputs, outputs).await
+        match &self.runner {
+            Runner::Own(pool) => pool.infer(inputs, outputs).await,
+            Runner::Shared(shared) => shared.0.infer(inputs, outputs).await,
+            Runner::Cost(cost, _) => {
+                cost.infer(&self.name, self.version, &self.signature, &inputs, &outputs)
+                    .await
+            }
+        }
     }
 }
 

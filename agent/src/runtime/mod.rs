@@ -2,11 +2,13 @@
 //! version with its pool of sessions, and conversion between protocol tensors and ORT values.
 
 mod conversion;
+mod engine;
 mod environment;
 mod loaded_model;
 mod session_pool;
 mod signature;
 
+pub use engine::{CostModel, Engine};
 pub use environment::{RuntimeInitError, init_onnx_runtime};
 pub use loaded_model::{LoadError, LoadedModel, SessionSettings, feature_map_path};
 pub use session_pool::{InferError, NamedTensor};

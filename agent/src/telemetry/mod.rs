@@ -276,10 +276,10 @@ impl WindowCloser {
             }
             if frame.len() > MAX_FRAME_BYTES {
                 tracing::error!(bytes = frame.len(), model = %batch.model, "telemetry batch too big for the broker even without samples; dropped and counted");
-                self.spool.count_dropped(1);
+                self.spool.count_dropped(1, batch.requests);
                 continue;
             }
-            self.spool.push(&frame);
+            self.spool.push(&frame, batch.requests);
             self.status.windows_sealed.fetch_add(1, Ordering::Relaxed);
             sealed += 1;
         }

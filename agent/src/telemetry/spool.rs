@@ -14,6 +14,8 @@ use rusqlite::{Connection, ErrorCode, params};
 pub struct SpoolCounters {
     /// Batches dropped because the spool was full (or the disk was).
     pub dropped: u64,
+    /// Requests the dropped batches held (what a device-side count must subtract).
+    pub dropped_requests: u64,
     /// Batches lost with spool files found corrupt.
     pub lost: u64,
     /// Spool files found corrupt and replaced.
@@ -44,6 +46,10 @@ fn is_corruption(error: &rusqlite::Error) -> bool {
 
 fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, SpoolCounters)> {
     let connection = Connection::open(path)?;
+    // Owned by one agent: exclusive locking, so WAL needs no shared-memory file.
+    // A core restarted in the same process may find the old one's connection closing.
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     let check: String = connection.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -54,9 +60,17 @@ fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, Spool
         ));
     }
     connection.execute_batch(
-        "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, frame BLOB NOT NULL);
+        "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, frame BLOB NOT NULL, requests INTEGER NOT NULL DEFAULT 0);
          CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )?;
+    // Spools made before batches carried their request count.
+    let has_requests: bool = connection
+        .prepare("SELECT requests FROM batches LIMIT 0")
+        .is_ok();
+    if !has_requests {
+        connection
+            .execute_batch("ALTER TABLE batches ADD COLUMN requests INTEGER NOT NULL DEFAULT 0")?;
+    }
     let (rows, bytes): (i64, i64) = connection.query_row(
         "SELECT COUNT(*), COALESCE(SUM(LENGTH(frame)), 0) FROM batches",
         [],
@@ -75,6 +89,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, Spool
     };
     let counters = SpoolCounters {
         dropped: counter("dropped")?,
+        dropped_requests: counter("dropped_requests")?,
         lost: counter("lost")?,
         corrupt_files: counter("corrupt_files")?,
     };
@@ -84,6 +99,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, Spool
 fn save_counters(connection: &Connection, c: &SpoolCounters) -> rusqlite::Result<()> {
     for (name, value) in [
         ("dropped", c.dropped),
+        ("dropped_requests", c.dropped_requests),
         ("lost", c.lost),
         ("corrupt_files", c.corrupt_files),
     ] {
@@ -152,6 +168,7 @@ impl Spool {
         match open_connection(&self.path) {
             Ok((connection, _, _, stored)) => {
                 counters.dropped = counters.dropped.max(stored.dropped);
+                counters.dropped_requests = counters.dropped_requests.max(stored.dropped_requests);
                 let _ = save_counters(&connection, &counters);
                 *inner = Inner {
                     connection: Some(connection),
@@ -177,43 +194,58 @@ impl Spool {
     }
 
     /// Stores a sealed batch, dropping the oldest while the spool is over its size. A batch
-    /// that cannot be stored at all (disk full) is counted as dropped.
-    pub fn push(&self, frame: &[u8]) {
+    /// that cannot be stored at all (disk full) is counted as dropped. `requests` is how
+    /// many requests the batch holds, counted with it if it is ever dropped.
+    pub fn push(&self, frame: &[u8], requests: u64) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let (previous_bytes, previous_counters) = (inner.bytes, inner.counters);
-        let result = (|| -> rusqlite::Result<(u64, u64)> {
+        let result = (|| -> rusqlite::Result<(u64, u64, u64)> {
             let Some(connection) = inner.connection.as_mut() else {
                 return Err(rusqlite::Error::InvalidQuery);
             };
             let tx = connection.transaction()?;
-            tx.execute("INSERT INTO batches (frame) VALUES (?1)", [frame])?;
+            tx.execute(
+                "INSERT INTO batches (frame, requests) VALUES (?1, ?2)",
+                params![frame, requests as i64],
+            )?;
             let mut bytes = previous_bytes + frame.len() as u64;
-            let mut dropped = 0;
+            let (mut dropped, mut dropped_requests) = (0, 0);
             while bytes > self.max_bytes {
-                let oldest: Option<(i64, u64)> = tx
+                let oldest: Option<(i64, u64, u64)> = tx
                     .query_row(
-                        "SELECT seq, LENGTH(frame) FROM batches ORDER BY seq LIMIT 1",
+                        "SELECT seq, LENGTH(frame), requests FROM batches ORDER BY seq LIMIT 1",
                         [],
-                        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get::<_, i64>(1)? as u64,
+                                r.get::<_, i64>(2)? as u64,
+                            ))
+                        },
                     )
                     .ok();
-                let Some((seq, size)) = oldest else { break };
+                let Some((seq, size, held)) = oldest else {
+                    break;
+                };
                 tx.execute("DELETE FROM batches WHERE seq = ?1", [seq])?;
                 bytes -= size;
                 dropped += 1;
+                dropped_requests += held;
             }
             let mut counters = previous_counters;
             counters.dropped += dropped;
+            counters.dropped_requests += dropped_requests;
             save_counters(&tx, &counters)?;
             tx.commit()?;
-            Ok((bytes, dropped))
+            Ok((bytes, dropped, dropped_requests))
         })();
         match result {
-            Ok((bytes, dropped)) => {
+            Ok((bytes, dropped, dropped_requests)) => {
                 inner.bytes = bytes;
                 inner.rows = inner.rows + 1 - dropped;
                 inner.counters.dropped += dropped;
+                inner.counters.dropped_requests += dropped_requests;
                 if dropped > 0 {
                     tracing::warn!(
                         dropped,
@@ -222,9 +254,13 @@ impl Spool {
                     );
                 }
             }
-            Err(rusqlite::Error::InvalidQuery) => inner.counters.dropped += 1,
+            Err(rusqlite::Error::InvalidQuery) => {
+                inner.counters.dropped += 1;
+                inner.counters.dropped_requests += requests;
+            }
             Err(error) => {
                 inner.counters.dropped += 1;
+                inner.counters.dropped_requests += requests;
                 self.failed(inner, error, "store a batch (counted as dropped)");
             }
         }
@@ -282,9 +318,10 @@ impl Spool {
     }
 
     /// Counts batches dropped before they reached the spool (too big to send).
-    pub fn count_dropped(&self, n: u64) {
+    pub fn count_dropped(&self, n: u64, requests: u64) {
         let mut inner = self.lock();
         inner.counters.dropped += n;
+        inner.counters.dropped_requests += requests;
         let counters = inner.counters;
         if let Some(connection) = inner.connection.as_ref()
             && let Err(error) = save_counters(connection, &counters)
@@ -313,11 +350,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool.db"), 1000);
         for i in 0..30u8 {
-            spool.push(&[i; 100]);
+            spool.push(&[i; 100], i as u64);
         }
         let (rows, bytes) = spool.backlog();
         assert_eq!((rows, bytes), (10, 1000));
         assert_eq!(spool.counters().dropped, 20);
+        // The requests of the 20 dropped batches: 0 + 1 + ... + 19.
+        assert_eq!(spool.counters().dropped_requests, 190);
         let oldest = spool.oldest(0, 3);
         assert_eq!(
             oldest.iter().map(|(_, f)| f[0]).collect::<Vec<_>>(),
@@ -333,6 +372,7 @@ mod tests {
         drop(spool);
         let spool = Spool::open(&dir.path().join("spool.db"), 1000);
         assert_eq!((spool.backlog().0, spool.counters().dropped), (9, 20));
+        assert_eq!(spool.counters().dropped_requests, 190);
     }
 
     #[test]

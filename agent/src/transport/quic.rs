@@ -93,7 +93,10 @@ impl ServerCertVerifier for PinnedCertificate {
 
 #[derive(Debug, Clone)]
 pub struct QuicArtifacts {
-    endpoint: quinn::Endpoint,
+    /// The UDP socket is bound per download, not held for the agent's life: downloads are
+    /// rare, and a simulator runs thousands of agents in one process's file limit.
+    client: quinn::ClientConfig,
+    bind: SocketAddr,
     server: SocketAddr,
 }
 
@@ -120,10 +123,11 @@ impl QuicArtifacts {
         } else {
             "0.0.0.0:0".parse().expect("valid")
         };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| QuicError::Setup(e.to_string()))?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        Ok(QuicArtifacts { endpoint, server })
+        Ok(QuicArtifacts {
+            client: quinn::ClientConfig::new(Arc::new(crypto)),
+            bind,
+            server,
+        })
     }
 
     /// Downloads artifact `sha256` in `encoding` into `part`, continuing from what `part`
@@ -154,8 +158,10 @@ impl QuicArtifacts {
         if *encoding == Encoding::Raw && have == size {
             return Ok(());
         }
-        let connecting = self
-            .endpoint
+        let mut endpoint =
+            quinn::Endpoint::client(self.bind).map_err(|e| QuicError::Setup(e.to_string()))?;
+        endpoint.set_default_client_config(self.client.clone());
+        let connecting = endpoint
             .connect(self.server, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
