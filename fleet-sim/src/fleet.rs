@@ -4,7 +4,6 @@
 //! A `Fleet` holds some or all of a scenario's devices; the coordinator (runner.rs) runs
 //! one in its own process or several in worker processes (worker.rs).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,11 +16,11 @@ use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_hub::client::AdminClient;
 use flotilla_proto::inference::TensorData;
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::CohortProxy;
 use crate::scenario::{DriftInjection, Scenario};
+use crate::test_agent::{TestAgent, enrollment_token};
 use crate::traffic::{Dataset, Sampler};
 
 /// Which devices a fleet runs and where they find the hub.
@@ -238,46 +237,29 @@ impl Fleet {
         for index in spec.first..spec.first + spec.count {
             let c = scenario.cohort_of(index);
             let cohort = &scenario.cohorts[c];
-            let answer = operator
-                .json(
-                    Method::POST,
-                    "/api/v1/enrollment-tokens",
-                    Some(serde_json::json!({"labels": cohort.labels, "ttl_seconds": 3600})),
-                )
-                .await?;
-            let config = RunConfig {
-                hub: spec.hub_url.clone(),
-                enrollment_token: answer["token"].as_str().map(str::to_owned),
-                state_dir: states.path().join(format!("device-{index}")),
-                socket: None,
-                socket_mode: "0660".into(),
-                http: None,
-                ort_lib: None,
-                sessions: Some(scenario.inference.sessions),
-                intra_op_threads: Some(1),
-                hardware: BTreeMap::new(),
-                mqtt: Some(
-                    proxies[c]
-                        .as_ref()
-                        .map_or(spec.broker, |p| p.address)
-                        .to_string(),
-                ),
-                heartbeat_seconds: scenario.heartbeat_seconds,
-                telemetry: TelemetryConfig {
-                    window_seconds: scenario.window_seconds,
-                    reconnect_jitter_seconds: 1.0,
-                    drain_per_second: 50.0,
-                    spool_max_bytes: cohort
+            let labels: Vec<(&str, &str)> = cohort
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let token = enrollment_token(&operator, &labels).await?;
+            let state_dir = states.path().join(format!("device-{index}"));
+            let config = TestAgent::new(&spec.hub_url, &token, &state_dir)
+                .broker(proxies[c].as_ref().map_or(spec.broker, |p| p.address))
+                .heartbeat_seconds(scenario.heartbeat_seconds)
+                .window_seconds(scenario.window_seconds)
+                .spool_bytes(
+                    cohort
                         .spool_kib
                         .map_or(TelemetryConfig::default().spool_max_bytes, |k| k * 1024),
-                    ..TelemetryConfig::default()
-                },
-                engine: engine.clone(),
-                faults: InjectedFaults {
+                )
+                .engine(engine.clone(), scenario.inference.sessions)
+                .faults(InjectedFaults {
                     corrupt_download: cohort.corrupt_download_rate,
                     unloadable_install: cohort.install_failure_rate,
-                },
-            };
+                })
+                .config()
+                .clone();
             pending.push((
                 index,
                 c,

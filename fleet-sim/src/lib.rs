@@ -9,9 +9,11 @@ pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod test_agent;
 pub mod traffic;
 pub mod worker;
 
 pub use embedded_hub::TestHub;
 pub use runner::{HubTarget, RunOptions, run};
 pub use scenario::Scenario;
+pub use test_agent::TestAgent;

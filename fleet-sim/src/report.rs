@@ -100,6 +100,27 @@ pub struct Sample {
     pub drift: std::collections::BTreeMap<String, f64>,
 }
 
+/// A rollout the scenario started, as the hub's controller ran it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RolloutReport {
+    pub id: String,
+    pub version: u64,
+    pub phase: String,
+    pub targets: u64,
+    pub told: u64,
+    pub installed: u64,
+    pub failed: u64,
+    /// Told devices back on their previous version.
+    pub restored: u64,
+    pub reason: Option<String>,
+    pub started_at_seconds: f64,
+    pub completed_at_seconds: Option<f64>,
+    /// When fleet-sim saw the hub's `rollout.failed` and `rollout.rolled_back` events (every
+    /// told device back on its previous version), within its one-second look.
+    pub failed_at_seconds: Option<f64>,
+    pub restored_at_seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -111,6 +132,7 @@ pub struct Report {
     pub requests: Requests,
     pub drift: DriftDetection,
     pub resources: Resources,
+    pub rollouts: Vec<RolloutReport>,
     pub series: Vec<Sample>,
 }
 
@@ -166,6 +188,27 @@ impl Report {
                 ),
                 None => format!("drift injected at {injected:.0} s: NO ALERT\n"),
             });
+        }
+        for r in &self.rollouts {
+            out.push_str(&format!(
+                "rollout {} (version {}): {}; {} of {} told, {} installed, {} failed, {} back on the previous version{}{}\n",
+                r.id,
+                r.version,
+                r.phase,
+                r.told,
+                r.targets,
+                r.installed,
+                r.failed,
+                r.restored,
+                match (r.failed_at_seconds, r.restored_at_seconds) {
+                    (Some(f), Some(b)) => format!("; all back {:.1} s after the failure", b - f),
+                    _ => String::new(),
+                },
+                r.reason
+                    .as_ref()
+                    .map(|w| format!("\n  {w}"))
+                    .unwrap_or_default()
+            ));
         }
         let r = &self.resources;
         out.push_str(&format!(

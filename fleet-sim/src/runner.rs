@@ -224,7 +224,60 @@ pub async fn run(
     loop {
         let t = start.elapsed().as_secs_f64();
         while next_action < actions.len() && actions[next_action].at_seconds <= t {
-            let deploy = &actions[next_action].deploy;
+            let action = &actions[next_action];
+            next_action += 1;
+            if let Some(file) = &action.push {
+                let bytes = std::fs::read(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let pushed = operator
+                    .upload(
+                        &format!("/api/v1/models/{}/versions", scenario.model.name),
+                        bytes.into(),
+                    )
+                    .await?;
+                timeline(
+                    format!(
+                        "pushed {} version {} ({})",
+                        scenario.model.name,
+                        pushed["version"],
+                        file.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                    &mut report,
+                );
+                continue;
+            }
+            if let Some(table) = &action.rollout {
+                let mut spec = serde_json::to_value(table)?;
+                spec["model"] = scenario.model.name.clone().into();
+                let answer = match operator
+                    .json(Method::POST, "/api/v1/rollouts", Some(spec))
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(refused) => {
+                        timeline(format!("rollout refused: {refused}"), &mut report);
+                        continue;
+                    }
+                };
+                let id = answer["id"].as_str().unwrap_or("?").to_owned();
+                timeline(
+                    format!(
+                        "rollout {id}: version {} to {} devices in waves {}",
+                        answer["version"], answer["targets"], answer["waves"]
+                    ),
+                    &mut report,
+                );
+                report.rollouts.push(RolloutReport {
+                    id,
+                    version: answer["version"].as_u64().unwrap_or(0),
+                    started_at_seconds: traffic_offset + t,
+                    ..RolloutReport::default()
+                });
+                continue;
+            }
+            let Some(deploy) = &action.deploy else {
+                continue;
+            };
             let answer = operator
                 .json(Method::POST, "/api/v1/deployments", Some(serde_json::json!({"model": scenario.model.name, "version": deploy.version, "selector": deploy.selector})))
                 .await?;
@@ -243,8 +296,8 @@ pub async fn run(
                 answer["version"].as_u64().unwrap_or(version),
                 deploy.selector.clone(),
             ));
-            next_action += 1;
         }
+        follow_rollouts(&operator, &mut report).await?;
         for (part, status) in parts.iter_mut().zip(statuses.iter_mut()) {
             let (events, latest) = part.tick().await;
             *status = latest;
@@ -267,7 +320,7 @@ pub async fn run(
             timeline("drift injected".into(), &mut report);
         }
         // Inventory, events, progress.
-        if ticks % inventory_every == 0 || t >= scenario.duration_seconds {
+        if ticks.is_multiple_of(inventory_every) || t >= scenario.duration_seconds {
             let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
             let list = inventory.as_array().cloned().unwrap_or_default();
             online = list.iter().filter(|d| d["online"] == true).count();
@@ -302,6 +355,30 @@ pub async fn run(
             .await?;
         for event in events["events"].as_array().into_iter().flatten() {
             seen_events = seen_events.max(event["id"].as_i64().unwrap_or(0));
+            if let Some(kind) = event["kind"].as_str().filter(|k| k.starts_with("rollout.")) {
+                let id = event["detail"]["rollout"].as_str().unwrap_or("");
+                if let Some(r) = report.rollouts.iter_mut().find(|r| r.id == id) {
+                    let seen = Some(traffic_offset + t);
+                    match kind {
+                        "rollout.failed" => r.failed_at_seconds = r.failed_at_seconds.or(seen),
+                        "rollout.rolled_back" => {
+                            r.restored_at_seconds = r.restored_at_seconds.or(seen)
+                        }
+                        "rollout.completed" => {
+                            r.completed_at_seconds = r.completed_at_seconds.or(seen)
+                        }
+                        _ => {}
+                    }
+                }
+                timeline(
+                    format!(
+                        "{kind} {}: {}",
+                        event["detail"]["rollout"].as_str().unwrap_or(""),
+                        event["detail"]["detail"].as_str().unwrap_or("")
+                    ),
+                    &mut report,
+                );
+            }
             if event["kind"] == "drift_alert" && report.drift.alert_at_seconds.is_none() {
                 report.drift.alert_at_seconds = Some(traffic_offset + t);
                 report.drift.latency_seconds = drift_at.map(|i| t - i);
@@ -385,6 +462,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    follow_rollouts(&operator, &mut report).await?;
     let health = operator
         .json(
             Method::GET,
@@ -475,6 +553,35 @@ fn drift_gauges(text: &str) -> BTreeMap<String, f64> {
             Some((feature.to_owned(), value))
         })
         .collect()
+}
+
+/// Follows the run's rollouts: phase, installs, devices back on their previous version.
+async fn follow_rollouts(operator: &AdminClient, report: &mut Report) -> anyhow::Result<()> {
+    for rollout in report.rollouts.iter_mut() {
+        let finished = match rollout.phase.as_str() {
+            "completed" | "aborted" => true,
+            "rolled_back" => rollout.restored_at_seconds.is_some(),
+            _ => false,
+        };
+        if finished {
+            continue;
+        }
+        let view = operator
+            .json(
+                Method::GET,
+                &format!("/api/v1/rollouts/{}", rollout.id),
+                None,
+            )
+            .await?;
+        rollout.phase = view["phase"].as_str().unwrap_or("?").to_owned();
+        rollout.targets = view["targets"].as_u64().unwrap_or(0);
+        rollout.told = view["told"].as_u64().unwrap_or(0);
+        rollout.installed = view["installed"].as_u64().unwrap_or(0);
+        rollout.failed = view["failed"].as_u64().unwrap_or(0);
+        rollout.restored = view["restored"].as_u64().unwrap_or(0);
+        rollout.reason = view["reason"].as_str().map(str::to_owned);
+    }
+    Ok(())
 }
 
 /// The hub's own CPU and memory from its /metrics; `None` when it shares this process with

@@ -234,13 +234,22 @@ fn one() -> f32 {
     1.0
 }
 
+/// One operator action: exactly one of `deploy`, `push`, `rollout`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     pub at_seconds: f64,
     /// Sets the model at `version` (number or alias) as desired on the devices matching
     /// `selector` (empty: all).
-    pub deploy: Deploy,
+    #[serde(default)]
+    pub deploy: Option<Deploy>,
+    /// Pushes this file as the model's next version.
+    #[serde(default)]
+    pub push: Option<PathBuf>,
+    /// Starts a rollout: a rollout spec (docs/rollouts.md) without `model`, which is the
+    /// scenario's.
+    #[serde(default)]
+    pub rollout: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +289,11 @@ impl Scenario {
         if let Some(d) = scenario.dataset.as_mut() {
             resolve(d);
         }
+        for action in &mut scenario.actions {
+            if let Some(file) = action.push.as_mut() {
+                resolve(file);
+            }
+        }
         scenario
             .check()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -310,6 +324,19 @@ impl Scenario {
             }
         }
         self.inference.engine()?;
+        for action in &self.actions {
+            let kinds = [
+                action.deploy.is_some(),
+                action.push.is_some(),
+                action.rollout.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(format!(
+                    "the action at {} s must do exactly one of deploy, push, rollout",
+                    action.at_seconds
+                ));
+            }
+        }
         if self.processes == 0 || self.processes > 64 {
             return Err(format!("processes = {} must be 1..=64", self.processes));
         }

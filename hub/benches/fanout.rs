@@ -75,6 +75,7 @@ fn main() {
                     mqtt: None,
                     heartbeat_seconds: 30,
                     engine: Default::default(),
+                    faults: Default::default(),
                 };
                 starting.push(tokio::spawn(async move { start_core(&config).await }));
             }

@@ -53,6 +53,9 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Rollouts in waves with health gates and automatic rollback.
+    #[command(subcommand)]
+    Rollout(crate::cli_rollout::RolloutCommand),
     /// Set MODEL at VERSION (a number or alias) as desired on the devices matching --to.
     Deploy {
         model: String,
@@ -269,6 +272,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => return health(&client, &model, since, selector, cli.json).await,
         Command::Events { model } => return events(&client, model, cli.json).await,
         Command::Capture(command) => return capture(&client, command).await,
+        Command::Rollout(command) => {
+            return crate::cli_rollout::rollout(&client, command, cli.json).await;
+        }
         Command::Model(ModelCommand::Push {
             name,
             file,

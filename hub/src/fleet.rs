@@ -200,21 +200,15 @@ impl Fleet {
         let now = self.registry.now();
         let mut publications = Vec::with_capacity(devices.len());
         for device in devices {
-            let current = self.store().desired(&device.id)?;
-            let current_models: Vec<DesiredModel> = match &current {
-                Some(record) => serde_json::from_str(&record.models)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                None => Vec::new(),
-            };
             let entry = DesiredModel {
                 name: model.to_owned(),
                 version: record.version,
                 manifest: manifest.clone(),
                 rollback: false,
             };
-            let models = next_desired_models(&current_models, entry);
-            let sequence = current.map(|c| c.sequence).unwrap_or(0) + 1;
-            publications.push(self.set_desired(device.id, sequence, models, now)?);
+            publications.push(self.update_desired(&device.id, now, |current| {
+                next_desired_models(current, entry)
+            })?);
         }
         self.store().audit(
             now,
@@ -227,6 +221,103 @@ impl Fleet {
             ),
         )?;
         Ok((record.version, publications))
+    }
+
+    /// Sets `model` at `version` as desired on exactly these devices (a rollout's wave).
+    pub fn deploy_to(
+        &self,
+        model: &str,
+        version: u64,
+        device_ids: &[String],
+    ) -> Result<Vec<Publication>, FleetError> {
+        let record = self.registry.resolve(model, &version.to_string())?;
+        let manifest: Envelope = serde_json::from_str(&record.manifest)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = self.registry.now();
+        let mut publications = Vec::with_capacity(device_ids.len());
+        for device_id in device_ids {
+            let entry = DesiredModel {
+                name: model.to_owned(),
+                version,
+                manifest: manifest.clone(),
+                rollback: false,
+            };
+            publications.push(self.update_desired(device_id, now, |current| {
+                next_desired_models(current, entry)
+            })?);
+        }
+        Ok(publications)
+    }
+
+    /// Gives each device its previous version of `model` back as desired (a signed
+    /// rollback), or takes the model out of its desired state when it had none before.
+    pub fn restore_previous(
+        &self,
+        model: &str,
+        previous: &[(String, Option<u64>)],
+    ) -> Result<Vec<Publication>, FleetError> {
+        let now = self.registry.now();
+        let mut manifests: BTreeMap<u64, Envelope> = BTreeMap::new();
+        let mut publications = Vec::with_capacity(previous.len());
+        for (device_id, version) in previous {
+            let publication = match version {
+                Some(version) => {
+                    if !manifests.contains_key(version) {
+                        let record = self.registry.resolve(model, &version.to_string())?;
+                        manifests.insert(
+                            *version,
+                            serde_json::from_str(&record.manifest)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        );
+                    }
+                    let entry = DesiredModel {
+                        name: model.to_owned(),
+                        version: *version,
+                        manifest: manifests[version].clone(),
+                        rollback: false,
+                    };
+                    self.update_desired(device_id, now, |current| {
+                        next_desired_models(current, entry)
+                    })?
+                }
+                None => self.update_desired(device_id, now, |current| {
+                    current
+                        .iter()
+                        .filter(|m| m.name != model)
+                        .cloned()
+                        .collect()
+                })?,
+            };
+            publications.push(publication);
+        }
+        Ok(publications)
+    }
+
+    /// The version of `model` a device's desired state names now.
+    pub fn desired_version(&self, device_id: &str, model: &str) -> Result<Option<u64>, FleetError> {
+        let Some(current) = self.store().desired(device_id)? else {
+            return Ok(None);
+        };
+        let models: Vec<DesiredModel> = serde_json::from_str(&current.models)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(models.iter().find(|m| m.name == model).map(|m| m.version))
+    }
+
+    fn update_desired(
+        &self,
+        device_id: &str,
+        now: i64,
+        change: impl FnOnce(&[DesiredModel]) -> Vec<DesiredModel>,
+    ) -> Result<Publication, FleetError> {
+        let current = self.store().desired(device_id)?;
+        let current_models: Vec<DesiredModel> = match &current {
+            Some(record) => serde_json::from_str(&record.models)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let models = change(&current_models);
+        let sequence = current.map(|c| c.sequence).unwrap_or(0) + 1;
+        self.set_desired(device_id.to_owned(), sequence, models, now)
     }
 
     /// After a key rotation: every device's desired state again, with the re-signed

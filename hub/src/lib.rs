@@ -4,12 +4,14 @@
 
 pub mod api;
 pub mod cli;
+pub mod cli_rollout;
 pub mod cli_telemetry;
 pub mod client;
 pub mod data_dir;
 pub mod fleet;
 pub mod metrics;
 pub mod registry;
+pub mod rollout;
 pub mod serve_command;
 pub mod store;
 pub mod telemetry;

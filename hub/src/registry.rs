@@ -277,7 +277,22 @@ impl Registry {
             .map(|s| s.metadata())
             .collect();
         drop(loaded);
-        let features = feature_map(&inputs, &outputs, &metadata)?;
+        let mut features = feature_map(&inputs, &outputs, &metadata)?;
+        if metadata.feature_names.is_none() && metadata.feature_input.is_none() {
+            // A retrain keeps its feature names: without names given, a version whose feature
+            // input matches the latest version's takes that version's names and categoricals,
+            // so its windows compare with the old cohort's feature by feature.
+            if let (Some(map), Some(previous)) =
+                (features.as_mut(), self.latest_feature_map(model)?)
+                && previous.input == map.input
+                && previous.features.len() == map.features.len()
+            {
+                map.features = previous.features;
+                if metadata.categorical.is_empty() {
+                    map.categorical = previous.categorical;
+                }
+            }
+        }
         self.store_artifact(upload, sha256)?;
         let now = self.now();
         let new = NewVersion {
@@ -441,6 +456,27 @@ impl Registry {
                 .ok_or_else(unknown)?,
         };
         self.store.version(model, version)?.ok_or_else(unknown)
+    }
+
+    /// The feature map in the latest version's signed manifest, if any.
+    fn latest_feature_map(
+        &self,
+        model: &str,
+    ) -> Result<Option<flotilla_proto::telemetry::FeatureMap>, RegistryError> {
+        let Some(latest) = self
+            .store
+            .versions(model)?
+            .into_iter()
+            .max_by_key(|v| v.version)
+        else {
+            return Ok(None);
+        };
+        let manifest = serde_json::from_str::<flotilla_proto::trust::Envelope>(&latest.manifest)
+            .ok()
+            .and_then(|e| {
+                serde_json::from_str::<flotilla_proto::trust::ModelManifest>(&e.payload).ok()
+            });
+        Ok(manifest.and_then(|m| m.features))
     }
 
     pub fn set_alias(

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Bytes of telemetry frames queued for ingest, at most.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub telemetry_queue_bytes: u64,
+    /// Seconds between rollout controller steps (installs, gates, rate).
+    #[arg(long, default_value_t = 5)]
+    pub rollout_tick_seconds: u64,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -293,6 +296,23 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         metrics.clone(),
         Some(telemetry_queue),
     );
+    let rollouts = Arc::new(crate::rollout::Rollouts::new(
+        registry.clone(),
+        fleet.clone(),
+        telemetry.clone(),
+        Some(mqtt.clone()),
+    ));
+    let controller = rollouts.clone();
+    let tick = Duration::from_secs(args.rollout_tick_seconds.max(1));
+    tokio::spawn(async move {
+        // Resumes every active rollout where its stored state left it.
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            controller.tick().await;
+        }
+    });
     let hub_metrics = metrics.clone();
     let state = ApiState {
         registry,
@@ -302,6 +322,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         mqtt: Some(mqtt),
         metrics,
         telemetry: Some(telemetry),
+        rollouts: Some(rollouts),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

@@ -383,7 +383,7 @@ mod tests {
         let spool = Spool::open(&path, 1 << 20);
         assert_eq!(spool.counters().lost, 1);
         assert_eq!(spool.counters().corrupt_files, 1);
-        spool.push(b"after");
+        spool.push(b"after", 1);
         assert_eq!(spool.oldest(0, 10).len(), 1);
         assert!(
             dir.path().read_dir().unwrap().any(|e| e

@@ -6,6 +6,7 @@ mod devices;
 mod error;
 mod models;
 mod openapi;
+mod rollouts;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::HubMetrics>,
     /// Drift and health reports; absent in a registry-only hub.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Rollouts in waves; absent in a registry-only hub.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -72,6 +75,12 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/keys/rotate", post(rotate_keys))
         .route("/api/v1/deployments", post(devices::deploy))
         .route("/api/v1/devices", get(devices::list))
+        .route(
+            "/api/v1/rollouts",
+            post(rollouts::create).get(rollouts::list),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::show))
+        .route("/api/v1/rollouts/{id}/{action}", post(rollouts::command))
         .route("/api/v1/devices/{id}", get(devices::show))
         .route("/api/v1/artifacts/{sha256}", get(devices::artifact))
         .route("/api/v1/audit", get(audit))

@@ -86,4 +86,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
         envelope TEXT NOT NULL
     );
     "#,
+    // 3: rollouts: the spec, the frozen target order with each device's previous version,
+    // and the controller's state (rewritten after every step).
+    r#"
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        state TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE INDEX rollouts_by_phase ON rollouts (phase);
+    "#,
 ];

@@ -170,6 +170,20 @@ pub struct DesiredRecord {
     pub envelope: String,
 }
 
+/// A rollout as stored: the JSON of its spec, targets and controller state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub model: String,
+    pub version: u64,
+    pub spec: String,
+    pub targets: String,
+    pub state: String,
+    pub phase: String,
+    pub created: i64,
+    pub updated: i64,
+}
+
 /// The registry's persistent state, whatever database holds it.
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Registers a version unless the same content is already registered for the model.
@@ -247,4 +261,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError>;
     fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;
     fn set_desired(&self, id: &str, desired: &DesiredRecord) -> Result<(), StoreError>;
+
+    fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
+    /// Saves a rollout's controller state and phase.
+    fn update_rollout(&self, id: &str, state: &str, phase: &str, at: i64)
+    -> Result<(), StoreError>;
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
+    /// Every rollout, newest first.
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
 }

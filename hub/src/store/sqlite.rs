@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::migrations::MIGRATIONS;
 use super::{
     AliasChange, AuditEntry, DesiredRecord, DeviceRecord, EnrollmentCheck, ModelSummary,
-    NewVersion, PushOutcome, RegistryStore, Scope, StoreError, VersionRecord,
+    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StoreError, VersionRecord,
 };
 
 #[derive(Debug)]
@@ -55,6 +55,20 @@ impl SqliteStore {
             .map_err(|_| StoreError::Corrupt("a previous database call panicked".into()))?;
         f(&mut connection)
     }
+}
+
+fn rollout_row(row: &rusqlite::Row) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: row.get(0)?,
+        model: row.get(1)?,
+        version: row.get::<_, i64>(2)? as u64,
+        spec: row.get(3)?,
+        targets: row.get(4)?,
+        state: row.get(5)?,
+        phase: row.get(6)?,
+        created: row.get(7)?,
+        updated: row.get(8)?,
+    })
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -534,6 +548,65 @@ impl RegistryStore for SqliteStore {
                     },
                 )
                 .optional()?)
+        })
+    }
+
+    fn insert_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO rollouts (id, model, version, spec, targets, state, phase, created, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    r.id,
+                    r.model,
+                    r.version as i64,
+                    r.spec,
+                    r.targets,
+                    r.state,
+                    r.phase,
+                    r.created,
+                    r.updated
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn update_rollout(
+        &self,
+        id: &str,
+        state: &str,
+        phase: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE rollouts SET state = ?2, phase = ?3, updated = ?4 WHERE id = ?1",
+                params![id, state, phase, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT id, model, version, spec, targets, state, phase, created, updated FROM rollouts WHERE id = ?1",
+                    [id],
+                    rollout_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, model, version, spec, targets, state, phase, created, updated FROM rollouts ORDER BY created DESC, id DESC",
+            )?;
+            let rows = statement.query_map([], rollout_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
