@@ -156,6 +156,28 @@ pub enum ModelCommand {
     Alias(AliasCommand),
     /// Retire a version: kept on record, no longer deployable.
     Retire { name: String, version: u64 },
+    /// The promotion quality gate new versions must pass against production.
+    #[command(subcommand, name = "quality-gate")]
+    QualityGate(QualityGateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QualityGateCommand {
+    /// Set the gate: rules like "auc >= production.auc + 0.005"; a failing version is
+    /// retired, a passing one may start a rollout (--auto-rollout SPEC.toml).
+    Set {
+        name: String,
+        #[arg(long = "rule", required = true)]
+        rules: Vec<String>,
+        /// The alias candidates are compared with.
+        #[arg(long, default_value = "production")]
+        baseline: String,
+        /// A rollout spec file (TOML, without model and version) started for passing versions.
+        #[arg(long)]
+        auto_rollout: Option<PathBuf>,
+    },
+    /// Show the gate.
+    Show { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +395,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(features) = answer["reference"]["features"].as_array() {
                     println!("reference profile stored: {} features", features.len());
                 }
+                print_quality_gate(&answer["quality_gate"]);
                 return Ok(());
             }
             answer
@@ -507,6 +530,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{name}: alias {alias} removed");
             return Ok(());
         }
+        Command::Model(ModelCommand::QualityGate(QualityGateCommand::Set {
+            name,
+            rules,
+            baseline,
+            auto_rollout,
+        })) => {
+            let auto_rollout = match auto_rollout {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let table: toml::Table = toml::from_str(&text)
+                        .with_context(|| format!("{} is not TOML", path.display()))?;
+                    Some(serde_json::to_value(table)?)
+                }
+                None => None,
+            };
+            client
+                .json(
+                    Method::PUT,
+                    &format!("/api/v1/models/{}/quality-gate", query_escape(&name)),
+                    Some(serde_json::json!({"rules": rules, "baseline_alias": baseline, "auto_rollout": auto_rollout})),
+                )
+                .await?
+        }
+        Command::Model(ModelCommand::QualityGate(QualityGateCommand::Show { name })) => {
+            client
+                .json(
+                    Method::GET,
+                    &format!("/api/v1/models/{}/quality-gate", query_escape(&name)),
+                    None,
+                )
+                .await?
+        }
         Command::Model(ModelCommand::Retire { name, version }) => {
             let answer = client
                 .json(
@@ -633,6 +689,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
+}
+
+/// The quality gate's verdict on a pushed version, rule by rule.
+fn print_quality_gate(gate: &serde_json::Value) {
+    if gate.is_null() {
+        return;
+    }
+    let passed = gate["passed"].as_bool() == Some(true);
+    println!(
+        "quality gate: {} (against version {})",
+        if passed {
+            "passed"
+        } else {
+            "REJECTED: the version is retired"
+        },
+        gate["baseline_version"]
+    );
+    for outcome in gate["outcomes"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {}: candidate {}, threshold {}{}",
+            if outcome["passed"] == true {
+                "ok  "
+            } else {
+                "FAIL"
+            },
+            outcome["rule"].as_str().unwrap_or(""),
+            outcome["candidate"],
+            outcome["threshold"],
+            outcome["note"]
+                .as_str()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(rollout) = gate["rollout"].as_str() {
+        println!("canary rollout started: {rollout} (flotilla rollout status {rollout} --watch)");
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 //! API, and the client the `flotilla` CLI (and tests, and fleet-sim) use to drive it.
 //! `main.rs` (flotilla-hub) and `bin/flotilla.rs` are thin command-line shells.
 
+// The hand-written OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod cli;
 pub mod cli_rollout;
@@ -10,6 +13,7 @@ pub mod client;
 pub mod data_dir;
 pub mod fleet;
 pub mod metrics;
+pub mod quality;
 pub mod registry;
 pub mod rollout;
 pub mod serve_command;

@@ -60,7 +60,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, Spool
         ));
     }
     connection.execute_batch(
-        "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, frame BLOB NOT NULL, requests INTEGER NOT NULL DEFAULT 0);
+        "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, frame BLOB NOT NULL, requests INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0);
          CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )?;
     // Spools made before batches carried their request count.
@@ -70,6 +70,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<(Connection, u64, u64, Spool
     if !has_requests {
         connection
             .execute_batch("ALTER TABLE batches ADD COLUMN requests INTEGER NOT NULL DEFAULT 0")?;
+    }
+    if connection
+        .prepare("SELECT sent FROM batches LIMIT 0")
+        .is_err()
+    {
+        connection
+            .execute_batch("ALTER TABLE batches ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")?;
     }
     let (rows, bytes): (i64, i64) = connection.query_row(
         "SELECT COUNT(*), COALESCE(SUM(LENGTH(frame)), 0) FROM batches",
@@ -212,9 +219,13 @@ impl Spool {
             let mut bytes = previous_bytes + frame.len() as u64;
             let (mut dropped, mut dropped_requests) = (0, 0);
             while bytes > self.max_bytes {
+                // Never a batch already sent: the broker may have it (its PUBACK lost with a
+                // connection), and dropping it would count one window both ways. Sent
+                // batches stay until acknowledged, so the spool may exceed its bound by the
+                // few batches in flight.
                 let oldest: Option<(i64, u64, u64)> = tx
                     .query_row(
-                        "SELECT seq, LENGTH(frame), requests FROM batches ORDER BY seq LIMIT 1",
+                        "SELECT seq, LENGTH(frame), requests FROM batches WHERE sent = 0 ORDER BY seq LIMIT 1",
                         [],
                         |r| {
                             Ok((
@@ -287,6 +298,21 @@ impl Spool {
     }
 
     /// Deletes a batch the broker acknowledged (again is harmless); true when it was there.
+    /// Marks a batch as sent (it may reach the hub from now on): it is never dropped for
+    /// space, only removed when acknowledged.
+    pub fn mark_sent(&self, seq: i64) {
+        let mut inner = self.lock();
+        let result = match inner.connection.as_ref() {
+            Some(connection) => connection
+                .execute("UPDATE batches SET sent = 1 WHERE seq = ?1", [seq])
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(error) = result {
+            self.failed(&mut inner, error, "mark a batch as sent");
+        }
+    }
+
     pub fn remove(&self, seq: i64) -> bool {
         let mut inner = self.lock();
         let result = (|| -> rusqlite::Result<Option<u64>> {

@@ -67,6 +67,8 @@ pub async fn run(
                 && let Some((seq, frame)) = spool.oldest(last_sent, 1).pop()
             {
                 {
+                    // Marked first: from here on the broker may have it.
+                    spool.mark_sent(seq);
                     if mqtt.publish_telemetry(frame, seq).await.is_err() {
                         break 'connected;
                     }

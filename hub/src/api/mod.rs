@@ -66,6 +66,10 @@ pub fn router(state: ApiState) -> axum::Router {
             post(models::retire),
         )
         .route(
+            "/api/v1/models/{model}/quality-gate",
+            get(models::get_quality_gate).put(models::put_quality_gate),
+        )
+        .route(
             "/api/v1/models/{model}/aliases/{alias}",
             put(models::set_alias).delete(models::remove_alias),
         )

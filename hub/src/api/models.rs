@@ -168,12 +168,146 @@ pub(super) async fn push(
     } else {
         StatusCode::OK
     };
+    let quality_gate = if result.created {
+        apply_quality_gate(&state, &model, result.version, &caller.name).await?
+    } else {
+        None
+    };
     Ok((
         status,
         Json(
-            serde_json::json!({"model": model, "version": result.version, "created": result.created, "sha256": result.sha256, "size": result.size}),
+            serde_json::json!({"model": model, "version": result.version, "created": result.created, "sha256": result.sha256, "size": result.size, "quality_gate": quality_gate}),
         ),
     ))
+}
+
+/// Runs the model's quality gate on a new version: a failing candidate is retired (it can
+/// never be deployed) and the comparison recorded; a passing one may start its canary
+/// rollout. `None` when the model has no gate.
+async fn apply_quality_gate(
+    state: &ApiState,
+    model: &str,
+    version: u64,
+    actor: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    use crate::quality::{QualityPolicy, evaluate, parse_policy};
+    let registry = state.registry.clone();
+    let (model_name, actor_name) = (model.to_owned(), actor.to_owned());
+    let judged = blocking(move || {
+        let store = registry.store();
+        let Some(text) = store.quality_policy(&model_name)? else {
+            return Ok(None);
+        };
+        let policy: QualityPolicy = serde_json::from_str(&text)
+            .map_err(|e| ApiError::internal(format!("stored quality gate: {e}")))?;
+        let rules = parse_policy(&policy).map_err(ApiError::internal)?;
+        let candidate = registry.resolve(&model_name, &version.to_string())?;
+        let baseline = match store.aliases(&model_name)?.get(&policy.baseline_alias) {
+            Some(v) if *v != version => store.version(&model_name, *v)?,
+            _ => None,
+        };
+        let verdict = evaluate(
+            &rules,
+            &candidate.metrics,
+            baseline.as_ref().map(|b| (b.version, &b.metrics)),
+        );
+        let kind = if verdict.passed {
+            "quality_gate.passed"
+        } else {
+            registry.retire(&model_name, version, "quality-gate")?;
+            "quality_gate.rejected"
+        };
+        let detail = serde_json::to_value(&verdict).expect("verdicts serialize");
+        store.audit(
+            registry.now(),
+            &actor_name,
+            kind,
+            &format!("{model_name} version {version}: {detail}"),
+        )?;
+        Ok(Some((policy, verdict, kind, detail, registry.now())))
+    })
+    .await?;
+    let Some((policy, verdict, kind, detail, now)) = judged else {
+        return Ok(None);
+    };
+    if let Some(telemetry) = &state.telemetry {
+        telemetry
+            .store
+            .add_event(now, kind, model, Some(version), &detail)
+            .map_err(ApiError::from)?;
+    }
+    let mut answer = serde_json::json!({
+        "passed": verdict.passed,
+        "rejected": !verdict.passed,
+        "baseline_version": verdict.baseline_version,
+        "outcomes": verdict.outcomes,
+    });
+    if let (true, Some(template), Some(rollouts)) =
+        (verdict.passed, &policy.auto_rollout, &state.rollouts)
+    {
+        let mut spec = template.clone();
+        spec["model"] = model.into();
+        spec["version"] = version.to_string().into();
+        let spec = crate::rollout::spec::RolloutSpec::from_json(&spec.to_string())
+            .map_err(|e| ApiError::bad_request(format!("the gate's auto_rollout: {e}")))?;
+        let view = rollouts.create(spec, "quality-gate").await?;
+        answer["rollout"] = view.id.into();
+    }
+    Ok(Some(answer))
+}
+
+/// `PUT /api/v1/models/{model}/quality-gate`: the policy as JSON, checked.
+pub(super) async fn put_quality_gate(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(model): Path<String>,
+    Json(policy): Json<crate::quality::QualityPolicy>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Operator)?;
+    check_name(&model)?;
+    crate::quality::parse_policy(&policy).map_err(ApiError::bad_request)?;
+    if let Some(template) = &policy.auto_rollout {
+        let mut spec = template.clone();
+        spec["model"] = model.clone().into();
+        spec["version"] = "1".into();
+        crate::rollout::spec::RolloutSpec::from_json(&spec.to_string())
+            .map_err(|e| ApiError::bad_request(format!("auto_rollout: {e}")))?;
+    }
+    let registry = state.registry.clone();
+    let actor = caller.name.clone();
+    let text = serde_json::to_string(&policy).expect("policies serialize");
+    blocking(move || {
+        let now = registry.now();
+        registry.store().set_quality_policy(&model, &text, now)?;
+        registry
+            .store()
+            .audit(now, &actor, "quality_gate.set", &format!("{model}: {text}"))?;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(
+        serde_json::to_value(policy).expect("policies serialize"),
+    ))
+}
+
+pub(super) async fn get_quality_gate(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Read)?;
+    let registry = state.registry.clone();
+    let text = blocking(move || {
+        registry.store().quality_policy(&model)?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "model {model:?} has no quality gate; PUT one to /api/v1/models/{model}/quality-gate"
+            ))
+        })
+    })
+    .await?;
+    Ok(Json(serde_json::from_str(&text).map_err(|e| {
+        ApiError::internal(format!("stored quality gate: {e}"))
+    })?))
 }
 
 fn push_metadata(query: &BTreeMap<String, String>) -> Result<PushMetadata, ApiError> {

@@ -35,6 +35,10 @@ pub fn spec() -> serde_json::Value {
             "/api/v1/models/{model}/versions/{version}": {"get": op("A version by number or alias", "read")},
             "/api/v1/models/{model}/versions/{version}/manifest": {"get": op("The version's signed manifest envelope", "read")},
             "/api/v1/models/{model}/versions/{version}/retire": {"post": op("Retire a version", "operator")},
+            "/api/v1/models/{model}/quality-gate": {
+                "get": op("The model's promotion quality gate", "read"),
+                "put": op("Set the quality gate: body {\"rules\": [\"auc >= production.auc + 0.005\", ...], \"baseline_alias\": \"production\", \"auto_rollout\": {rollout spec without model and version}}; new versions that fail it are retired, passing ones may start a rollout", "operator")
+            },
             "/api/v1/models/{model}/aliases/{alias}": {
                 "put": op("Point an alias at a version: body {\"version\": N or \"alias\"}", "operator"),
                 "delete": op("Remove an alias", "operator")
@@ -47,7 +51,13 @@ pub fn spec() -> serde_json::Value {
             "/api/v1/deployments": {"post": op("Set a model version (or alias) as desired on devices matching a label selector: body {\"model\", \"version\", \"selector\"}", "operator")},
             "/api/v1/devices": {"get": op("Enrolled devices: labels, hardware, online, last seen, serving versions, last install outcomes", "read")},
             "/api/v1/devices/{id}": {"get": op("One device with its desired state", "read")},
-            "/api/v1/events": {"get": op("The event log (drift_alert, drift_cleared): query model, after (event id), limit", "read")},
+            "/api/v1/rollouts": {
+                "post": op("Start a rollout: body the rollout spec (docs/rollouts.md) as JSON; 201 with the rollout, 400 bad spec or no targets, 404 unknown version, 409 retired version or a rollout of the model in progress", "operator"),
+                "get": op("Every rollout, newest first: phase, wave, installs, reason, gate verdicts", "read")
+            },
+            "/api/v1/rollouts/{id}": {"get": op("One rollout: phase, wave sizes, devices told, installed, failed, restored, reason, gate verdicts, spec, controller state", "read")},
+            "/api/v1/rollouts/{id}/{action}": {"post": op("Operator command: pause, resume, approve, abort, rollback, promote; 409 when the rollout's phase does not allow it", "operator")},
+            "/api/v1/events": {"get": op("The event log (drift_alert, drift_cleared, rollout.*): query model, after (event id), limit", "read")},
             "/api/v1/models/{model}/drift": {"get": op("Drift report of a fleet slice: query version (number or alias; default newest), selector k=v,..., devices a,b, since/until (90s, 15m, 1h, 7d) or since_ms/until_ms, against reference|version:N", "read")},
             "/api/v1/models/{model}/health": {"get": op("Requests, errors by kind, error rate, latency p50/p90/p99 and spool losses per version: query selector, devices, since, until", "read")},
             "/api/v1/models/{model}/drift-thresholds": {

@@ -102,4 +102,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rollouts_by_phase ON rollouts (phase);
     "#,
+    // 4: promotion quality gates, one policy per model.
+    r#"
+    CREATE TABLE quality_policies (
+        model TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    "#,
 ];

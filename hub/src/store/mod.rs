@@ -262,6 +262,10 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;
     fn set_desired(&self, id: &str, desired: &DesiredRecord) -> Result<(), StoreError>;
 
+    /// A model's quality gate policy (JSON), if it has one.
+    fn quality_policy(&self, model: &str) -> Result<Option<String>, StoreError>;
+    fn set_quality_policy(&self, model: &str, policy: &str, at: i64) -> Result<(), StoreError>;
+
     fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
     /// Saves a rollout's controller state and phase.
     fn update_rollout(&self, id: &str, state: &str, phase: &str, at: i64)

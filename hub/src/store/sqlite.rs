@@ -551,6 +551,29 @@ impl RegistryStore for SqliteStore {
         })
     }
 
+    fn quality_policy(&self, model: &str) -> Result<Option<String>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT policy FROM quality_policies WHERE model = ?1",
+                    [model],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    fn set_quality_policy(&self, model: &str, policy: &str, at: i64) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO quality_policies (model, policy, updated) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (model) DO UPDATE SET policy = excluded.policy, updated = excluded.updated",
+                params![model, policy, at],
+            )?;
+            Ok(())
+        })
+    }
+
     fn insert_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
         self.with(|connection| {
             connection.execute(

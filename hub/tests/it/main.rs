@@ -3,5 +3,6 @@
 
 mod fleet;
 mod registry;
+mod rollouts;
 mod support;
 mod telemetry;
