@@ -176,9 +176,14 @@ pub(super) async fn artifact(
         ));
     }
     let path = state.registry.artifact_path(&sha256);
+    // Only a missing file is a 404: anything else (out of file handles, say) is the hub's
+    // trouble and says so.
     let mut file = tokio::fs::File::open(&path)
         .await
-        .map_err(|_| ApiError::not_found(format!("no artifact {sha256}")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::not_found(format!("no artifact {sha256}")),
+            _ => ApiError::internal(format!("cannot open artifact {sha256}: {e}")),
+        })?;
     let size = file
         .metadata()
         .await

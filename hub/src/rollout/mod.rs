@@ -104,6 +104,11 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Loaded {
+    /// The targets told to install so far (a prefix of the wave order).
+    fn told(&self) -> &[Target] {
+        &self.targets[..self.state.told.min(self.targets.len())]
+    }
+
     fn from_record(record: &RolloutRecord) -> Result<Loaded, StoreError> {
         Ok(Loaded {
             id: record.id.clone(),
@@ -355,8 +360,8 @@ impl Rollouts {
                     self.publish(&publications).await;
                 }
                 Action::RollBack => {
-                    let previous: Vec<(String, Option<u64>)> = loaded.targets
-                        [..loaded.state.told.min(loaded.targets.len())]
+                    let previous: Vec<(String, Option<u64>)> = loaded
+                        .told()
                         .iter()
                         .map(|t| (t.device.clone(), t.previous))
                         .collect();
@@ -428,18 +433,23 @@ impl Rollouts {
         Ok(())
     }
 
-    /// The tick input: the wave's install progress from the inventory, the gates when the
-    /// wave has soaked, and whether a rollback is done.
-    fn observe(&self, loaded: &Loaded, now: i64) -> Result<Input, RolloutError> {
-        let devices: BTreeMap<String, crate::store::DeviceRecord> = self
+    /// Every device by id, as the inventory shows it now.
+    fn inventory(&self) -> Result<BTreeMap<String, crate::store::DeviceRecord>, StoreError> {
+        Ok(self
             .registry
             .store()
             .devices()?
             .into_iter()
             .map(|d| (d.id.clone(), d))
-            .collect();
+            .collect())
+    }
+
+    /// The tick input: the wave's install progress from the inventory, the gates when the
+    /// wave has soaked, and whether a rollback is done.
+    fn observe(&self, loaded: &Loaded, now: i64) -> Result<Input, RolloutError> {
+        let devices = self.inventory()?;
         let model = &loaded.spec.model;
-        let told = &loaded.targets[..loaded.state.told.min(loaded.targets.len())];
+        let told = loaded.told();
         let mut progress = WaveProgress {
             told: told.len(),
             ..WaveProgress::default()
@@ -566,15 +576,9 @@ impl Rollouts {
     }
 
     fn view(&self, loaded: &Loaded) -> Result<RolloutView, RolloutError> {
-        let devices: BTreeMap<String, crate::store::DeviceRecord> = self
-            .registry
-            .store()
-            .devices()?
-            .into_iter()
-            .map(|d| (d.id.clone(), d))
-            .collect();
+        let devices = self.inventory()?;
         let model = &loaded.spec.model;
-        let told = &loaded.targets[..loaded.state.told.min(loaded.targets.len())];
+        let told = loaded.told();
         let count = |pick: &dyn Fn(&Target, &crate::store::DeviceRecord) -> bool| {
             told.iter()
                 .filter(|t| devices.get(&t.device).is_some_and(|d| pick(t, d)))

@@ -140,7 +140,10 @@ async fn serve_stream(
                     request.encoding.label(),
                     request.sha256
                 )),
-                Err(_) => Err(format!("no artifact {}", request.sha256)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(format!("no artifact {}", request.sha256))
+                }
+                Err(e) => Err(format!("cannot open artifact {}: {e}", request.sha256)),
             }
         }
         Ok(_) => Err("artifacts are named by their 64-hex-digit SHA-256".to_owned()),
