@@ -56,6 +56,7 @@ impl TestHub {
             telemetry_queue: 8192,
             telemetry_queue_bytes: 64 * 1024 * 1024,
             rollout_tick_seconds: 1,
+            trigger_tick_seconds: 1,
         };
         let hub = start(args).await?;
         Ok(TestHub {

@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Seconds between rollout controller steps (installs, gates, rate).
     #[arg(long, default_value_t = 5)]
     pub rollout_tick_seconds: u64,
+    /// Seconds between retraining trigger passes (each rule judges its own windows).
+    #[arg(long, default_value_t = 5)]
+    pub trigger_tick_seconds: u64,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -313,6 +316,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
             controller.tick().await;
         }
     });
+    let triggers = Arc::new(crate::triggers::Triggers::new(
+        registry.clone(),
+        telemetry.clone(),
+        format!("http://{address}"),
+        args.data_dir.join("triggers"),
+    ));
+    triggers.recover()?;
+    triggers
+        .clone()
+        .spawn(Duration::from_secs(args.trigger_tick_seconds.max(1)));
     let hub_metrics = metrics.clone();
     let state = ApiState {
         registry,
@@ -323,6 +336,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         metrics,
         telemetry: Some(telemetry),
         rollouts: Some(rollouts),
+        triggers: Some(triggers),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

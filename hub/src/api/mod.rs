@@ -8,6 +8,7 @@ mod models;
 mod openapi;
 mod rollouts;
 mod telemetry;
+mod triggers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Rollouts in waves; absent in a registry-only hub.
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
+    /// Retraining triggers; absent in a registry-only hub.
+    pub triggers: Option<Arc<crate::triggers::Triggers>>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -85,6 +88,15 @@ pub fn router(state: ApiState) -> axum::Router {
         )
         .route("/api/v1/rollouts/{id}", get(rollouts::show))
         .route("/api/v1/rollouts/{id}/{action}", post(rollouts::command))
+        .route(
+            "/api/v1/models/{model}/trigger",
+            get(triggers::get_rule)
+                .put(triggers::put_rule)
+                .delete(triggers::delete_rule),
+        )
+        .route("/api/v1/models/{model}/trigger/fire", post(triggers::fire))
+        .route("/api/v1/triggers", get(triggers::history))
+        .route("/api/v1/triggers/{id}", get(triggers::show_run))
         .route("/api/v1/devices/{id}", get(devices::show))
         .route("/api/v1/artifacts/{sha256}", get(devices::artifact))
         .route("/api/v1/audit", get(audit))

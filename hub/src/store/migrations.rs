@@ -110,4 +110,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated INTEGER NOT NULL
     );
     "#,
+    // 5: retraining triggers: one rule per model, and every run with its outcome.
+    r#"
+    CREATE TABLE trigger_rules (
+        model TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE trigger_runs (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        fired_at INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX trigger_runs_by_model ON trigger_runs (model, fired_at);
+    "#,
 ];

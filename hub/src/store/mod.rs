@@ -184,6 +184,25 @@ pub struct RolloutRecord {
     pub updated: i64,
 }
 
+/// One run of a retraining trigger: why it fired and how its action went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerRunRecord {
+    pub id: String,
+    pub model: String,
+    pub version: Option<u64>,
+    /// `drift`, `error_rate` or `manual`.
+    pub reason: String,
+    /// `pending`, `retrying`, `succeeded`, `failed` or `interrupted`.
+    pub status: String,
+    pub attempts: u32,
+    pub fired_at: i64,
+    pub updated: i64,
+    /// What the last attempt came to.
+    pub outcome: String,
+    /// The JSON the action was given.
+    pub payload: String,
+}
+
 /// The registry's persistent state, whatever database holds it.
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Registers a version unless the same content is already registered for the model.
@@ -273,4 +292,27 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
     /// Every rollout, newest first.
     fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Retraining trigger rules (JSON) per model; `None` removes a model's rule.
+    fn trigger_rules(&self) -> Result<Vec<(String, String)>, StoreError>;
+    fn set_trigger_rule(&self, model: &str, rule: Option<&str>, at: i64) -> Result<(), StoreError>;
+    fn insert_trigger_run(&self, run: &TriggerRunRecord) -> Result<(), StoreError>;
+    fn update_trigger_run(
+        &self,
+        id: &str,
+        status: &str,
+        attempts: u32,
+        outcome: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    /// Runs, newest first, of one model or of all.
+    fn trigger_runs(
+        &self,
+        model: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TriggerRunRecord>, StoreError>;
+    fn trigger_run(&self, id: &str) -> Result<Option<TriggerRunRecord>, StoreError>;
+    /// Marks runs that were in flight as interrupted (the hub stopped during them); returns
+    /// how many.
+    fn interrupt_trigger_runs(&self, at: i64) -> Result<usize, StoreError>;
 }

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::migrations::MIGRATIONS;
 use super::{
     AliasChange, AuditEntry, DesiredRecord, DeviceRecord, EnrollmentCheck, ModelSummary,
-    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StoreError, VersionRecord,
+    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StoreError, TriggerRunRecord,
+    VersionRecord,
 };
 
 #[derive(Debug)]
@@ -68,6 +69,24 @@ fn rollout_row(row: &rusqlite::Row) -> rusqlite::Result<RolloutRecord> {
         phase: row.get(6)?,
         created: row.get(7)?,
         updated: row.get(8)?,
+    })
+}
+
+const TRIGGER_RUN_COLUMNS: &str =
+    "id, model, version, reason, status, attempts, fired_at, updated, outcome, payload";
+
+fn trigger_run_row(row: &rusqlite::Row) -> rusqlite::Result<TriggerRunRecord> {
+    Ok(TriggerRunRecord {
+        id: row.get(0)?,
+        model: row.get(1)?,
+        version: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+        reason: row.get(3)?,
+        status: row.get(4)?,
+        attempts: row.get::<_, i64>(5)? as u32,
+        fired_at: row.get(6)?,
+        updated: row.get(7)?,
+        outcome: row.get(8)?,
+        payload: row.get(9)?,
     })
 }
 
@@ -630,6 +649,108 @@ impl RegistryStore for SqliteStore {
             )?;
             let rows = statement.query_map([], rollout_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn trigger_rules(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(|connection| {
+            let mut statement =
+                connection.prepare("SELECT model, rule FROM trigger_rules ORDER BY model")?;
+            let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn set_trigger_rule(&self, model: &str, rule: Option<&str>, at: i64) -> Result<(), StoreError> {
+        self.with(|connection| {
+            match rule {
+                Some(rule) => connection.execute(
+                    "INSERT INTO trigger_rules (model, rule, updated) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (model) DO UPDATE SET rule = excluded.rule, updated = excluded.updated",
+                    params![model, rule, at],
+                )?,
+                None => connection.execute("DELETE FROM trigger_rules WHERE model = ?1", [model])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn insert_trigger_run(&self, r: &TriggerRunRecord) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                &format!(
+                    "INSERT INTO trigger_runs ({TRIGGER_RUN_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ),
+                params![
+                    r.id,
+                    r.model,
+                    r.version.map(|v| v as i64),
+                    r.reason,
+                    r.status,
+                    r.attempts,
+                    r.fired_at,
+                    r.updated,
+                    r.outcome,
+                    r.payload
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn update_trigger_run(
+        &self,
+        id: &str,
+        status: &str,
+        attempts: u32,
+        outcome: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE trigger_runs SET status = ?2, attempts = ?3, outcome = ?4, updated = ?5 WHERE id = ?1",
+                params![id, status, attempts, outcome, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn trigger_runs(
+        &self,
+        model: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TriggerRunRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {TRIGGER_RUN_COLUMNS} FROM trigger_runs WHERE (?1 IS NULL OR model = ?1) \
+                 ORDER BY fired_at DESC, rowid DESC LIMIT ?2"
+            ))?;
+            let rows = statement.query_map(params![model, limit], trigger_run_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn trigger_run(&self, id: &str) -> Result<Option<TriggerRunRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    &format!("SELECT {TRIGGER_RUN_COLUMNS} FROM trigger_runs WHERE id = ?1"),
+                    [id],
+                    trigger_run_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn interrupt_trigger_runs(&self, at: i64) -> Result<usize, StoreError> {
+        self.with(|connection| {
+            Ok(connection.execute(
+                "UPDATE trigger_runs SET status = 'interrupted', updated = ?1, \
+                 outcome = 'the hub stopped before the run finished: ' || outcome \
+                 WHERE status IN ('pending', 'retrying')",
+                [at],
+            )?)
         })
     }
 

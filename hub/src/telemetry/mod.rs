@@ -128,6 +128,32 @@ impl Telemetry {
         Ok(summary)
     }
 
+    /// The windows of a version over a time range, merged per device (one pass). Windows
+    /// that do not decode are left out.
+    pub fn slices_by_device(
+        &self,
+        model: &str,
+        version: u64,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<BTreeMap<String, SliceSummary>, TelemetryError> {
+        let filter = WindowFilter {
+            model: model.to_owned(),
+            version: Some(version),
+            since_ms: Some(since_ms),
+            until_ms: Some(until_ms),
+        };
+        let mut slices: BTreeMap<String, SliceSummary> = BTreeMap::new();
+        self.store.for_each_window(&filter, &mut |window| {
+            let slice = slices.entry(window.device_id.clone()).or_default();
+            match decode_compressed(&window.batch) {
+                Ok(batch) => slice.add(&batch),
+                Err(_) => slice.unmergeable += 1,
+            }
+        })?;
+        Ok(slices)
+    }
+
     pub fn reference(
         &self,
         model: &str,

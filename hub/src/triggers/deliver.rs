@@ -1,0 +1,244 @@
+//! Carrying out a trigger: one attempt of a webhook call (HMAC-signed JSON over HTTP) or of
+//! a command, each bounded by its timeout. Retries and the run record live in the service;
+//! an attempt only says what happened.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+use super::rule::{Command, Webhook, split_url};
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    inner.update(message);
+    let inner: [u8; 32] = inner.finalize().into();
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+/// The `X-Flotilla-Signature` value: `sha256=HEX` of HMAC(secret, `TIMESTAMP.BODY`), so a
+/// receiver can check both the body and its freshness.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut message = format!("{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &message))
+    )
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Succeeded(String),
+    /// Worth another attempt (timeout, unreachable, 5xx, 408, 429, non-zero exit).
+    Retry(String),
+    /// Another attempt would fail the same way (4xx: the receiver refuses this request).
+    GiveUp(String),
+}
+
+/// One POST of `body` to the webhook.
+pub async fn call_webhook(
+    webhook: &Webhook,
+    run_id: &str,
+    body: &Bytes,
+    timestamp: i64,
+) -> Attempt {
+    let timeout = Duration::from_secs_f64(webhook.timeout_seconds);
+    match tokio::time::timeout(timeout, post(webhook, run_id, body, timestamp)).await {
+        Err(_) => Attempt::Retry(format!("no answer within {} s", webhook.timeout_seconds)),
+        Ok(Err(cause)) => Attempt::Retry(cause),
+        Ok(Ok((status, text))) => {
+            let said = format!(
+                "HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+            match status {
+                200..=299 => Attempt::Succeeded(said),
+                408 | 429 | 500..=599 => Attempt::Retry(said),
+                _ => Attempt::GiveUp(said),
+            }
+        }
+    }
+}
+
+async fn post(
+    webhook: &Webhook,
+    run_id: &str,
+    body: &Bytes,
+    timestamp: i64,
+) -> Result<(u16, String), String> {
+    let (authority, path) = split_url(&webhook.url)?;
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(hyper::Method::POST)
+        .uri(path)
+        .header("host", &authority)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("flotilla-hub/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("x-flotilla-event", "retraining-trigger")
+        .header("x-flotilla-delivery", run_id)
+        .header("x-flotilla-timestamp", timestamp.to_string())
+        .header(
+            "x-flotilla-signature",
+            signature(&webhook.secret, timestamp, body),
+        )
+        .body(Full::new(body.clone()))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request to {authority} failed: {e}"))?;
+    let status = response.status().as_u16();
+    // The answer is only for the record: read at most a little of it.
+    let text = match response.into_body().collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned()
+        }
+        Err(e) => format!("(answer unreadable: {e})"),
+    };
+    Ok((status, text))
+}
+
+/// The last `limit` bytes of a program's output, as text.
+fn tail(bytes: &[u8], limit: usize) -> String {
+    let start = bytes.len().saturating_sub(limit);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// One run of the command with the trigger file; it is killed at its timeout.
+pub async fn run_command(
+    command: &Command,
+    trigger_file: &Path,
+    env: &[(&str, String)],
+) -> Attempt {
+    let mut process = tokio::process::Command::new(&command.argv[0]);
+    process
+        .args(&command.argv[1..])
+        .env("FLOTILLA_TRIGGER_FILE", trigger_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        process.env(key, value);
+    }
+    let child = match process.spawn() {
+        Ok(child) => child,
+        Err(e) => return Attempt::GiveUp(format!("cannot run {:?}: {e}", command.argv[0])),
+    };
+    let timeout = Duration::from_secs_f64(command.timeout_seconds);
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        // Dropping the future kills the child (kill_on_drop).
+        Err(_) => Attempt::Retry(format!(
+            "killed after {} s without finishing",
+            command.timeout_seconds
+        )),
+        Ok(Err(e)) => Attempt::Retry(format!("waiting for the command failed: {e}")),
+        Ok(Ok(output)) => {
+            let said = format!(
+                "{}; stdout: {}; stderr: {}",
+                output.status,
+                tail(&output.stdout, 2048).trim(),
+                tail(&output.stderr, 2048).trim()
+            );
+            if output.status.success() {
+                Attempt::Succeeded(said)
+            } else {
+                Attempt::Retry(said)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block is hashed first.
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn the_signature_covers_timestamp_and_body() {
+        let a = signature("0123456789abcdef", 1, b"{}");
+        assert!(a.starts_with("sha256="));
+        assert_ne!(a, signature("0123456789abcdef", 2, b"{}"));
+        assert_ne!(a, signature("0123456789abcdef", 1, b"{ }"));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_fails_is_retried_and_one_that_cannot_start_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.json");
+        let cmd = |argv: &[&str], timeout: f64| Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: timeout,
+            max_attempts: 1,
+            backoff_seconds: 1.0,
+        };
+        let ok = run_command(
+            &cmd(&["sh", "-c", "echo \"$FLOTILLA_TRIGGER_FILE $X\""], 10.0),
+            &file,
+            &[("X", "y".into())],
+        )
+        .await;
+        match ok {
+            Attempt::Succeeded(said) => {
+                assert!(said.contains(&format!("{} y", file.display())), "{said}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            run_command(&cmd(&["sh", "-c", "exit 3"], 10.0), &file, &[]).await,
+            Attempt::Retry(said) if said.contains("exit status: 3")
+        ));
+        assert!(matches!(
+            run_command(&cmd(&["sleep", "30"], 0.2), &file, &[]).await,
+            Attempt::Retry(said) if said.contains("killed after")
+        ));
+        assert!(matches!(
+            run_command(&cmd(&["/nonexistent/program"], 10.0), &file, &[]).await,
+            Attempt::GiveUp(said) if said.contains("cannot run")
+        ));
+    }
+}
