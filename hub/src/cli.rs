@@ -56,6 +56,9 @@ pub enum Command {
     /// Rollouts in waves with health gates and automatic rollback.
     #[command(subcommand)]
     Rollout(crate::cli_rollout::RolloutCommand),
+    /// Retraining triggers: rules per model, manual firing, run history.
+    #[command(subcommand)]
+    Trigger(crate::cli_trigger::TriggerCommand),
     /// Set MODEL at VERSION (a number or alias) as desired on the devices matching --to.
     Deploy {
         model: String,
@@ -296,6 +299,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(command) => return capture(&client, command).await,
         Command::Rollout(command) => {
             return crate::cli_rollout::rollout(&client, command, cli.json).await;
+        }
+        Command::Trigger(command) => {
+            return crate::cli_trigger::trigger(&client, command, cli.json).await;
         }
         Command::Model(ModelCommand::Push {
             name,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod cli_rollout;
 pub mod cli_telemetry;
+pub mod cli_trigger;
 pub mod client;
 pub mod data_dir;
 pub mod fleet;

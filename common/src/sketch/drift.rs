@@ -95,11 +95,12 @@ pub fn verdict(
 
 /// Sorted, distinct, finite f32 points.
 fn grid(reference: &NumericProfile, current: &NumericProfile) -> Vec<f32> {
-    let mut points: Vec<f32> = (0..=GRID_QUANTILES)
-        .flat_map(|i| {
-            let rank = i as f64 / GRID_QUANTILES as f64;
-            [reference.quantile(rank), current.quantile(rank)]
-        })
+    let ranks: Vec<f64> = (0..=GRID_QUANTILES)
+        .map(|i| i as f64 / GRID_QUANTILES as f64)
+        .collect();
+    let mut points: Vec<f32> = [reference.quantiles(&ranks), current.quantiles(&ranks)]
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|v| v as f32)
         .filter(|v| v.is_finite())
@@ -174,8 +175,11 @@ pub fn numeric_drift(reference: &NumericProfile, current: &NumericProfile) -> Op
     } else {
         0.0
     };
-    let mut edges: Vec<f32> = (1..BINS)
-        .filter_map(|i| reference.quantile(i as f64 / BINS as f64))
+    let bin_ranks: Vec<f64> = (1..BINS).map(|i| i as f64 / BINS as f64).collect();
+    let mut edges: Vec<f32> = reference
+        .quantiles(&bin_ranks)
+        .unwrap_or_default()
+        .into_iter()
         .map(|v| v as f32)
         .collect();
     edges.dedup();

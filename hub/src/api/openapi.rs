@@ -57,7 +57,15 @@ pub fn spec() -> serde_json::Value {
             },
             "/api/v1/rollouts/{id}": {"get": op("One rollout: phase, wave sizes, devices told, installed, failed, restored, reason, gate verdicts, spec, controller state", "read")},
             "/api/v1/rollouts/{id}/{action}": {"post": op("Operator command: pause, resume, approve, abort, rollback, promote; 409 when the rollout's phase does not allow it", "operator")},
-            "/api/v1/events": {"get": op("The event log (drift_alert, drift_cleared, rollout.*): query model, after (event id), limit", "read")},
+            "/api/v1/events": {"get": op("The event log (drift_alert, drift_cleared, rollout.*, quality_gate.*, trigger.*): query model, after (event id), limit", "read")},
+            "/api/v1/models/{model}/trigger": {
+                "get": op("The model's retraining trigger rule (webhook secret not shown); 404 when it has none", "read"),
+                "put": op("Set the retraining trigger rule: body the rule (docs/triggers.md) as JSON; 400 with the reason when invalid", "operator"),
+                "delete": op("Remove the model's trigger rule", "operator")
+            },
+            "/api/v1/models/{model}/trigger/fire": {"post": op("Fire the trigger now: body {\"note\": \"...\"} (optional); 201 with the run, 409 while a run is in flight", "operator")},
+            "/api/v1/triggers": {"get": op("Trigger runs, newest first: query model, limit (default 100)", "read")},
+            "/api/v1/triggers/{id}": {"get": op("One trigger run: reason, status, attempts, outcome, payload", "read")},
             "/api/v1/models/{model}/drift": {"get": op("Drift report of a fleet slice: query version (number or alias; default newest), selector k=v,..., devices a,b, since/until (90s, 15m, 1h, 7d) or since_ms/until_ms, against reference|version:N", "read")},
             "/api/v1/models/{model}/health": {"get": op("Requests, errors by kind, error rate, latency p50/p90/p99 and spool losses per version: query selector, devices, since, until", "read")},
             "/api/v1/models/{model}/drift-thresholds": {

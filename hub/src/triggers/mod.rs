@@ -313,6 +313,7 @@ impl Triggers {
         let mut until = first + window_ms;
         while until <= last_complete {
             let observation = self.observe(model, version, until - window_ms, until)?;
+            tracing::debug!(%model, ?observation, "trigger window");
             let (next, reason) = decide::observe(rule, &progress.streaks, observation);
             progress.streaks = next;
             progress.evaluated_until_ms = Some(until);

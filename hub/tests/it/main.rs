@@ -6,3 +6,4 @@ mod registry;
 mod rollouts;
 mod support;
 mod telemetry;
+mod triggers;

@@ -38,13 +38,13 @@ fn reference_rows() -> Vec<[f32; 4]> {
 }
 
 /// Deterministic sampling of reference rows (splitmix64), with `shift` added.
-struct Traffic {
+pub(crate) struct Traffic {
     rows: Vec<[f32; 4]>,
     state: u64,
 }
 
 impl Traffic {
-    fn new(seed: u64) -> Traffic {
+    pub(crate) fn new(seed: u64) -> Traffic {
         Traffic {
             rows: reference_rows(),
             state: seed,
@@ -72,7 +72,7 @@ impl Traffic {
     }
 
     /// `requests` requests of 50 rows each; every one must succeed.
-    fn send(&mut self, agent: &AgentRun, requests: usize, shift: [f32; 4]) -> u64 {
+    pub(crate) fn send(&mut self, agent: &AgentRun, requests: usize, shift: [f32; 4]) -> u64 {
         for _ in 0..requests {
             let rows = self.batch(50, shift);
             agent.infer_rows("iris", &rows).unwrap();
@@ -81,7 +81,7 @@ impl Traffic {
     }
 }
 
-fn push_iris_with_reference(hub: &HubProcess) {
+pub(crate) fn push_iris_with_reference(hub: &HubProcess) {
     let out = hub.cli(
         Some(&hub.operator_token),
         &[
@@ -100,7 +100,7 @@ fn push_iris_with_reference(hub: &HubProcess) {
     );
 }
 
-async fn deploy_iris(hub: &HubProcess) {
+pub(crate) async fn deploy_iris(hub: &HubProcess) {
     hub.operator()
         .json(
             Method::POST,
@@ -111,7 +111,7 @@ async fn deploy_iris(hub: &HubProcess) {
         .unwrap();
 }
 
-fn wait_serving_iris(agent: &AgentRun) {
+pub(crate) fn wait_serving_iris(agent: &AgentRun) {
     for _ in 0..600 {
         if agent.infer_rows("iris", &[[5.0, 3.4, 1.5, 0.2]]) == Ok(1) {
             return;
@@ -162,7 +162,8 @@ fn drifted(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-const FAST_WINDOWS: &str = "[telemetry]\nwindow_seconds = 2\nreconnect_jitter_seconds = 0\n";
+pub(crate) const FAST_WINDOWS: &str =
+    "[telemetry]\nwindow_seconds = 2\nreconnect_jitter_seconds = 0\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
