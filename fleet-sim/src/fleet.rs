@@ -205,6 +205,8 @@ pub struct Fleet {
     proxies: Vec<Option<CohortProxy>>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
+    /// Set by `start_drift`: drift injections without a start time apply from then.
+    drift_started: Arc<AtomicBool>,
     started: Option<Instant>,
     traffic: Vec<tokio::task::JoinHandle<()>>,
     restarts: tokio::task::JoinSet<anyhow::Result<()>>,
@@ -244,7 +246,11 @@ impl Fleet {
                 .collect();
             let token = enrollment_token(&operator, &labels).await?;
             let state_dir = states.path().join(format!("device-{index}"));
-            let config = TestAgent::new(&spec.hub_url, &token, &state_dir)
+            let mut agent = TestAgent::new(&spec.hub_url, &token, &state_dir);
+            if let Some(per_minute) = cohort.capture_per_minute {
+                agent = agent.capture(&scenario.model.name, per_minute);
+            }
+            let config = agent
                 .broker(proxies[c].as_ref().map_or(spec.broker, |p| p.address))
                 .heartbeat_seconds(scenario.heartbeat_seconds)
                 .window_seconds(scenario.window_seconds)
@@ -284,6 +290,7 @@ impl Fleet {
             proxies,
             counters: Arc::new(Counters::default()),
             stop: Arc::new(AtomicBool::new(false)),
+            drift_started: Arc::new(AtomicBool::new(false)),
             started: None,
             traffic: Vec::new(),
             restarts: tokio::task::JoinSet::new(),
@@ -312,6 +319,7 @@ impl Fleet {
                         .map(|col| (col, d.clone()))
                 })
                 .collect();
+            let drift_started = self.drift_started.clone();
             let (device, dataset, counters, stop, input, model) = (
                 device.clone(),
                 self.dataset.clone(),
@@ -329,7 +337,11 @@ impl Fleet {
                     let t = start.elapsed().as_secs_f64();
                     let active: Vec<(usize, &DriftInjection)> = drifts
                         .iter()
-                        .filter(|(_, d)| t >= d.from_seconds)
+                        .filter(|(_, d)| {
+                            t >= d.from_seconds
+                                || (d.from_seconds.is_infinite()
+                                    && drift_started.load(Ordering::Relaxed))
+                        })
                         .map(|(c, d)| (*c, d))
                         .collect();
                     let values = sampler.rows(&dataset, cohort.rows_per_request, &active);
@@ -353,6 +365,11 @@ impl Fleet {
                 }
             }));
         }
+    }
+
+    /// Starts the scenario's drift injections that have no start time of their own.
+    pub fn start_drift(&self) {
+        self.drift_started.store(true, Ordering::Relaxed);
     }
 
     /// Applies what the scenario says happens to devices by now (network cuts, crashes) and

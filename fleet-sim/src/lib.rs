@@ -3,6 +3,7 @@
 //! no production logic of its own). The scale benchmark and end-to-end test bed.
 
 pub mod chart;
+pub mod demo;
 pub mod embedded_hub;
 pub mod fleet;
 pub mod proxy;

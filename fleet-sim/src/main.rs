@@ -44,6 +44,33 @@ enum Command {
         #[arg(long)]
         processes: Option<usize>,
     },
+    /// The whole loop, narrated: a hub, a simulated fleet and a real agent; version 1 in
+    /// waves, drift, a retraining trigger, the quality gate and a canary rollout of the
+    /// retrained model, then a broken version rolled back by the gates. Run it from the
+    /// repository root (deploy/demo.sh does).
+    Demo {
+        /// Simulated devices in all (default: the scenario's 100).
+        #[arg(long)]
+        devices: Option<usize>,
+        #[arg(long, default_value = "fleet-sim/scenarios/demo.toml")]
+        scenario: PathBuf,
+        /// A Python with scikit-learn and skl2onnx (deploy/setup.sh makes it).
+        #[arg(long, default_value = ".cache/venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value = "deploy/demo/retrain.py")]
+        retrain_script: PathBuf,
+        #[arg(
+            long,
+            default_value = "agent/tests/fixtures/iris_classifier_broken.onnx"
+        )]
+        broken_model: PathBuf,
+        /// The longest wait for one step, in seconds.
+        #[arg(long, default_value_t = 300)]
+        step_timeout: u64,
+        /// Stop when the demo is done instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// (internal) Run part of a fleet for a coordinating `run`; reads its spec on stdin.
     #[command(hide = true)]
     Worker,
@@ -63,6 +90,40 @@ fn main() -> anyhow::Result<()> {
         Command::Worker => {
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(flotilla_sim::worker::worker_main());
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            return result;
+        }
+        Command::Demo {
+            devices,
+            scenario,
+            python,
+            retrain_script,
+            broken_model,
+            step_timeout,
+            exit,
+        } => {
+            let here = std::env::current_exe()?;
+            let sibling = |name: &str| here.with_file_name(name);
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let options = flotilla_sim::demo::DemoOptions {
+                scenario: absolute(scenario),
+                devices,
+                python: absolute(python),
+                retrain_script: absolute(retrain_script),
+                flotilla_cli: sibling("flotilla"),
+                agent_exe: sibling("flotilla-agent"),
+                broken_model: absolute(broken_model),
+                step_timeout: std::time::Duration::from_secs(step_timeout),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(async {
+                let demo = flotilla_sim::demo::run(&options).await?;
+                if !exit {
+                    tokio::signal::ctrl_c().await?;
+                }
+                demo.stop().await;
+                anyhow::Ok(())
+            });
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             return result;
         }

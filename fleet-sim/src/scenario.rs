@@ -196,6 +196,10 @@ pub struct Cohort {
     /// Share of installs whose model file is destroyed after the check (loading must fail).
     #[serde(default)]
     pub install_failure_rate: f64,
+    /// Requests per minute each device captures (inputs and outputs) for the hub's
+    /// captures API; none by default.
+    #[serde(default)]
+    pub capture_per_minute: Option<u32>,
 }
 
 impl Cohort {
@@ -217,11 +221,13 @@ pub struct Period {
 }
 
 /// From `from_seconds` on, the cohort's inputs change: `feature` is multiplied by `scale`
-/// then shifted by `shift`.
+/// then shifted by `shift`. Without `from_seconds` the drift starts when the driver says
+/// (`Fleet::start_drift`, the demo).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriftInjection {
     pub cohort: String,
+    #[serde(default = "never")]
     pub from_seconds: f64,
     pub feature: String,
     #[serde(default)]
@@ -232,6 +238,10 @@ pub struct DriftInjection {
 
 fn one() -> f32 {
     1.0
+}
+
+fn never() -> f64 {
+    f64::INFINITY
 }
 
 /// One operator action: exactly one of `deploy`, `push`, `rollout`.

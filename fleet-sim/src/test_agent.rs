@@ -92,6 +92,18 @@ impl TestAgent {
         self
     }
 
+    /// Capture up to `per_minute` requests of `model` a minute (inputs and outputs).
+    pub fn capture(mut self, model: &str, per_minute: u32) -> TestAgent {
+        self.config.telemetry.capture.insert(
+            model.to_owned(),
+            flotilla_agent::telemetry::CaptureConfig {
+                per_minute,
+                max_sample_bytes: 64 * 1024,
+            },
+        );
+        self
+    }
+
     pub fn faults(mut self, faults: InjectedFaults) -> TestAgent {
         self.config.faults = faults;
         self
