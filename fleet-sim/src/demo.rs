@@ -232,13 +232,14 @@ async fn follow_rollout(
         let wave = view["wave"].as_u64().unwrap_or(0) as usize;
         let waves = view["waves"].as_array().map_or(0, Vec::len);
         let restored = view["restored"].as_u64().unwrap_or(0);
+        // `wave` counts the waves started (past the last one once completed).
         let line = format!(
             "rollout of version {}: {phase}, wave {}/{waves} ({} devices told, {} installed{})",
             view["version"],
-            wave + 1,
+            wave.min(waves),
             view["told"],
             view["installed"],
-            if restored > 0 {
+            if restored > 0 && phase.starts_with("roll") {
                 format!(", {restored} back on their previous version")
             } else {
                 String::new()
@@ -388,10 +389,11 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     let mut fleet = Fleet::start(&spec, scenario.clone()).await?;
     fleet.start_traffic();
     narrator.say(&format!(
-        "{} simulated devices enrolled: {}; each sends {} requests a second",
+        "{} simulated devices enrolled: {}; each sends {} requests of {} rows a second",
         spec.count,
         cohorts.join(", "),
-        scenario.cohorts[0].requests_per_second
+        scenario.cohorts[0].requests_per_second,
+        scenario.cohorts[0].rows_per_request
     ));
     let agent_dir = work.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
@@ -426,7 +428,11 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     narrator.say(&format!("real agent: {ready}"));
 
     narrator.step("Roll version 1 out in waves (10% → 50% → 100%), each judged before the next");
-    let wave_gates = json!({"min_requests": 200, "latency_p99_ratio_max": 5});
+    // A hundred simulated devices, the hub and a Python job share this machine's cores:
+    // their latency is mostly scheduling noise (a new version's first requests on a busy
+    // core are several times slower), so the demo's latency gate is wide; real devices keep
+    // the default ratio of 1.2.
+    let wave_gates = json!({"min_requests": 200, "latency_p99_ratio_max": 20});
     let created = client
         .json(
             Method::POST,
@@ -473,7 +479,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
 
     narrator.step("A quality gate for candidates, and a retraining trigger on fleet-wide drift");
     let auto_rollout = json!({"waves": [10, 50, 100], "soak_seconds": 4, "install_timeout_seconds": 120,
-        "gates": {"min_requests": 200, "latency_p99_ratio_max": 5,
+        "gates": {"min_requests": 200, "latency_p99_ratio_max": 20,
                   // A model retrained on drifted inputs predicts differently on them, and the
                   // canary's devices need not match the old cohort's mix: judge errors and latency.
                   "input_drift_features_max": 4, "prediction_drift_max": 4}});
@@ -495,13 +501,13 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         .json(
             Method::PUT,
             &format!("/api/v1/models/{model}/trigger"),
-            Some(json!({"window_seconds": 4, "cooldown_seconds": 3600,
-                "drift": {"consecutive_windows": 3, "device_percent": 25},
+            Some(json!({"window_seconds": 10, "cooldown_seconds": 3600,
+                "drift": {"consecutive_windows": 2, "device_percent": 25},
                 "action": {"command": {"argv": argv, "timeout_seconds": 600}}})),
         )
         .await?;
     narrator
-        .say("trigger: drift on >= 25% of reporting devices for 3 windows of 4 s → run retrain.py");
+        .say("trigger: drift on >= 25% of the judged devices in 2 windows of 10 s in a row → run retrain.py");
 
     narrator.step(&format!("Drift: {}", drift.join(", ")));
     fleet.start_drift();
@@ -540,16 +546,20 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         Ok(matches!(run["status"].as_str(), Some("succeeded" | "failed")).then_some(run))
     })
     .await?;
-    for line in run["outcome"]
-        .as_str()
-        .unwrap_or("")
-        .split("[retrain]")
-        .skip(1)
-    {
-        narrator.say(&format!(
-            "[retrain]{}",
-            line.split("; stderr").next().unwrap_or(line).trim_end()
-        ));
+    // The job's output, as the hub kept it in the run's outcome.
+    let output = run["outcome"].as_str().unwrap_or("");
+    let stdout = output
+        .split_once("stdout: ")
+        .map_or(output, |(_, rest)| rest)
+        .split("; stderr:")
+        .next()
+        .unwrap_or("");
+    for line in stdout.lines() {
+        if line.starts_with("[retrain]") {
+            narrator.say(line);
+        } else {
+            println!("        {line}");
+        }
     }
     outcome.trigger_run = run.clone();
     if run["status"] != "succeeded" {

@@ -34,6 +34,7 @@ pub fn init_onnx_runtime(
         let builder = ort::init_from(&path).map_err(|e| load_error(e.to_string()))?;
         let environment = builder
             .with_name("flotilla-agent")
+            .with_logger(std::sync::Arc::new(onnx_runtime_log))
             .build()
             .map_err(|e| load_error(e.to_string()))?;
         tracing::info!(library = %path.display(), "ONNX Runtime loaded");
@@ -42,5 +43,30 @@ pub fn init_onnx_runtime(
     match result {
         Ok((_, environment)) => Ok(environment),
         Err(error) => Err(error.clone()),
+    }
+}
+
+/// ONNX Runtime's own log lines, through `tracing` (target `onnxruntime`) instead of its
+/// default of stderr. A failing inference is logged there at error level on every request,
+/// while the caller already gets the error in its answer, so that level goes to debug: a bad
+/// input stream must not flood the device's log.
+fn onnx_runtime_log(
+    level: ort::logging::LogLevel,
+    category: &str,
+    _id: &str,
+    location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Fatal => {
+            tracing::error!(target: "onnxruntime", category, location, "{message}")
+        }
+        LogLevel::Error | LogLevel::Warning => {
+            tracing::debug!(target: "onnxruntime", category, location, "{message}")
+        }
+        LogLevel::Info | LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", category, location, "{message}")
+        }
     }
 }

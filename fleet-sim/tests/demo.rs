@@ -1,0 +1,63 @@
+//! The README's main command, end to end at a smaller size (`flotilla-sim demo --devices 20`
+//! runs the same code): the real hub, agent cores, one real `flotilla-agent` process, the real
+//! retraining job in Python. Version 1 completes its waves; drift fires the trigger once; the
+//! retrained candidate passes the quality gate and its canary completes; the broken version
+//! is rolled back and the real agent serves the retrained one again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_sim::demo::{DemoOptions, run};
+
+/// The workspace's other binaries, built by `cargo test --workspace` (deploy/test.sh).
+fn workspace_binary(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with cargo test --workspace (deploy/test.sh)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_whole_loop() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let options = DemoOptions {
+        scenario: repo.join("fleet-sim/scenarios/demo.toml"),
+        devices: Some(20),
+        python: repo.join(".cache/venv/bin/python"),
+        retrain_script: repo.join("deploy/demo/retrain.py"),
+        flotilla_cli: workspace_binary("flotilla"),
+        agent_exe: workspace_binary("flotilla-agent"),
+        broken_model: repo.join("agent/tests/fixtures/iris_classifier_broken.onnx"),
+        step_timeout: Duration::from_secs(240),
+    };
+    let demo = run(&options).await.unwrap();
+    let outcome = demo.outcome.clone();
+    assert_eq!(
+        outcome.rollouts,
+        [
+            (1, "completed".to_owned()),
+            (2, "completed".to_owned()),
+            (3, "rolled_back".to_owned())
+        ],
+        "{outcome:#?}"
+    );
+    assert_eq!(outcome.trigger_run["reason"], "drift", "{outcome:#?}");
+    assert_eq!(outcome.trigger_run["status"], "succeeded", "{outcome:#?}");
+    assert_eq!(outcome.agent_serves, Some(2), "{outcome:#?}");
+    // One run for the whole drift: the cooldown holds while the drift goes on.
+    let client = flotilla_hub::client::AdminClient::new(
+        &outcome.hub_url,
+        Some(outcome.operator_token.clone()),
+    )
+    .unwrap();
+    let runs = client
+        .json(hyper::Method::GET, "/api/v1/triggers?model=iris", None)
+        .await
+        .unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+    demo.stop().await;
+}
