@@ -101,7 +101,9 @@ impl LoadedModel {
             message,
         };
         let sessions = settings.sessions.max(1);
-        let make_pool = |sessions: usize| -> Result<(SessionPool, ModelSignature), LoadError> {
+        let make_pool = |sessions: usize,
+                         queue_depth: usize|
+         -> Result<(SessionPool, ModelSignature), LoadError> {
             let mut made = Vec::with_capacity(sessions);
             for _ in 0..sessions {
                 let session = new_session(environment, &bytes, settings.intra_op_threads)
@@ -113,18 +115,21 @@ impl LoadedModel {
                 tracing::warn!(model = name, version, skipped = ?signature.skipped_outputs, "outputs that are not tensors are not served");
             }
             Ok((
-                SessionPool::new(name, version, made, settings.queue_depth),
+                SessionPool::new(name, version, made, queue_depth),
                 signature,
             ))
         };
         let (runner, signature) = match &settings.engine {
             Engine::Onnx => {
-                let (pool, signature) = make_pool(sessions)?;
+                let (pool, signature) = make_pool(sessions, settings.queue_depth)?;
                 (Runner::Own(pool), signature)
             }
             Engine::SharedOnnx | Engine::Cost(_) => {
                 let key = shared_key(name, version, &bytes, sessions, settings.intra_op_threads);
-                let shared = shared_pool(key, || make_pool(sessions))?;
+                // A shared pool stands in for every device's own sessions: one device's
+                // request (or install smoke test) must not be refused because a thousand
+                // others queued, so it has no waiting limit.
+                let shared = shared_pool(key, || make_pool(sessions, usize::MAX))?;
                 let signature = shared.1.clone();
                 match &settings.engine {
                     Engine::Cost(cost) => (Runner::Cost(*cost, shared), signature),
