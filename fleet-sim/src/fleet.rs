@@ -254,6 +254,7 @@ impl Fleet {
                 .broker(proxies[c].as_ref().map_or(spec.broker, |p| p.address))
                 .heartbeat_seconds(scenario.heartbeat_seconds)
                 .window_seconds(scenario.window_seconds)
+                .upload_spread_seconds(scenario.upload_spread_seconds)
                 .spool_bytes(
                     cohort
                         .spool_kib

@@ -21,6 +21,10 @@ pub struct Scenario {
     /// Seconds between device heartbeats (signed status).
     #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u64,
+    /// Each device sends a new window after its own random delay below this (the agent's
+    /// `upload_spread_seconds`; default 0: the fleet uploads when windows close).
+    #[serde(default)]
+    pub upload_spread_seconds: f64,
     /// How far back the hub's drift evaluator looks (embedded hub).
     #[serde(default = "default_lookback_seconds")]
     pub drift_lookback_seconds: u64,

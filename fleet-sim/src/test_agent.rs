@@ -76,6 +76,11 @@ impl TestAgent {
         self
     }
 
+    pub fn upload_spread_seconds(mut self, seconds: f64) -> TestAgent {
+        self.config.telemetry.upload_spread_seconds = seconds;
+        self
+    }
+
     pub fn spool_bytes(mut self, bytes: u64) -> TestAgent {
         self.config.telemetry.spool_max_bytes = bytes;
         self

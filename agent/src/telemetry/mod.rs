@@ -43,6 +43,11 @@ pub struct TelemetryConfig {
     /// Longest random wait after a reconnect before draining, in seconds.
     #[serde(default = "default_reconnect_jitter_seconds")]
     pub reconnect_jitter_seconds: f64,
+    /// Windows close on the clock, so a whole fleet seals one at the same moment; each
+    /// device sends a new window after its own fixed random delay below this many seconds,
+    /// spreading the fleet's uploads over that span (0: at once).
+    #[serde(default)]
+    pub upload_spread_seconds: f64,
     /// Data capture per model name (off unless listed).
     #[serde(default)]
     pub capture: HashMap<String, CaptureConfig>,
@@ -81,6 +86,7 @@ impl Default for TelemetryConfig {
             spool_max_bytes: default_spool_max_bytes(),
             drain_per_second: default_drain_per_second(),
             reconnect_jitter_seconds: default_reconnect_jitter_seconds(),
+            upload_spread_seconds: 0.0,
             capture: HashMap::new(),
         }
     }
@@ -388,6 +394,13 @@ impl Telemetry {
         let settings = DrainSettings {
             per_second: config.drain_per_second,
             reconnect_jitter: Duration::from_secs_f64(config.reconnect_jitter_seconds.max(0.0)),
+            // Drawn once: the device keeps its place in the spread window after window.
+            upload_delay: Duration::from_secs_f64(
+                config
+                    .upload_spread_seconds
+                    .clamp(0.0, config.window_seconds as f64)
+                    * flotilla_common::backoff::random_jitter(),
+            ),
         };
         self.tasks.push(tokio::spawn(uploader::run(
             self.status.clone(),

@@ -26,6 +26,9 @@ pub struct DrainSettings {
     pub per_second: f64,
     /// The longest random wait after a reconnect before draining.
     pub reconnect_jitter: Duration,
+    /// This device's wait between a new window and its sending (its place in the fleet's
+    /// upload spread).
+    pub upload_delay: Duration,
 }
 
 pub async fn run(
@@ -93,7 +96,11 @@ pub async fn run(
                     in_flight.remove(&seq);
                     last_progress = tokio::time::Instant::now();
                 }
-                _ = spooled.notified() => {}
+                _ = spooled.notified() => {
+                    if !settings.upload_delay.is_zero() {
+                        tokio::time::sleep(settings.upload_delay).await;
+                    }
+                }
                 changed = connected.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(ACK_TIMEOUT) => {}
             }
