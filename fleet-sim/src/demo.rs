@@ -173,11 +173,14 @@ async fn run_script(
     options: &DemoOptions,
     args: &[&str],
 ) -> anyhow::Result<()> {
+    // stderr goes to a file: read after the end, it would block a chatty script on a full
+    // pipe while stdout is read.
+    let errors = tempfile::NamedTempFile::new()?;
     let mut child = tokio::process::Command::new(&options.python)
         .arg(&options.retrain_script)
         .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(errors.reopen()?)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {}", options.python.display()))?;
@@ -185,12 +188,12 @@ async fn run_script(
     while let Some(line) = lines.next_line().await? {
         narrator.say(&line);
     }
-    let output = child.wait_with_output().await?;
-    if !output.status.success() {
+    let status = child.wait().await?;
+    if !status.success() {
         anyhow::bail!(
-            "{} failed: {}",
+            "{} failed ({status}): {}",
             options.retrain_script.display(),
-            String::from_utf8_lossy(&output.stderr)
+            std::fs::read_to_string(errors.path()).unwrap_or_default()
         );
     }
     Ok(())

@@ -57,6 +57,8 @@ impl TestHub {
             telemetry_queue_bytes: 64 * 1024 * 1024,
             rollout_tick_seconds: 1,
             trigger_tick_seconds: 1,
+            // The demo's retraining job is a command; tests and simulations are local.
+            allow_trigger_commands: true,
         };
         let hub = start(args).await?;
         Ok(TestHub {

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Seconds between retraining trigger passes (each rule judges its own windows).
     #[arg(long, default_value_t = 5)]
     pub trigger_tick_seconds: u64,
+    /// Let trigger rules run commands on this host (as the hub's user). Off by default:
+    /// an operator token could otherwise run any program here.
+    #[arg(long)]
+    pub allow_trigger_commands: bool,
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -319,8 +323,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let triggers = Arc::new(crate::triggers::Triggers::new(
         registry.clone(),
         telemetry.clone(),
-        format!("http://{address}"),
+        // Payload links are for receivers elsewhere: the advertised URL when there is one.
+        args.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}")),
         args.data_dir.join("triggers"),
+        args.allow_trigger_commands,
     ));
     triggers.recover()?;
     triggers

@@ -396,9 +396,13 @@ impl Telemetry {
             reconnect_jitter: Duration::from_secs_f64(config.reconnect_jitter_seconds.max(0.0)),
             // Drawn once: the device keeps its place in the spread window after window.
             upload_delay: Duration::from_secs_f64(
-                config
-                    .upload_spread_seconds
-                    .clamp(0.0, config.window_seconds as f64)
+                // A value that is not a number of seconds (NaN) means no spread.
+                (if config.upload_spread_seconds.is_finite() {
+                    config.upload_spread_seconds
+                } else {
+                    0.0
+                })
+                .clamp(0.0, config.window_seconds as f64)
                     * flotilla_common::backoff::random_jitter(),
             ),
         };

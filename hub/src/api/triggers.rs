@@ -19,7 +19,7 @@ impl From<TriggerError> for ApiError {
                 TriggerError::Registry(e) => return ApiError::from(e),
                 _ => unreachable!(),
             },
-            TriggerError::Rule(_) => StatusCode::BAD_REQUEST,
+            TriggerError::Rule(_) | TriggerError::CommandsNotAllowed => StatusCode::BAD_REQUEST,
             TriggerError::NoRule(_)
             | TriggerError::UnknownModel(_)
             | TriggerError::UnknownRun(_) => StatusCode::NOT_FOUND,

@@ -1,7 +1,7 @@
 //! The drift evaluator: every interval, for each model version that sent windows recently,
 //! merges its fleet-wide slice over the look-back, compares it with the version's reference,
 //! records a `drift_alert` event when the dataset starts drifting and `drift_cleared` when it
-//! stops (retraining triggers consume these), and refreshes the drift and health gauges on
+//! stops (for people and alerting; retraining triggers judge each device themselves), and refreshes the drift and health gauges on
 //! `/metrics`.
 
 use std::fmt::Write;

@@ -59,8 +59,21 @@ pub struct Streaks {
     pub version: Option<u64>,
     pub drift: u32,
     pub error_rate: u32,
-    /// The observations of the current streaks (the evidence a fired trigger carries).
-    pub recent: Vec<Observation>,
+    /// The bad windows of each current streak (inconclusive ones left out): the evidence a
+    /// fired trigger carries.
+    pub drift_windows: Vec<Observation>,
+    pub error_windows: Vec<Observation>,
+}
+
+impl Streaks {
+    /// The windows that made `reason` fire.
+    pub fn evidence(&self, reason: Reason) -> &[Observation] {
+        match reason {
+            Reason::Drift => &self.drift_windows,
+            Reason::ErrorRate => &self.error_windows,
+            Reason::Manual => &[],
+        }
+    }
 }
 
 /// How a window counts for a condition.
@@ -91,10 +104,27 @@ fn error_verdict(rule: &TriggerRule, o: &Observation) -> Option<Verdict> {
     })
 }
 
-fn advance(streak: u32, verdict: Option<Verdict>) -> u32 {
+/// One condition's streak after a window: a bad window extends it (and joins its evidence,
+/// of which the last `keep` are kept), a good one breaks it, an inconclusive one leaves it.
+fn advance(
+    streak: u32,
+    windows: &mut Vec<Observation>,
+    verdict: Option<Verdict>,
+    observation: &Observation,
+    keep: u32,
+) -> u32 {
     match verdict {
-        Some(Verdict::Bad) => streak + 1,
-        Some(Verdict::Good) | None => 0,
+        Some(Verdict::Bad) => {
+            windows.push(observation.clone());
+            if windows.len() > keep as usize {
+                windows.remove(0);
+            }
+            streak + 1
+        }
+        Some(Verdict::Good) | None => {
+            windows.clear();
+            0
+        }
         Some(Verdict::Inconclusive) => streak,
     }
 }
@@ -114,22 +144,22 @@ pub fn observe(
             ..Streaks::default()
         }
     };
-    next.drift = advance(next.drift, drift_verdict(rule, &observation));
-    next.error_rate = advance(next.error_rate, error_verdict(rule, &observation));
-    let longest = rule
-        .drift
-        .as_ref()
-        .map_or(0, |d| d.consecutive_windows)
-        .max(
-            rule.error_rate
-                .as_ref()
-                .map_or(0, |e| e.consecutive_windows),
-        )
-        .max(1) as usize;
-    next.recent.push(observation);
-    if next.recent.len() > longest {
-        next.recent.remove(0);
-    }
+    next.drift = advance(
+        next.drift,
+        &mut next.drift_windows,
+        drift_verdict(rule, &observation),
+        &observation,
+        rule.drift.as_ref().map_or(0, |d| d.consecutive_windows),
+    );
+    next.error_rate = advance(
+        next.error_rate,
+        &mut next.error_windows,
+        error_verdict(rule, &observation),
+        &observation,
+        rule.error_rate
+            .as_ref()
+            .map_or(0, |e| e.consecutive_windows),
+    );
     let reason = if rule
         .drift
         .as_ref()
@@ -315,13 +345,32 @@ mod tests {
     }
 
     #[test]
-    fn the_evidence_holds_the_streak_windows() {
-        let bad = window(1, 4, 4, 50, 0);
-        let (next, _) = observe(&rule(), &Streaks::default(), bad.clone());
-        let (next, _) = observe(&rule(), &next, bad.clone());
-        let (next, reason) = observe(&rule(), &next, bad);
-        assert_eq!(reason, Some(Reason::Drift));
-        assert_eq!(next.recent.len(), 3);
+    fn the_evidence_is_the_bad_windows_of_the_firing_streak() {
+        let bad = |t| Observation {
+            since_ms: t,
+            ..window(1, 4, 4, 50, 0)
+        };
+        let thin = window(1, 1, 1, 50, 0);
+        let good = window(1, 4, 0, 50, 0);
+        let mut streaks = Streaks::default();
+        let mut fired = None;
+        for w in [bad(1), good, bad(2), thin, bad(3), bad(4)] {
+            let (next, reason) = observe(&rule(), &streaks, w);
+            streaks = next;
+            fired = fired.or(reason);
+        }
+        assert_eq!(fired, Some(Reason::Drift));
+        let times: Vec<i64> = streaks
+            .evidence(Reason::Drift)
+            .iter()
+            .map(|o| o.since_ms)
+            .collect();
+        assert_eq!(
+            times,
+            [2, 3, 4],
+            "no window before the good one, no thin one"
+        );
+        assert!(streaks.evidence(Reason::ErrorRate).is_empty());
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum TriggerError {
     UnknownRun(String),
     #[error("{0}")]
     Suppressed(Suppressed),
+    #[error(
+        "this hub runs no commands for triggers: whoever may set a rule could run any program as the hub's user; start flotilla-hub serve with --allow-trigger-commands to allow it, or use a webhook"
+    )]
+    CommandsNotAllowed,
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -84,15 +88,11 @@ impl From<TriggerRunRecord> for RunView {
 /// streaks start again, while cooldowns hold because they come from the stored runs).
 #[derive(Debug, Clone, Default)]
 struct RuleProgress {
+    /// The rule this progress was made under.
+    rule: Option<TriggerRule>,
     streaks: Streaks,
     /// The end of the last window evaluated (Unix ms).
     evaluated_until_ms: Option<i64>,
-}
-
-/// A window is evaluated once this share of its length (at most 30 s) has passed after its
-/// end, so the devices' windows ending with it have arrived.
-fn settle_ms(window_ms: i64) -> i64 {
-    (window_ms / 2).min(30_000)
 }
 
 /// The most windows caught up in one pass (after a pause or a restart).
@@ -106,6 +106,8 @@ pub struct Triggers {
     hub_url: String,
     /// Where the payload files of command runs are written.
     work_dir: PathBuf,
+    /// Whether rules may run commands (`--allow-trigger-commands`).
+    allow_commands: bool,
     progress: Mutex<BTreeMap<String, RuleProgress>>,
     /// Deciding and recording a run happen under this lock, so two evaluations (or an
     /// evaluation and a manual fire) never both start one.
@@ -128,12 +130,14 @@ impl Triggers {
         telemetry: Arc<Telemetry>,
         hub_url: String,
         work_dir: PathBuf,
+        allow_commands: bool,
     ) -> Triggers {
         Triggers {
             registry,
             telemetry,
             hub_url,
             work_dir,
+            allow_commands,
             progress: Mutex::new(BTreeMap::new()),
             starting: Mutex::new(()),
         }
@@ -159,6 +163,9 @@ impl Triggers {
         actor: &str,
     ) -> Result<(), TriggerError> {
         rule.check()?;
+        if rule.action.command.is_some() && !self.allow_commands {
+            return Err(TriggerError::CommandsNotAllowed);
+        }
         let store = self.registry.store();
         if store.versions(model)?.is_empty() {
             return Err(TriggerError::UnknownModel(model.to_owned()));
@@ -300,8 +307,16 @@ impl Triggers {
         now_ms: i64,
     ) -> Result<Option<RunView>, TriggerError> {
         let window_ms = rule.window_seconds as i64 * 1000;
-        let last_complete = (now_ms - settle_ms(window_ms)).div_euclid(window_ms) * window_ms;
-        let mut progress = lock(&self.progress).get(model).cloned().unwrap_or_default();
+        let last_complete = (now_ms - rule.settle_ms()).div_euclid(window_ms) * window_ms;
+        // Progress made under another rule (changed since) does not count.
+        let mut progress = lock(&self.progress)
+            .get(model)
+            .filter(|p| p.rule.as_ref() == Some(rule))
+            .cloned()
+            .unwrap_or_else(|| RuleProgress {
+                rule: Some(rule.clone()),
+                ..RuleProgress::default()
+            });
         let first = progress
             .evaluated_until_ms
             .unwrap_or(last_complete - window_ms)
@@ -318,7 +333,7 @@ impl Triggers {
             progress.streaks = next;
             progress.evaluated_until_ms = Some(until);
             if let Some(reason) = reason {
-                let evidence = progress.streaks.recent.clone();
+                let evidence = progress.streaks.evidence(reason).to_vec();
                 let span = (
                     evidence.first().map_or(until - window_ms, |o| o.since_ms),
                     until,
@@ -427,7 +442,9 @@ impl Triggers {
         };
         let store = self.registry.store();
         store.insert_trigger_run(&record)?;
-        store.audit(
+        // From here the run exists: it is carried out whatever happens to the records below
+        // (a run left pending would block the model's triggers until a restart).
+        if let Err(error) = store.audit(
             now,
             actor,
             TRIGGER_FIRED,
@@ -435,14 +452,18 @@ impl Triggers {
                 "{model} version {version:?}: {} (run {id})",
                 reason.as_str()
             ),
-        )?;
-        self.telemetry.store.add_event(
+        ) {
+            tracing::error!(run = %id, %error, "cannot audit a trigger run");
+        }
+        if let Err(error) = self.telemetry.store.add_event(
             now,
             TRIGGER_FIRED,
             model,
             version,
             &serde_json::json!({"run": id, "reason": reason.as_str(), "evidence": evidence}),
-        )?;
+        ) {
+            tracing::error!(run = %id, %error, "cannot record a trigger event");
+        }
         tracing::warn!(%model, ?version, reason = reason.as_str(), run = %id, "retraining trigger fired");
         let triggers = self.clone();
         let action = rule.action.clone();
@@ -570,6 +591,10 @@ impl Triggers {
                 (Some(webhook), _) => {
                     let timestamp = self.registry.now();
                     deliver::call_webhook(webhook, &run_id, &body, timestamp).await
+                }
+                // A rule stored before the hub was restarted without the flag.
+                (_, Some(_)) if !self.allow_commands => {
+                    Attempt::GiveUp(TriggerError::CommandsNotAllowed.to_string())
                 }
                 (_, Some(command)) => deliver::run_command(command, &trigger_file, &env).await,
                 _ => Attempt::GiveUp("the rule has no action".into()),

@@ -19,6 +19,11 @@ pub struct TriggerRule {
     /// works).
     #[serde(default = "default_cooldown_seconds")]
     pub cooldown_seconds: u64,
+    /// How long after a window ends it is judged, so the devices' windows ending with it
+    /// have arrived (default: half a window, at most 30 s). Give at least the agents'
+    /// `upload_spread_seconds` plus a few seconds when they spread their uploads.
+    #[serde(default)]
+    pub settle_seconds: Option<u64>,
     #[serde(default)]
     pub drift: Option<DriftCondition>,
     #[serde(default)]
@@ -137,6 +142,9 @@ fn default_command_attempts() -> u32 {
 
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF_SECONDS: f64 = 300.0;
+pub const MAX_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
+pub const MAX_COOLDOWN_SECONDS: u64 = 365 * 24 * 3600;
+pub const MAX_SETTLE_SECONDS: u64 = 3600;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RuleError {
@@ -166,8 +174,22 @@ impl TriggerRule {
         if self.alias.is_empty() {
             return invalid("give the alias whose version is watched (e.g. production)".into());
         }
-        if self.window_seconds == 0 {
-            return invalid("window_seconds must be at least 1".into());
+        if !(1..=MAX_WINDOW_SECONDS).contains(&self.window_seconds) {
+            return invalid(format!(
+                "window_seconds {} is not between 1 and {MAX_WINDOW_SECONDS} (a week)",
+                self.window_seconds
+            ));
+        }
+        if self.cooldown_seconds > MAX_COOLDOWN_SECONDS {
+            return invalid(format!(
+                "cooldown_seconds {} is over {MAX_COOLDOWN_SECONDS} (a year)",
+                self.cooldown_seconds
+            ));
+        }
+        if self.settle_seconds.is_some_and(|s| s > MAX_SETTLE_SECONDS) {
+            return invalid(format!(
+                "settle_seconds is over {MAX_SETTLE_SECONDS} (an hour)"
+            ));
         }
         if let Some(drift) = &self.drift {
             if drift.consecutive_windows == 0 {
@@ -201,6 +223,14 @@ impl TriggerRule {
                 invalid("the action is exactly one of [action.webhook] and [action.command]".into())
             }
         }
+    }
+
+    /// How long after its end a window is judged, in milliseconds.
+    pub fn settle_ms(&self) -> i64 {
+        let seconds = self
+            .settle_seconds
+            .unwrap_or((self.window_seconds / 2).min(30));
+        seconds as i64 * 1000
     }
 
     /// The rule as the API shows it: the webhook secret is not shown back.
@@ -370,6 +400,18 @@ mod tests {
             (
                 "window_seconds = 0\n[action.command]\nargv = [\"x\"]",
                 "window_seconds",
+            ),
+            (
+                "window_seconds = 2305843009213693952\n[action.command]\nargv = [\"x\"]",
+                "window_seconds",
+            ),
+            (
+                "cooldown_seconds = 9223372036854775807\n[action.command]\nargv = [\"x\"]",
+                "cooldown_seconds",
+            ),
+            (
+                "settle_seconds = 7200\n[action.command]\nargv = [\"x\"]",
+                "settle_seconds",
             ),
         ];
         for (text, expected) in cases {

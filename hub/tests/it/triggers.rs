@@ -216,6 +216,17 @@ async fn a_failing_webhook_gets_the_same_signed_delivery_until_it_accepts_it() {
             .unwrap_err(),
     );
     assert_eq!(status, 404, "{message}");
+    // Without --allow-trigger-commands a rule cannot run programs on the hub's host.
+    let (status, message) = status_of(
+        put(
+            json!({"action": {"command": {"argv": ["/bin/true"]}}}),
+            "iris",
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("--allow-trigger-commands"), "{message}");
     let (status, _) = status_of(
         hub.reader()
             .json(
@@ -395,7 +406,7 @@ async fn a_hanging_webhook_times_out_and_the_hub_keeps_answering() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fleet_drift_fires_the_command_once_per_cooldown() {
-    let hub = HubProcess::start_with(&["--trigger-tick-seconds", "1"]);
+    let hub = HubProcess::start_with(&["--trigger-tick-seconds", "1", "--allow-trigger-commands"]);
     push_iris_with_reference(&hub);
     set_production(&hub, 1).await;
     let a = AgentRun::start_with(&hub, &enroll_token(&hub, "site=a").await, FAST_WINDOWS).unwrap();
