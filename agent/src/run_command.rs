@@ -23,7 +23,7 @@ use crate::repository::ModelRepository;
 use crate::runtime::init_onnx_runtime;
 use crate::server::{AppState, start};
 use crate::store::AgentStore;
-use crate::sync::{InstalledModelSettings, Syncer, now_unix};
+use crate::sync::{InstalledModelSettings, Syncer};
 use crate::telemetry::{Telemetry, TelemetryConfig};
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::AgentMqtt;
@@ -299,7 +299,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
                     }
                 }
             };
-            verify_initial_root(&enrollment.root, now_unix())
+            verify_initial_root(&enrollment.root, config.faults.clock().now_unix())
                 .context("the hub's root metadata does not verify")?;
             store.set_enrollment(&enrollment)?;
             tracing::info!(device = %enrollment.device_id, "enrolled");
@@ -307,7 +307,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         }
     };
     let trusted_root = store.root()?.unwrap_or_else(|| enrollment.root.clone());
-    let root = verify_initial_root(&trusted_root, now_unix())
+    let root = verify_initial_root(&trusted_root, config.faults.clock().now_unix())
         .context("the trusted root metadata no longer verifies")?;
 
     let settings = InstalledModelSettings {
@@ -326,6 +326,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         &config.state_dir,
         &enrollment.device_id,
         key.clone(),
+        config.faults.clock(),
     );
     let serve_config = config.serve_config();
     let state = AppState {
@@ -343,7 +344,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         config.mqtt.as_deref().unwrap_or(&enrollment.mqtt),
         &enrollment.device_id,
         key.clone(),
-        now_unix(),
+        config.faults.clock().now_unix(),
         desired_tx,
         acks_tx,
         Duration::from_secs(config.heartbeat_seconds),

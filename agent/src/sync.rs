@@ -41,6 +41,17 @@ pub struct InjectedFaults {
     /// Share of installs whose model file is overwritten with garbage after the artifact
     /// check (a device whose storage fails under it): loading must reject them.
     pub unloadable_install: f64,
+    /// How far the device's clock is off, in milliseconds (positive: ahead).
+    pub clock_skew_ms: i64,
+}
+
+impl InjectedFaults {
+    /// The device's clock (the system clock unless a skew is injected).
+    pub fn clock(&self) -> crate::clock::DeviceClock {
+        crate::clock::DeviceClock {
+            skew_ms: self.clock_skew_ms,
+        }
+    }
 }
 
 fn happens(rate: f64) -> bool {
@@ -168,7 +179,11 @@ impl Syncer {
                     return changed;
                 }
             };
-            match flotilla_common::trust::verify_root_update(&trusted, &next, now_unix()) {
+            match flotilla_common::trust::verify_root_update(
+                &trusted,
+                &next,
+                self.faults.clock().now_unix(),
+            ) {
                 Ok(root) => {
                     if let Err(error) = self.store.set_root(&next) {
                         tracing::error!(%error, "cannot store the new root");
@@ -204,7 +219,7 @@ impl Syncer {
         .map_err(|e| format!("signature: {e}"))?;
         let state: DesiredState =
             serde_json::from_str(&envelope.payload).map_err(|e| format!("payload: {e}"))?;
-        let now = now_unix();
+        let now = self.faults.clock().now_unix();
         if state.device_id != self.device_id {
             return Err(format!(
                 "it is for device {}, not {}",
@@ -294,7 +309,7 @@ impl Syncer {
             state,
             step,
             reason,
-            at: now_unix(),
+            at: self.faults.clock().now_unix(),
         }
     }
 
@@ -310,7 +325,7 @@ impl Syncer {
                 let checked = verify_manifest(
                     &self.trusted_root(),
                     &entry.manifest,
-                    now_unix(),
+                    self.faults.clock().now_unix(),
                     trusted,
                     entry.rollback,
                 )
@@ -565,7 +580,7 @@ impl Syncer {
         let report = ReportedState {
             device_id: self.device_id.clone(),
             desired_sequence,
-            at: now_unix(),
+            at: self.faults.clock().now_unix(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             serving: self.store.serving().unwrap_or_default(),
             outcomes: self

@@ -264,6 +264,7 @@ impl Fleet {
                 .faults(InjectedFaults {
                     corrupt_download: cohort.corrupt_download_rate,
                     unloadable_install: cohort.install_failure_rate,
+                    clock_skew_ms: (cohort.clock_skew_seconds * 1000.0) as i64,
                 })
                 .config()
                 .clone();

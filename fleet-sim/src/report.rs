@@ -1,5 +1,7 @@
 //! What a run found: the JSON report and its short human summary.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,7 +36,11 @@ pub struct TelemetryCounts {
     /// Windows dropped on devices (full spool) and lost (corrupt spool).
     pub dropped: u64,
     pub lost: u64,
-    /// sealed == received + dropped + lost, and nothing waits in a spool.
+    /// Windows the hub refused, by reason. Only `clock` (a skewed device clock, which a
+    /// scenario forces) is an expected refusal; any other leaves the run unreconciled.
+    pub refused: BTreeMap<String, u64>,
+    /// sealed == received + refused for the clock + dropped + lost, and nothing waits in a
+    /// spool.
     pub reconciled: bool,
 }
 
@@ -52,6 +58,8 @@ pub struct Requests {
     pub lost_in_crashes: u64,
     /// Served, in windows a full spool dropped (counted on the device).
     pub dropped_with_windows: u64,
+    /// Served, in windows the hub refused because the device clock was far off.
+    pub refused_with_windows: u64,
     /// Requests in the windows the hub holds.
     pub hub_counted: u64,
     pub reconciled: bool,
@@ -156,23 +164,28 @@ impl Report {
         }
         let t = &self.telemetry;
         out.push_str(&format!(
-            "telemetry windows: {} sealed, {} acknowledged, {} received ({} duplicate deliveries), {} dropped, {} lost: {}\n",
+            "telemetry windows: {} sealed, {} acknowledged, {} received ({} duplicate deliveries), {} dropped, {} lost{}: {}\n",
             t.sealed,
             t.acknowledged,
             t.received,
             t.duplicates,
             t.dropped,
             t.lost,
+            t.refused
+                .iter()
+                .map(|(why, n)| format!(", {n} refused by the hub ({why})"))
+                .collect::<String>(),
             if t.reconciled { "reconciled" } else { "NOT RECONCILED" }
         ));
         let r = &self.requests;
         out.push_str(&format!(
-            "requests: {} served, {} failed, {} before install, {} lost in crashes, {} in dropped windows; the hub counted {}: {}\n",
+            "requests: {} served, {} failed, {} before install, {} lost in crashes, {} in dropped windows, {} in windows refused for the clock; the hub counted {}: {}\n",
             r.served,
             r.failed,
             r.not_ready,
             r.lost_in_crashes,
             r.dropped_with_windows,
+            r.refused_with_windows,
             r.hub_counted,
             if r.reconciled {
                 "reconciled"

@@ -417,7 +417,7 @@ pub async fn run(
         progress(&format!(
             "t={t:>5.1}s online {online}/{devices} installed {installed} requests {} windows sealed {sealed} received {}",
             now.served,
-            hub_telemetry_counts(&embedded, &url).await?.0
+            hub_telemetry_counts(&embedded, &url).await?.stored
         ));
         if t >= scenario.duration_seconds {
             break;
@@ -432,6 +432,7 @@ pub async fn run(
     // Settle: the last windows close, spools drain, the hub stores.
     tokio::time::sleep(Duration::from_secs(scenario.window_seconds) + Duration::from_millis(500))
         .await;
+    let mut refused_requests;
     let settle_deadline = Instant::now() + Duration::from_secs(60 + scenario.window_seconds * 2);
     loop {
         for (part, status) in parts.iter_mut().zip(statuses.iter_mut()) {
@@ -445,18 +446,28 @@ pub async fn run(
             lost,
             ..
         } = fleet_status(&statuses);
-        let (received, duplicates) = hub_telemetry_counts(&embedded, &url).await?;
+        let hub = hub_telemetry_counts(&embedded, &url).await?;
+        let refused_clock = hub.refused.get("clock").copied().unwrap_or(0);
+        let refused_other: u64 = hub
+            .refused
+            .iter()
+            .filter(|(why, _)| *why != "clock")
+            .map(|(_, n)| n)
+            .sum();
         report.telemetry = TelemetryCounts {
             sealed,
             acknowledged,
-            received,
-            duplicates,
+            received: hub.stored,
+            duplicates: hub.duplicates,
             dropped,
             lost,
+            refused: hub.refused.clone(),
             reconciled: backlog == 0
-                && sealed == received + dropped + lost
-                && acknowledged == received,
+                && refused_other == 0
+                && sealed == hub.stored + refused_clock + dropped + lost
+                && acknowledged == hub.stored + refused_clock,
         };
+        refused_requests = hub.refused_requests.get("clock").copied().unwrap_or(0);
         if report.telemetry.reconciled || Instant::now() > settle_deadline {
             break;
         }
@@ -484,12 +495,14 @@ pub async fn run(
         while_down: fleet.while_down,
         lost_in_crashes: fleet.lost_in_crashes,
         dropped_with_windows: fleet.dropped_requests,
+        refused_with_windows: refused_requests,
         hub_counted,
         reconciled: false,
     };
     let r = &report.requests;
     report.requests.reconciled =
-        r.hub_counted + r.lost_in_crashes + r.dropped_with_windows == r.served + r.failed;
+        r.hub_counted + r.lost_in_crashes + r.dropped_with_windows + r.refused_with_windows
+            == r.served + r.failed;
     let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
     if let Some((v, _)) = &deploy_target {
         for d in inventory.as_array().into_iter().flatten() {
@@ -611,13 +624,30 @@ async fn hub_process(url: &str, shared_with_fleet: bool) -> Option<HubProcess> {
 }
 
 /// Windows the hub stored and duplicate deliveries, from its metrics.
-async fn hub_telemetry_counts(embedded: &Option<TestHub>, url: &str) -> anyhow::Result<(u64, u64)> {
+/// The hub's telemetry counters: windows stored, repeats, refusals and their requests.
+#[derive(Debug, Default)]
+struct HubTelemetry {
+    stored: u64,
+    duplicates: u64,
+    refused: BTreeMap<String, u64>,
+    refused_requests: BTreeMap<String, u64>,
+}
+
+async fn hub_telemetry_counts(
+    embedded: &Option<TestHub>,
+    url: &str,
+) -> anyhow::Result<HubTelemetry> {
+    let by_reason = |map: BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
+        map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
     if let Some(hub) = embedded {
         let m = &hub.hub.metrics;
-        return Ok((
-            m.telemetry_windows_stored.load(Ordering::Relaxed),
-            m.telemetry_duplicates.load(Ordering::Relaxed),
-        ));
+        return Ok(HubTelemetry {
+            stored: m.telemetry_windows_stored.load(Ordering::Relaxed),
+            duplicates: m.telemetry_duplicates.load(Ordering::Relaxed),
+            refused: by_reason(m.telemetry_rejections()),
+            refused_requests: by_reason(m.telemetry_rejected_requests()),
+        });
     }
     let (_, body) = AdminClient::new(url, None)?
         .request(Method::GET, "/metrics", "text/plain", Default::default())
@@ -631,8 +661,20 @@ async fn hub_telemetry_counts(embedded: &Option<TestHub>, url: &str) -> anyhow::
             })
             .unwrap_or(0)
     };
-    Ok((
-        value("flotilla_hub_telemetry_windows_stored_total "),
-        value("flotilla_hub_telemetry_duplicates_total "),
-    ))
+    // `NAME{reason="R"} N` lines.
+    let labelled = |name: &str| -> BTreeMap<String, u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix("{reason=\""))
+            .filter_map(|rest| {
+                let (reason, value) = rest.split_once("\"} ")?;
+                Some((reason.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    Ok(HubTelemetry {
+        stored: value("flotilla_hub_telemetry_windows_stored_total "),
+        duplicates: value("flotilla_hub_telemetry_duplicates_total "),
+        refused: labelled("flotilla_hub_telemetry_rejected_total"),
+        refused_requests: labelled("flotilla_hub_telemetry_rejected_requests_total"),
+    })
 }

@@ -200,6 +200,11 @@ pub struct Cohort {
     /// Share of installs whose model file is destroyed after the check (loading must fail).
     #[serde(default)]
     pub install_failure_rate: f64,
+    /// How far the cohort's device clocks are off, in seconds (positive: ahead). Window
+    /// times, expiry checks and report times on those devices use the skewed clock; the hub
+    /// refuses windows more than a day in the future (counted by reason in the report).
+    #[serde(default)]
+    pub clock_skew_seconds: f64,
     /// Requests per minute each device captures (inputs and outputs) for the hub's
     /// captures API; none by default.
     #[serde(default)]

@@ -1,7 +1,10 @@
 //! The faults scenario end to end (CI), in two worker processes of the real `flotilla-sim`
 //! binary: damaged downloads and destroyed model files are refused by the agents' own checks
 //! and reported with their step; a spool too small for an outage drops its oldest windows and
-//! counts them (with their requests); a slow lossy link and a crash lose nothing else.
+//! counts them (with their requests); devices whose clock is two days ahead install and serve
+//! but the hub refuses their windows as from the future, counted by reason with their
+//! requests; a clock 90 s behind loses nothing; a slow lossy link and a crash lose nothing
+//! else.
 
 use std::path::Path;
 
@@ -24,11 +27,11 @@ async fn faults_are_caught_counted_and_reconciled() {
         "with workers, the hub's process is measured apart: {summary}"
     );
     // 40 devices damage half their downloads and lose a tenth of their installed files; the
-    // other 80 install. Every failure is the agent's own check, at its step.
+    // other 100 install (skewed clocks included). Every failure is the agent's own check.
     let i = &report.installs;
-    assert_eq!(i.installed + i.failed + i.pending, 120, "{summary}");
+    assert_eq!(i.installed + i.failed + i.pending, 140, "{summary}");
     assert_eq!(i.pending, 0, "{summary}");
-    assert!(i.installed >= 80 && i.failed >= 5, "{summary}");
+    assert!(i.installed >= 100 && i.failed >= 5, "{summary}");
     let damaged = i
         .failures
         .get("check_artifact: artifact does not match its signed manifest")
@@ -47,6 +50,10 @@ async fn faults_are_caught_counted_and_reconciled() {
     assert!(t.reconciled, "{summary}");
     assert!(t.dropped > 0 && t.lost == 0, "{summary}");
     assert!(report.requests.dropped_with_windows > 0, "{summary}");
+    // Only the clock two days ahead is refused: ten devices, a window every 2 s each.
+    assert_eq!(t.refused.keys().collect::<Vec<_>>(), ["clock"], "{summary}");
+    assert!(t.refused["clock"] >= 50, "{summary}");
+    assert!(report.requests.refused_with_windows > 0, "{summary}");
     assert!(report.requests.reconciled, "{summary}");
     assert!(
         report

@@ -20,6 +20,9 @@ pub struct HubMetrics {
     pub telemetry_duplicates: AtomicU64,
     /// Telemetry batches refused, by reason.
     pub telemetry_rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Requests in those batches, by reason (when the batch could be opened).
+    pub telemetry_rejected_requests:
+        std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Drift scores and health figures of active model versions, in exposition format,
     /// replaced whole by the drift evaluator after each pass.
     pub model_gauges: std::sync::Mutex<String>,
@@ -30,13 +33,27 @@ impl HubMetrics {
         counter.fetch_add(amount, Ordering::Relaxed);
     }
 
-    pub fn telemetry_rejected(&self, reason: &'static str) {
+    pub fn telemetry_rejected(&self, reason: &'static str, requests: u64) {
         *self
             .telemetry_rejected
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason)
             .or_insert(0) += 1;
+        *self
+            .telemetry_rejected_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_insert(0) += requests;
+    }
+
+    /// Requests in refused batches so far, by reason.
+    pub fn telemetry_rejected_requests(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.telemetry_rejected_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Telemetry refusals so far, by reason.
@@ -117,6 +134,16 @@ impl HubMetrics {
             let _ = writeln!(
                 out,
                 "flotilla_hub_telemetry_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_hub_telemetry_rejected_requests_total Requests in refused telemetry batches, by reason.\n# TYPE flotilla_hub_telemetry_rejected_requests_total counter"
+        );
+        for (reason, n) in self.telemetry_rejected_requests().iter() {
+            let _ = writeln!(
+                out,
+                "flotilla_hub_telemetry_rejected_requests_total{{reason=\"{reason}\"}} {n}"
             );
         }
         out.push_str(&self.model_gauges.lock().unwrap_or_else(|e| e.into_inner()));

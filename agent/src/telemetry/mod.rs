@@ -20,6 +20,8 @@ use serde::Deserialize;
 use sha2::Digest;
 use tokio::sync::{Notify, mpsc};
 
+use crate::clock::DeviceClock;
+
 pub use recorder::Recorder;
 pub use spool::{Spool, SpoolCounters};
 pub use uploader::DrainSettings;
@@ -92,13 +94,6 @@ impl Default for TelemetryConfig {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Adds one request to its model version's window: features and predictions when it
 /// succeeded (`Ok((features, outputs))`), its error kind when it failed; latency either way.
 pub fn record_request(
@@ -114,9 +109,13 @@ pub fn record_request(
         model.version,
         model.feature_map.as_ref(),
         |window| match outcome {
-            Ok((features, outputs)) => {
-                window.record_success(features.as_ref(), &outputs, latency_ms, capture, now_ms())
-            }
+            Ok((features, outputs)) => window.record_success(
+                features.as_ref(),
+                &outputs,
+                latency_ms,
+                capture,
+                recorder.clock.now_ms(),
+            ),
             Err(kind) => window.record_error(kind, latency_ms),
         },
     );
@@ -225,7 +224,7 @@ impl WindowCloser {
             format!(
                 "{}\0{model}\0{version}\0{start_ms}\0{}\0{}",
                 self.device_id,
-                now_ms(),
+                self.recorder.clock.now_ms(),
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             )
             .as_bytes(),
@@ -305,6 +304,8 @@ pub struct Telemetry {
     closer: Arc<WindowCloser>,
     window: Duration,
     window_start_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// The device's clock: windows close on it and carry its times.
+    clock: DeviceClock,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -316,6 +317,7 @@ impl Telemetry {
         state_dir: &Path,
         device_id: &str,
         key: Arc<SigningKey>,
+        clock: DeviceClock,
     ) -> Telemetry {
         let window = Duration::from_secs(config.window_seconds.max(1));
         let capture: HashMap<String, CaptureLimits> = config
@@ -332,7 +334,7 @@ impl Telemetry {
                 )
             })
             .collect();
-        let recorder = Arc::new(Recorder::new(capture.clone()));
+        let recorder = Arc::new(Recorder::new(capture.clone()).with_clock(clock));
         let spool = Arc::new(Spool::open(
             &state_dir.join("telemetry-spool.db"),
             config.spool_max_bytes,
@@ -357,7 +359,8 @@ impl Telemetry {
             status,
             closer,
             window,
-            window_start_ms: Arc::new(std::sync::atomic::AtomicI64::new(now_ms())),
+            window_start_ms: Arc::new(std::sync::atomic::AtomicI64::new(clock.now_ms())),
+            clock,
             tasks: Vec::new(),
         }
     }
@@ -370,20 +373,21 @@ impl Telemetry {
         acks: mpsc::UnboundedReceiver<i64>,
         config: &TelemetryConfig,
     ) {
-        let (closer, window, start) = (
+        let (closer, window, start, clock) = (
             self.closer.clone(),
             self.window,
             self.window_start_ms.clone(),
+            self.clock,
         );
         self.tasks.push(tokio::spawn(async move {
             let length = window.as_millis() as i64;
             loop {
-                let now = now_ms();
+                let now = clock.now_ms();
                 let boundary = (now / length + 1) * length;
                 tokio::time::sleep(Duration::from_millis((boundary - now).max(1) as u64)).await;
                 // A timer that fires early, or a clock stepped back, must not close an empty
                 // or reversed window: wait for the boundary again.
-                if now_ms() < boundary {
+                if clock.now_ms() < boundary {
                     continue;
                 }
                 let begun = start.swap(boundary, std::sync::atomic::Ordering::SeqCst);
@@ -417,7 +421,7 @@ impl Telemetry {
 
     /// Seals the open window now (at shutdown, so its requests are not lost).
     pub fn flush(&self) -> usize {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let begun = self
             .window_start_ms
             .swap(now, std::sync::atomic::Ordering::SeqCst);
@@ -445,6 +449,7 @@ mod tests {
             dir.path(),
             "dev-1",
             Arc::new(SigningKey::generate().unwrap()),
+            DeviceClock::default(),
         );
         let limits = telemetry.recorder.capture_limits("iris").unwrap();
         assert_eq!((limits.per_window, limits.max_sample_bytes), (2, 16 * 1024));

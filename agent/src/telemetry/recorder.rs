@@ -23,6 +23,8 @@ pub struct Recorder {
     shards: Box<[Mutex<Shard>]>,
     /// Data capture limits by model name (absent: capture off).
     capture: HashMap<String, CaptureLimits>,
+    /// The device's clock (capture times).
+    pub clock: crate::clock::DeviceClock,
 }
 
 impl Recorder {
@@ -33,7 +35,14 @@ impl Recorder {
         Recorder {
             shards: (0..cores * 2).map(|_| Mutex::new(Shard::new())).collect(),
             capture,
+            clock: crate::clock::DeviceClock::default(),
         }
+    }
+
+    /// The same recorder on the device's clock.
+    pub fn with_clock(mut self, clock: crate::clock::DeviceClock) -> Recorder {
+        self.clock = clock;
+        self
     }
 
     pub fn capture_limits(&self, model: &str) -> Option<CaptureLimits> {

@@ -27,12 +27,22 @@ type FeatureMapEntry = Option<Arc<FeatureMap>>;
 pub struct Rejection {
     pub reason: &'static str,
     pub message: String,
+    /// Requests the refused window held, when it was opened (so they can be accounted for).
+    pub requests: u64,
 }
 
 fn reject(reason: &'static str, message: impl Into<String>) -> Rejection {
     Rejection {
         reason,
         message: message.into(),
+        requests: 0,
+    }
+}
+
+impl Rejection {
+    fn of_batch(mut self, batch: &WindowBatch) -> Rejection {
+        self.requests = batch.requests;
+        self
     }
 }
 
@@ -183,7 +193,8 @@ impl TelemetryIngest {
                     "window ended at {} ms, older than the 30 days kept",
                     batch.window_end_ms
                 ),
-            ));
+            )
+            .of_batch(&batch));
         }
         if batch.window_start_ms > now_ms + MAX_CLOCK_AHEAD_MS
             || batch.window_end_ms < batch.window_start_ms
@@ -191,7 +202,8 @@ impl TelemetryIngest {
             return Err(reject(
                 "clock",
                 "window times are in the future or reversed; check the device clock",
-            ));
+            )
+            .of_batch(&batch));
         }
         if let Some(map) = self.feature_map(&batch.model, batch.version)? {
             let names: Vec<&str> = batch.features.iter().map(|f| f.name.as_str()).collect();
@@ -279,7 +291,8 @@ impl TelemetryIngest {
                     captures: batch.captures,
                 }),
                 Err(rejection) => {
-                    self.metrics.telemetry_rejected(rejection.reason);
+                    self.metrics
+                        .telemetry_rejected(rejection.reason, rejection.requests);
                     tracing::warn!(%topic, reason = rejection.reason, message = %rejection.message, "telemetry refused");
                     outcome.rejected.push(rejection);
                 }
@@ -309,7 +322,7 @@ impl TelemetryIngest {
             Err(error) => {
                 tracing::error!(%error, windows = windows.len(), "cannot store telemetry");
                 for _ in &windows {
-                    self.metrics.telemetry_rejected("store");
+                    self.metrics.telemetry_rejected("store", 0);
                 }
                 outcome.rejected.push(reject("store", error.to_string()));
             }
@@ -350,7 +363,7 @@ impl TelemetryQueue {
     pub async fn push(&self, topic: String, payload: bytes::Bytes) -> bool {
         let kib = (payload.len() as u64).div_ceil(1024).max(1);
         if kib > self.capacity_kib as u64 {
-            self.metrics.telemetry_rejected("too_large");
+            self.metrics.telemetry_rejected("too_large", 0);
             return true;
         }
         let Ok(permit) = self.budget_kib.clone().acquire_many_owned(kib as u32).await else {
