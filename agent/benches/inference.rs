@@ -66,8 +66,8 @@ fn model_path() -> PathBuf {
 
 /// In-process: `concurrency` threads, each with its own session, calling `run` in a loop.
 fn in_process(concurrency: usize, seconds: f64) -> Round {
-    let environment = flotilla_agent::runtime::init_onnx_runtime(None)
-        .expect("ONNX Runtime: run deploy/setup.sh");
+    let environment =
+        flotilla_runtime::init_onnx_runtime(None).expect("ONNX Runtime: run deploy/setup.sh");
     let bytes = std::fs::read(model_path()).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -117,8 +117,8 @@ fn library_round(
     concurrency: usize,
     seconds: f64,
 ) -> Round {
-    use flotilla_agent::runtime::{LoadedModel, NamedTensor, SessionSettings};
     use flotilla_proto::inference::TensorData;
+    use flotilla_runtime::{LoadedModel, NamedTensor, SessionSettings};
     let settings = SessionSettings {
         sessions,
         intra_op_threads: 1,

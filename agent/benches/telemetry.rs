@@ -15,7 +15,6 @@ use bytes::Bytes;
 use flotilla_agent::config::{ModelConfig, ServeConfig};
 use flotilla_agent::metrics::Metrics;
 use flotilla_agent::repository::ModelRepository;
-use flotilla_agent::runtime::{NamedTensor, init_onnx_runtime};
 use flotilla_agent::server::{AppState, start};
 use flotilla_agent::telemetry::{Recorder, WindowAccumulator, extract_features};
 use flotilla_common::signing::SigningKey;
@@ -23,6 +22,7 @@ use flotilla_common::sketch::{DEVICE_K, NumericProfile, Profile};
 use flotilla_common::telemetry::{NamedProfile, WindowBatch, seal_frame};
 use flotilla_proto::inference::TensorData;
 use flotilla_proto::telemetry::{FeatureMap, PredictionKind, PredictionOutput};
+use flotilla_runtime::{NamedTensor, init_onnx_runtime};
 
 mod support;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::runtime::SessionSettings;
+use flotilla_runtime::SessionSettings;
 
 /// `flotilla-agent serve` settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -65,7 +65,7 @@ pub struct ModelConfig {
     /// What runs requests: own ONNX Runtime sessions unless an embedder (fleet-sim) says
     /// otherwise; not settable from the file.
     #[serde(skip)]
-    pub engine: crate::runtime::Engine,
+    pub engine: flotilla_runtime::Engine,
 }
 
 fn default_socket_mode() -> String {
@@ -253,7 +253,7 @@ mod tests {
                 sessions: 2,
                 intra_op_threads: 1,
                 queue_depth: 16,
-                engine: crate::runtime::Engine::Onnx,
+                engine: flotilla_runtime::Engine::Onnx,
             }
         );
         assert!(toml::from_str::<ServeConfig>("sockett = \"x\"").is_err());

@@ -8,7 +8,6 @@ pub mod install;
 pub mod metrics;
 pub mod repository;
 pub mod run_command;
-pub mod runtime;
 pub mod serve_command;
 pub mod server;
 pub mod store;

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use flotilla_proto::inference::RepositoryIndexEntry;
 
 use crate::config::ModelConfig;
-use crate::runtime::{LoadError, LoadedModel, SessionSettings};
+use flotilla_runtime::{LoadError, LoadedModel, SessionSettings};
 
 /// Name of the model file inside a numbered version folder (Triton's layout).
 pub const VERSION_FILE_NAME: &str = "model.onnx";

@@ -20,13 +20,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
-use crate::runtime::init_onnx_runtime;
 use crate::server::{AppState, start};
 use crate::store::AgentStore;
 use crate::sync::{InstalledModelSettings, Syncer};
 use crate::telemetry::{Telemetry, TelemetryConfig};
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::AgentMqtt;
+use flotilla_runtime::init_onnx_runtime;
 
 /// `flotilla-agent run` settings (agent.toml). Relative paths are relative to the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +74,7 @@ pub struct RunConfig {
     /// What runs inference: own ONNX Runtime sessions on a device; fleet-sim shares them or
     /// declares a cost model. Not settable from the file.
     #[serde(skip)]
-    pub engine: crate::runtime::Engine,
+    pub engine: flotilla_runtime::Engine,
     /// Faults injected into installs (fleet-sim only; not settable from the file).
     #[serde(skip)]
     pub faults: crate::sync::InjectedFaults,
@@ -202,8 +202,8 @@ impl AgentCore {
     pub async fn infer(
         &self,
         model: &str,
-        inputs: Vec<crate::runtime::NamedTensor>,
-    ) -> Result<(u64, Vec<crate::runtime::NamedTensor>), CoreInferError> {
+        inputs: Vec<flotilla_runtime::NamedTensor>,
+    ) -> Result<(u64, Vec<flotilla_runtime::NamedTensor>), CoreInferError> {
         let started = std::time::Instant::now();
         let loaded = self
             .repository
@@ -222,7 +222,7 @@ impl AgentCore {
         let result = loaded.infer(inputs, all_outputs).await;
         let outcome = match &result {
             Ok(outputs) => Ok((features, outputs.clone())),
-            Err(crate::runtime::InferError::Busy { .. }) => Err("busy"),
+            Err(flotilla_runtime::InferError::Busy { .. }) => Err("busy"),
             Err(_) => Err("inference_failed"),
         };
         crate::telemetry::record_request(

@@ -12,8 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{ModelConfig, ServeConfig};
 use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
-use crate::runtime::init_onnx_runtime;
 use crate::server::{AppState, start};
+use flotilla_runtime::init_onnx_runtime;
 
 /// Flags of `serve`; each overrides the config file's setting of the same name.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -73,7 +73,7 @@ pub struct InstalledModelSettings {
     pub sessions: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub queue_depth: Option<usize>,
-    pub engine: crate::runtime::Engine,
+    pub engine: flotilla_runtime::Engine,
 }
 
 #[derive(Debug)]
@@ -644,7 +644,7 @@ fn write_feature_map(model_file: &Path, features: Option<&FeatureMap>) -> std::i
     let Some(features) = features else {
         return Ok(());
     };
-    let path = crate::runtime::feature_map_path(model_file);
+    let path = flotilla_runtime::feature_map_path(model_file);
     let folder = path.parent().expect("model files have a folder");
     let mut file = tempfile::NamedTempFile::new_in(folder)?;
     std::io::Write::write_all(

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_core};
-use flotilla_agent::runtime::NamedTensor;
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_hub::client::AdminClient;
 use flotilla_proto::inference::TensorData;
+use flotilla_runtime::NamedTensor;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::CohortProxy;

@@ -103,8 +103,8 @@ impl Default for Inference {
 }
 
 impl Inference {
-    pub fn engine(&self) -> Result<flotilla_agent::runtime::Engine, String> {
-        use flotilla_agent::runtime::{CostModel, Engine};
+    pub fn engine(&self) -> Result<flotilla_runtime::Engine, String> {
+        use flotilla_runtime::{CostModel, Engine};
         use std::time::Duration;
         let max = self.latency_max_ms.unwrap_or(self.latency_ms);
         if !(self.latency_ms >= 0.0 && max >= self.latency_ms && max.is_finite()) {

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use flotilla_agent::run_command::{AgentCore, RunConfig, start_core};
-use flotilla_agent::runtime::Engine;
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_hub::client::AdminClient;
+use flotilla_runtime::Engine;
 use hyper::Method;
 
 use crate::embedded_hub::TestHub;

@@ -114,8 +114,7 @@ fn main() {
     let windows = arg("--windows", 1);
     let rounds = arg("--rounds", 3);
     println!("machine: {}", support::machine());
-    flotilla_agent::runtime::init_onnx_runtime(None)
-        .expect("ONNX Runtime (deploy/fetch-onnxruntime.sh)");
+    flotilla_runtime::init_onnx_runtime(None).expect("ONNX Runtime (deploy/fetch-onnxruntime.sh)");
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::new(dir.path());
     data.init(0).unwrap();

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use flotilla_agent::runtime::{LoadError, LoadedModel, SessionSettings};
 use flotilla_common::signing::{SigningKey, sign_envelope};
 use flotilla_common::telemetry::{default_feature_map, feature_map_for};
 use flotilla_proto::inference::TensorMetadata;
 use flotilla_proto::telemetry::FeatureMap;
 use flotilla_proto::trust::{Envelope, MANIFEST_PAYLOAD_TYPE, ModelManifest};
+use flotilla_runtime::{LoadError, inspect_model};
 use tempfile::NamedTempFile;
 
 use crate::data_dir::DataDir;
@@ -252,31 +252,13 @@ impl Registry {
                 size,
             });
         }
-        let settings = SessionSettings {
-            sessions: 1,
-            intra_op_threads: 1,
-            queue_depth: 1,
-            engine: Default::default(),
-        };
-        let loaded =
-            LoadedModel::load(model, 0, upload.path(), &settings).map_err(|e| match e {
-                // The path is a temporary spool file: its name would only confuse.
-                LoadError::Invalid { message, .. } => RegistryError::NotLoadable(message),
-                other => RegistryError::NotLoadable(other.to_string()),
-            })?;
-        let inputs: Vec<_> = loaded
-            .signature
-            .inputs
-            .iter()
-            .map(|s| s.metadata())
-            .collect();
-        let outputs: Vec<_> = loaded
-            .signature
-            .outputs
-            .iter()
-            .map(|s| s.metadata())
-            .collect();
-        drop(loaded);
+        let signature = inspect_model(upload.path()).map_err(|e| match e {
+            // The path is a temporary spool file: its name would only confuse.
+            LoadError::Invalid { message, .. } => RegistryError::NotLoadable(message),
+            other => RegistryError::NotLoadable(other.to_string()),
+        })?;
+        let inputs: Vec<_> = signature.inputs.iter().map(|s| s.metadata()).collect();
+        let outputs: Vec<_> = signature.outputs.iter().map(|s| s.metadata()).collect();
         let mut features = feature_map(&inputs, &outputs, &metadata)?;
         if metadata.feature_names.is_none() && metadata.feature_input.is_none() {
             // A retrain keeps its feature names: without names given, a version whose feature

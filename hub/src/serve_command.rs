@@ -211,7 +211,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
     let data_dir = DataDir::new(&args.data_dir);
     let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store()?);
     let signing_key = data_dir.load_signing_key()?;
-    flotilla_agent::runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
+    flotilla_runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Arc::new(Registry::new(data_dir.clone(), store, signing_key, clock));
     let resign = registry.clone();

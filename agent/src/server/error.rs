@@ -7,7 +7,7 @@ use flotilla_proto::inference::ErrorBody;
 
 use crate::metrics::ErrorKind;
 use crate::repository::LookupError;
-use crate::runtime::InferError;
+use flotilla_runtime::InferError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {

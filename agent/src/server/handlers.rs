@@ -18,8 +18,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::infer::{decode_request, encode_response, split_body};
 use crate::metrics::ErrorKind;
-use crate::runtime::{LoadedModel, NamedTensor};
 use crate::telemetry::{FeatureRows, Recorder, extract_features};
+use flotilla_runtime::{LoadedModel, NamedTensor};
 
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()

@@ -8,7 +8,7 @@ use flotilla_proto::inference::{
 };
 
 use super::error::ApiError;
-use crate::runtime::{ModelSignature, NamedTensor};
+use flotilla_runtime::{ModelSignature, NamedTensor};
 
 /// An output the client asked for, and whether it travels as binary data.
 #[derive(Debug, Clone, PartialEq)]

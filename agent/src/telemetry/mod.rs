@@ -98,8 +98,8 @@ impl Default for TelemetryConfig {
 /// succeeded (`Ok((features, outputs))`), its error kind when it failed; latency either way.
 pub fn record_request(
     recorder: &Recorder,
-    model: &crate::runtime::LoadedModel,
-    outcome: Result<(Option<FeatureRows>, Vec<crate::runtime::NamedTensor>), &'static str>,
+    model: &flotilla_runtime::LoadedModel,
+    outcome: Result<(Option<FeatureRows>, Vec<flotilla_runtime::NamedTensor>), &'static str>,
     elapsed: Duration,
 ) {
     let latency_ms = elapsed.as_secs_f32() * 1000.0;

@@ -12,7 +12,7 @@ use flotilla_common::telemetry::{CaptureSample, NamedProfile, output_profile_nam
 use flotilla_proto::inference::TensorData;
 use flotilla_proto::telemetry::{FeatureMap, PredictionKind};
 
-use crate::runtime::NamedTensor;
+use flotilla_runtime::NamedTensor;
 
 /// A request's feature values, copied out of its input before it runs: row-major `[rows,
 /// features]`.

@@ -370,7 +370,7 @@ fn manifests_are_re_signed_before_they_expire() {
     use flotilla_hub::store::RegistryStore;
     use flotilla_hub::time::{Clock, ManualClock};
 
-    flotilla_agent::runtime::init_onnx_runtime(None).unwrap();
+    flotilla_runtime::init_onnx_runtime(None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path());
     let clock = Arc::new(ManualClock::new(1_800_000_000));

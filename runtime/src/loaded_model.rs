@@ -221,6 +221,23 @@ impl LoadedModel {
     }
 }
 
+/// Reads a model file's signature through one ONNX Runtime session, without a serving
+/// pool: what a registry needs to check that an upload loads and to learn its schema.
+/// Blocking.
+pub fn inspect_model(path: &Path) -> Result<ModelSignature, LoadError> {
+    let environment = init_onnx_runtime(None)?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |message: String| LoadError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let session = new_session(environment, &bytes, 1).map_err(|e| invalid(e.to_string()))?;
+    ModelSignature::from_session(&session).map_err(invalid)
+}
+
 fn new_session(
     environment: &ort::environment::Environment,
     bytes: &[u8],

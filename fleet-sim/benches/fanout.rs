@@ -4,7 +4,7 @@
 //! enrollment, SQLite state, MQTT connection, QUIC download, verification, ONNX Runtime load,
 //! smoke test, signed report), many in this one process.
 //!
-//! `cargo bench -p flotilla-hub --bench fanout -- [--agents N]` (default 1000). Needs about
+//! `cargo bench -p flotilla-sim --bench fanout -- [--agents N]` (default 1000). Needs about
 //! 6 open files per agent (`ulimit -n`).
 
 mod support;

@@ -3,7 +3,7 @@
 //! curl from a static file server (Python's http.server), in one run; hub CPU for each; and
 //! the bytes a patch saves when only the last layer of the model changed.
 //!
-//! `cargo bench -p flotilla-hub --bench delivery -- [--clients N]` (default 100). Needs
+//! `cargo bench -p flotilla-sim --bench delivery -- [--clients N]` (default 100). Needs
 //! deploy/setup.sh (ONNX Runtime, the Python venv that makes the two models) and curl.
 //! Downloads go to /dev/shm so the disk is not what is measured.
 
