@@ -196,7 +196,10 @@ fn main() {
             ("telemetry off", None),
             (
                 "telemetry on",
-                Some(Arc::new(Recorder::new(HashMap::new()))),
+                Some(Arc::new(Recorder::new(
+                    HashMap::new(),
+                    flotilla_common::clock::SystemClock::shared(),
+                ))),
             ),
         ] {
             let repository = Arc::new(ModelRepository::load(std::slice::from_ref(&model)).unwrap());

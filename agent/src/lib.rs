@@ -2,7 +2,6 @@
 //! the local Open Inference Protocol server. `main.rs` is a thin command-line shell over it,
 //! and fleet-sim and the tests drive the same code in-process.
 
-pub mod clock;
 pub mod config;
 pub mod install;
 pub mod metrics;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use flotilla_common::backoff::{backoff_delay, random_jitter};
+use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
 use flotilla_common::signing::SigningKey;
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
@@ -204,7 +205,7 @@ impl AgentCore {
         model: &str,
         inputs: Vec<flotilla_runtime::NamedTensor>,
     ) -> Result<(u64, Vec<flotilla_runtime::NamedTensor>), CoreInferError> {
-        let started = std::time::Instant::now();
+        let started = Stopwatch::start();
         let loaded = self
             .repository
             .get(model, None)
@@ -261,8 +262,10 @@ impl AgentCore {
 }
 
 /// Starts an agent core: key, enrollment (first start), restore what was served, local
-/// listeners, MQTT and the sync loop.
-pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
+/// listeners, MQTT and the sync loop. The core reads time from `clock` (moved by the
+/// injected skew, if any).
+pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Result<AgentCore> {
+    let clock = config.faults.device_clock(clock);
     init_onnx_runtime(config.ort_lib.as_deref())?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state folder {}", config.state_dir.display()))?;
@@ -299,7 +302,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
                     }
                 }
             };
-            verify_initial_root(&enrollment.root, config.faults.clock().now_unix())
+            verify_initial_root(&enrollment.root, clock.now_unix())
                 .context("the hub's root metadata does not verify")?;
             store.set_enrollment(&enrollment)?;
             tracing::info!(device = %enrollment.device_id, "enrolled");
@@ -307,7 +310,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         }
     };
     let trusted_root = store.root()?.unwrap_or_else(|| enrollment.root.clone());
-    let root = verify_initial_root(&trusted_root, config.faults.clock().now_unix())
+    let root = verify_initial_root(&trusted_root, clock.now_unix())
         .context("the trusted root metadata no longer verifies")?;
 
     let settings = InstalledModelSettings {
@@ -326,7 +329,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         &config.state_dir,
         &enrollment.device_id,
         key.clone(),
-        config.faults.clock(),
+        clock.clone(),
     );
     let serve_config = config.serve_config();
     let state = AppState {
@@ -344,7 +347,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         config.mqtt.as_deref().unwrap_or(&enrollment.mqtt),
         &enrollment.device_id,
         key.clone(),
-        config.faults.clock().now_unix(),
+        clock.now_unix(),
         desired_tx,
         acks_tx,
         Duration::from_secs(config.heartbeat_seconds),
@@ -374,6 +377,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
         downloads_dir: config.state_dir.join("downloads"),
         settings,
         faults: config.faults,
+        clock,
     };
     let sync = tokio::spawn(syncer.run(desired_rx));
     Ok(AgentCore {
@@ -391,7 +395,7 @@ pub async fn start_core(config: &RunConfig) -> anyhow::Result<AgentCore> {
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let core = start_core(&config).await?;
+    let core = start_core(&config, SystemClock::shared()).await?;
     // Scripts and tests wait for this line on stdout.
     println!("{}", core.ready_line());
     tokio::select! {

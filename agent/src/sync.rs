@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_common::backoff::{backoff_delay, random_jitter};
+use flotilla_common::clock::{SharedClock, SkewedClock};
 use flotilla_common::signing::{SigningKey, sign_envelope, verify_envelope};
 use flotilla_common::trust::verify_manifest;
 use flotilla_proto::control::{
@@ -24,13 +25,6 @@ use crate::store::AgentStore;
 use crate::transport::http::HubHttp;
 use crate::transport::mqtt::AgentMqtt;
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Faults a simulator injects into real installs (fleet-sim); none on a real device. Each
 /// is a real failure the install steps must catch, not a made-up outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,11 +40,9 @@ pub struct InjectedFaults {
 }
 
 impl InjectedFaults {
-    /// The device's clock (the system clock unless a skew is injected).
-    pub fn clock(&self) -> crate::clock::DeviceClock {
-        crate::clock::DeviceClock {
-            skew_ms: self.clock_skew_ms,
-        }
+    /// The device's clock: `base` moved by the injected skew, if any.
+    pub fn device_clock(&self, base: SharedClock) -> SharedClock {
+        SkewedClock::shared(base, self.clock_skew_ms)
     }
 }
 
@@ -92,6 +84,8 @@ pub struct Syncer {
     pub downloads_dir: PathBuf,
     pub settings: InstalledModelSettings,
     pub faults: InjectedFaults,
+    /// The device's clock: expiry checks and report times.
+    pub clock: SharedClock,
 }
 
 impl Syncer {
@@ -179,11 +173,8 @@ impl Syncer {
                     return changed;
                 }
             };
-            match flotilla_common::trust::verify_root_update(
-                &trusted,
-                &next,
-                self.faults.clock().now_unix(),
-            ) {
+            match flotilla_common::trust::verify_root_update(&trusted, &next, self.clock.now_unix())
+            {
                 Ok(root) => {
                     if let Err(error) = self.store.set_root(&next) {
                         tracing::error!(%error, "cannot store the new root");
@@ -219,7 +210,7 @@ impl Syncer {
         .map_err(|e| format!("signature: {e}"))?;
         let state: DesiredState =
             serde_json::from_str(&envelope.payload).map_err(|e| format!("payload: {e}"))?;
-        let now = self.faults.clock().now_unix();
+        let now = self.clock.now_unix();
         if state.device_id != self.device_id {
             return Err(format!(
                 "it is for device {}, not {}",
@@ -309,7 +300,7 @@ impl Syncer {
             state,
             step,
             reason,
-            at: self.faults.clock().now_unix(),
+            at: self.clock.now_unix(),
         }
     }
 
@@ -325,7 +316,7 @@ impl Syncer {
                 let checked = verify_manifest(
                     &self.trusted_root(),
                     &entry.manifest,
-                    self.faults.clock().now_unix(),
+                    self.clock.now_unix(),
                     trusted,
                     entry.rollback,
                 )
@@ -580,7 +571,7 @@ impl Syncer {
         let report = ReportedState {
             device_id: self.device_id.clone(),
             desired_sequence,
-            at: self.faults.clock().now_unix(),
+            at: self.clock.now_unix(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             serving: self.store.serving().unwrap_or_default(),
             outcomes: self

@@ -5,6 +5,7 @@
 
 pub mod artifact_protocol;
 pub mod backoff;
+pub mod clock;
 pub mod codec;
 pub mod compression;
 pub mod config_file;

@@ -77,7 +77,7 @@ fn main() {
                     engine: Default::default(),
                     faults: Default::default(),
                 };
-                starting.push(tokio::spawn(async move { start_core(&config).await }));
+                starting.push(tokio::spawn(async move { start_core(&config, flotilla_common::clock::SystemClock::shared()).await }));
             }
             for task in starting {
                 cores.push(task.await.unwrap().unwrap());

@@ -8,7 +8,9 @@
 //! and the real binaries: the demo decides nothing the hub does.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::Context;
 use flotilla_hub::client::AdminClient;

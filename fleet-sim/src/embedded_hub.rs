@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use flotilla_common::clock::SystemClock;
 use flotilla_hub::client::AdminClient;
 use flotilla_hub::data_dir::DataDir;
 use flotilla_hub::serve_command::{RunningHub, ServeArgs, start};
@@ -33,11 +34,8 @@ impl TestHub {
     ) -> anyhow::Result<TestHub> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().to_owned();
-        let init = DataDir::new(&data_dir).init(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs() as i64,
-        )?;
+        let clock = SystemClock::shared();
+        let init = DataDir::new(&data_dir).init(clock.now_unix())?;
         let broker: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let args = ServeArgs {
             data_dir: data_dir.clone(),
@@ -60,7 +58,7 @@ impl TestHub {
             // The demo's retraining job is a command; tests and simulations are local.
             allow_trigger_commands: true,
         };
-        let hub = start(args).await?;
+        let hub = start(args, clock).await?;
         Ok(TestHub {
             hub,
             operator_token: init.operator_token,

@@ -8,11 +8,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_core};
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
+use flotilla_common::clock::SystemClock;
 use flotilla_hub::client::AdminClient;
 use flotilla_proto::inference::TensorData;
 use flotilla_runtime::NamedTensor;
@@ -164,7 +167,7 @@ impl Device {
     }
 
     async fn restart(&self) -> anyhow::Result<()> {
-        let core = start_core(&self.config).await?;
+        let core = start_core(&self.config, SystemClock::shared()).await?;
         *self.core.write().await = Some(core);
         Ok(())
     }
@@ -272,7 +275,7 @@ impl Fleet {
                 index,
                 c,
                 config.clone(),
-                tokio::spawn(async move { start_core(&config).await }),
+                tokio::spawn(async move { start_core(&config, SystemClock::shared()).await }),
             ));
             if pending.len() == 64 {
                 for (index, c, config, task) in pending.drain(..) {

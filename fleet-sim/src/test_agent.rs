@@ -121,7 +121,7 @@ impl TestAgent {
 
     /// Enrolls (first start), connects and follows the hub.
     pub async fn start(&self) -> anyhow::Result<AgentCore> {
-        start_core(&self.config).await
+        start_core(&self.config, flotilla_common::clock::SystemClock::shared()).await
     }
 }
 

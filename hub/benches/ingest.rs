@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use flotilla_common::clock::SystemClock;
 use flotilla_common::signing::SigningKey;
 use flotilla_common::sketch::{DEVICE_K, NumericProfile, Profile, REFERENCE_K};
 use flotilla_common::telemetry::{NamedProfile, WindowBatch, encode_reference, seal_frame};
@@ -22,7 +23,6 @@ use flotilla_hub::metrics::HubMetrics;
 use flotilla_hub::registry::{PushMetadata, Registry};
 use flotilla_hub::store::{DeviceRecord, RegistryStore, TelemetryStore};
 use flotilla_hub::telemetry::{Against, SliceQuery, Telemetry, TelemetryIngest};
-use flotilla_hub::time::SystemClock;
 use sha2::{Digest, Sha256};
 
 mod support;
@@ -123,7 +123,7 @@ fn main() {
         data.clone(),
         store.clone(),
         data.load_signing_key().unwrap(),
-        Arc::new(SystemClock),
+        SystemClock::shared(),
     );
     let model = std::fs::read(support::repo().join("agent/tests/fixtures/linear10.onnx")).unwrap();
     let mut upload = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
@@ -192,6 +192,7 @@ fn main() {
             telemetry_store.clone(),
             store.clone(),
             Arc::new(HubMetrics::default()),
+            SystemClock::shared(),
         );
         let started = Instant::now();
         let mut stored = 0;

@@ -211,10 +211,7 @@ pub enum EnrollTokenCommand {
 /// "12s ago", "3m ago", "never" for a Unix time.
 fn seen_ago(at: Option<i64>) -> String {
     let Some(at) = at else { return "never".into() };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(at);
+    let now = flotilla_common::clock::Clock::now_unix(&flotilla_common::clock::SystemClock);
     match (now - at).max(0) {
         s if s < 120 => format!("{s}s ago"),
         s if s < 7200 => format!("{}m ago", s / 60),

@@ -93,6 +93,10 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
     pub fn new(registry: Arc<Registry>, mqtt_address: String, artifacts_http: String) -> Fleet {
         Fleet {
             registry,

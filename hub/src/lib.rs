@@ -20,6 +20,5 @@ pub mod rollout;
 pub mod serve_command;
 pub mod store;
 pub mod telemetry;
-pub mod time;
 pub mod transport;
 pub mod triggers;

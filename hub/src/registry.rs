@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use flotilla_common::clock::SharedClock;
 use flotilla_common::signing::{SigningKey, sign_envelope};
 use flotilla_common::telemetry::{default_feature_map, feature_map_for};
 use flotilla_proto::inference::TensorMetadata;
@@ -16,7 +17,6 @@ use tempfile::NamedTempFile;
 
 use crate::data_dir::DataDir;
 use crate::store::{NewVersion, PushOutcome, RegistryStore, StoreError, VersionRecord};
-use crate::time::Clock;
 
 /// Default manifest lifetime: 30 days, re-signed when fewer than `RESIGN_BEFORE_SECONDS` remain.
 pub const MANIFEST_LIFETIME_SECONDS: i64 = 30 * 24 * 3600;
@@ -102,7 +102,7 @@ pub struct Registry {
     store: Arc<dyn RegistryStore>,
     /// Swapped whole when the signing key is rotated; readers take an `Arc`.
     signing_key: std::sync::RwLock<Arc<SigningKey>>,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
 }
 
 pub fn check_name(name: &str) -> Result<(), RegistryError> {
@@ -201,7 +201,7 @@ impl Registry {
         data_dir: DataDir,
         store: Arc<dyn RegistryStore>,
         signing_key: SigningKey,
-        clock: Arc<dyn Clock>,
+        clock: SharedClock,
     ) -> Registry {
         Registry {
             data_dir,
@@ -223,8 +223,19 @@ impl Registry {
         &self.store
     }
 
+    /// The hub's clock, which every part of the hub reads time from.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Now, in Unix seconds.
     pub fn now(&self) -> i64 {
         self.clock.now_unix()
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Registers an uploaded file (already hashed while it was received). The file must

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use flotilla_common::clock::{Clock, SharedClock, SystemClock};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{ApiState, bind, serve};
@@ -16,7 +17,6 @@ use crate::store::{RegistryStore, Scope, TelemetryStore};
 use crate::telemetry::{
     DriftEvaluator, EvaluatorSettings, Telemetry, TelemetryIngest, start_ingest_thread,
 };
-use crate::time::{Clock, SystemClock};
 use crate::transport::broker::start_embedded;
 use crate::transport::mqtt::{BrokerAddress, HubMqtt};
 use crate::transport::quic::QuicIdentity;
@@ -144,7 +144,7 @@ pub fn rotate_offline(
         dir.clone(),
         store,
         dir.load_signing_key()?,
-        Arc::new(SystemClock),
+        SystemClock::shared(),
     ));
     let version = registry.rotate_signing_key(Some(root_key), "flotilla-hub root rotate")?;
     let fleet = Fleet::new(registry, String::new(), String::new());
@@ -196,7 +196,7 @@ impl RunningHub {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let hub = start(args).await?;
+    let hub = start(args, SystemClock::shared()).await?;
     println!("{}", hub.ready_line());
     tokio::select! {
         _ = terminate.recv() => {}
@@ -207,13 +207,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Starts every part of a hub on an initialised data folder and returns once it serves.
-pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
+/// Every part reads time from `clock`.
+pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<RunningHub> {
     let data_dir = DataDir::new(&args.data_dir);
     let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store()?);
     let signing_key = data_dir.load_signing_key()?;
     flotilla_runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let registry = Arc::new(Registry::new(data_dir.clone(), store, signing_key, clock));
+    let registry = Arc::new(Registry::new(
+        data_dir.clone(),
+        store,
+        signing_key,
+        clock.clone(),
+    ));
     let resign = registry.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(3600));
@@ -284,6 +289,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
         telemetry_store,
         registry.store().clone(),
         metrics.clone(),
+        clock.clone(),
     ));
     let telemetry_queue =
         start_ingest_thread(ingest, args.telemetry_queue, args.telemetry_queue_bytes);
@@ -294,6 +300,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningHub> {
             interval: Duration::from_secs(args.drift_check_seconds.max(1)),
             lookback: Duration::from_secs(args.drift_lookback_seconds.max(1)),
         },
+        clock: clock.clone(),
     })
     .spawn();
     let mqtt = HubMqtt::start(

@@ -312,7 +312,7 @@ mod tests {
             shape: vec![1, 4],
             data: TensorData::Fp32(vec![1.0; 4]),
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         cost(25)
             .infer("iris", 1, &iris_signature(), &[input], &["label".into()])
             .await

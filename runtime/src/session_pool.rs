@@ -13,7 +13,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use flotilla_common::clock::Stopwatch;
 
 use flotilla_proto::inference::TensorData;
 use ort::session::Session;
@@ -231,7 +233,7 @@ fn run_guarded(
     inputs: Vec<NamedTensor>,
     outputs: &[String],
 ) -> (Result<Vec<NamedTensor>, String>, Duration) {
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let result = catch_unwind(AssertUnwindSafe(|| run(session, inputs, outputs)))
         .unwrap_or_else(|_| Err("ONNX Runtime panicked; the request was dropped".to_owned()));
     (result, started.elapsed())

@@ -8,6 +8,7 @@ mod spool;
 mod uploader;
 mod window;
 
+use flotilla_common::clock::SharedClock;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +20,6 @@ use flotilla_common::telemetry::{BatchId, WindowBatch, seal_frame};
 use serde::Deserialize;
 use sha2::Digest;
 use tokio::sync::{Notify, mpsc};
-
-use crate::clock::DeviceClock;
 
 pub use recorder::Recorder;
 pub use spool::{Spool, SpoolCounters};
@@ -305,7 +304,7 @@ pub struct Telemetry {
     window: Duration,
     window_start_ms: Arc<std::sync::atomic::AtomicI64>,
     /// The device's clock: windows close on it and carry its times.
-    clock: DeviceClock,
+    clock: SharedClock,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -317,7 +316,7 @@ impl Telemetry {
         state_dir: &Path,
         device_id: &str,
         key: Arc<SigningKey>,
-        clock: DeviceClock,
+        clock: SharedClock,
     ) -> Telemetry {
         let window = Duration::from_secs(config.window_seconds.max(1));
         let capture: HashMap<String, CaptureLimits> = config
@@ -334,7 +333,7 @@ impl Telemetry {
                 )
             })
             .collect();
-        let recorder = Arc::new(Recorder::new(capture.clone()).with_clock(clock));
+        let recorder = Arc::new(Recorder::new(capture.clone(), clock.clone()));
         let spool = Arc::new(Spool::open(
             &state_dir.join("telemetry-spool.db"),
             config.spool_max_bytes,
@@ -377,7 +376,7 @@ impl Telemetry {
             self.closer.clone(),
             self.window,
             self.window_start_ms.clone(),
-            self.clock,
+            self.clock.clone(),
         );
         self.tasks.push(tokio::spawn(async move {
             let length = window.as_millis() as i64;
@@ -449,7 +448,7 @@ mod tests {
             dir.path(),
             "dev-1",
             Arc::new(SigningKey::generate().unwrap()),
-            DeviceClock::default(),
+            flotilla_common::clock::SystemClock::shared(),
         );
         let limits = telemetry.recorder.capture_limits("iris").unwrap();
         assert_eq!((limits.per_window, limits.max_sample_bytes), (2, 16 * 1024));

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use flotilla_common::clock::SharedClock;
 use flotilla_proto::telemetry::FeatureMap;
 
 use super::window::{CaptureLimits, WindowAccumulator};
@@ -24,25 +25,19 @@ pub struct Recorder {
     /// Data capture limits by model name (absent: capture off).
     capture: HashMap<String, CaptureLimits>,
     /// The device's clock (capture times).
-    pub clock: crate::clock::DeviceClock,
+    pub clock: SharedClock,
 }
 
 impl Recorder {
-    pub fn new(capture: HashMap<String, CaptureLimits>) -> Recorder {
+    pub fn new(capture: HashMap<String, CaptureLimits>, clock: SharedClock) -> Recorder {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Recorder {
             shards: (0..cores * 2).map(|_| Mutex::new(Shard::new())).collect(),
             capture,
-            clock: crate::clock::DeviceClock::default(),
+            clock,
         }
-    }
-
-    /// The same recorder on the device's clock.
-    pub fn with_clock(mut self, clock: crate::clock::DeviceClock) -> Recorder {
-        self.clock = clock;
-        self
     }
 
     pub fn capture_limits(&self, model: &str) -> Option<CaptureLimits> {

@@ -31,13 +31,6 @@ fn telemetry(state: &ApiState) -> Result<std::sync::Arc<Telemetry>, ApiError> {
         .ok_or_else(|| ApiError::not_found("this hub keeps no telemetry"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `90s`, `15m`, `1h`, `7d`: a duration back from now, in ms.
 pub fn parse_ago(text: &str) -> Result<i64, ApiError> {
     let text = text.trim();
@@ -94,8 +87,8 @@ fn slice_query(
                         .collect::<BTreeSet<_>>(),
                 )
             }
-            "since" => query.since_ms = Some(now_ms() - parse_ago(value)?),
-            "until" => query.until_ms = Some(now_ms() - parse_ago(value)?),
+            "since" => query.since_ms = Some(state.registry.now_ms() - parse_ago(value)?),
+            "until" => query.until_ms = Some(state.registry.now_ms() - parse_ago(value)?),
             "since_ms" => {
                 query.since_ms = Some(
                     value

@@ -35,6 +35,7 @@ pub struct DriftEvaluator {
     pub telemetry: Arc<Telemetry>,
     pub metrics: Arc<HubMetrics>,
     pub settings: EvaluatorSettings,
+    pub clock: flotilla_common::clock::SharedClock,
 }
 
 /// The gauge lines of one pass, by family, so each family is contiguous under its HELP.
@@ -222,10 +223,7 @@ impl DriftEvaluator {
             loop {
                 ticker.tick().await;
                 let evaluator = self.clone();
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
+                let now_ms = self.clock.now_ms();
                 match tokio::task::spawn_blocking(move || evaluator.evaluate(now_ms)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::error!(%error, "drift evaluation failed"),

@@ -59,6 +59,7 @@ pub struct TelemetryIngest {
     telemetry: Arc<TelemetryStore>,
     registry: Arc<dyn RegistryStore>,
     metrics: Arc<HubMetrics>,
+    clock: flotilla_common::clock::SharedClock,
     keys: Mutex<HashMap<String, PublicKey>>,
     /// Each known model version's feature map (`None`: the version has none).
     feature_maps: Mutex<HashMap<(String, u64), FeatureMapEntry>>,
@@ -69,11 +70,13 @@ impl TelemetryIngest {
         telemetry: Arc<TelemetryStore>,
         registry: Arc<dyn RegistryStore>,
         metrics: Arc<HubMetrics>,
+        clock: flotilla_common::clock::SharedClock,
     ) -> TelemetryIngest {
         TelemetryIngest {
             telemetry,
             registry,
             metrics,
+            clock,
             keys: Mutex::new(HashMap::new()),
             feature_maps: Mutex::new(HashMap::new()),
         }
@@ -393,10 +396,7 @@ pub fn start_ingest_thread(
                         Err(_) => break,
                     }
                 }
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
+                let now_ms = ingest.clock.now_ms();
                 let mut permits = Vec::with_capacity(run.len());
                 let messages: Vec<(String, bytes::Bytes)> = run
                     .into_iter()

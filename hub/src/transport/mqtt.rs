@@ -86,7 +86,7 @@ impl HubMqtt {
             client: client.clone(),
         };
         let republisher = hub.clone();
-        let ingest_queue = start_ingest(store, metrics.clone());
+        let ingest_queue = start_ingest(store, fleet.registry().clock().clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -176,6 +176,7 @@ impl HubMqtt {
 /// The one thread that verifies and stores device messages, in the order they arrive.
 fn start_ingest(
     store: Arc<dyn RegistryStore>,
+    clock: flotilla_common::clock::SharedClock,
     metrics: Arc<HubMetrics>,
 ) -> tokio::sync::mpsc::Sender<(String, bytes::Bytes)> {
     let (queue, mut messages) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(4096);
@@ -183,7 +184,7 @@ fn start_ingest(
         .name("mqtt-ingest".into())
         .spawn(move || {
             while let Some((topic, payload)) = messages.blocking_recv() {
-                let accepted = ingest(store.as_ref(), &topic, &payload);
+                let accepted = ingest(store.as_ref(), &topic, &payload, clock.now_unix());
                 let counter = if accepted.is_ok() {
                     &metrics.device_messages_accepted
                 } else {
@@ -202,7 +203,12 @@ fn start_ingest(
 /// Verifies and stores one message from a device. Everything must check out: the topic's
 /// device is enrolled, the envelope is signed by that device's key, and the payload names
 /// the same device.
-pub fn ingest(store: &dyn RegistryStore, topic: &str, payload: &[u8]) -> Result<(), String> {
+pub fn ingest(
+    store: &dyn RegistryStore,
+    topic: &str,
+    payload: &[u8],
+    now: i64,
+) -> Result<(), String> {
     let device_id = topics::device_of(topic).ok_or("topic names no device")?;
     let device = store
         .device(device_id)
@@ -212,10 +218,6 @@ pub fn ingest(store: &dyn RegistryStore, topic: &str, payload: &[u8]) -> Result<
         .map_err(|e| format!("stored key: {e}"))?;
     let envelope: Envelope =
         serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     if topic.ends_with("/reported") {
         verify_envelope(
             &envelope,

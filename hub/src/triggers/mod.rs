@@ -679,10 +679,7 @@ impl Triggers {
             loop {
                 ticker.tick().await;
                 let triggers = self.clone();
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
+                let now_ms = self.registry.now_ms();
                 match tokio::task::spawn_blocking(move || triggers.evaluate(now_ms)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::error!(%error, "trigger evaluation failed"),

@@ -363,12 +363,12 @@ async fn admin_api_documents_itself_and_audits_changes() {
 fn manifests_are_re_signed_before_they_expire() {
     use std::sync::Arc;
 
+    use flotilla_common::clock::{Clock, ManualClock};
     use flotilla_hub::data_dir::DataDir;
     use flotilla_hub::registry::{
         MANIFEST_LIFETIME_SECONDS, PushMetadata, RESIGN_BEFORE_SECONDS, Registry,
     };
     use flotilla_hub::store::RegistryStore;
-    use flotilla_hub::time::{Clock, ManualClock};
 
     flotilla_runtime::init_onnx_runtime(None).unwrap();
     let dir = tempfile::tempdir().unwrap();
