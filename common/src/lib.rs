@@ -10,6 +10,7 @@ pub mod codec;
 pub mod compression;
 pub mod config_file;
 pub mod onnx_runtime_library;
+pub mod retry;
 pub mod signing;
 pub mod sketch;
 pub mod telemetry;
