@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flotilla_common::backoff::{backoff_delay, random_jitter};
 use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
+use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
 use flotilla_common::signing::SigningKey;
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
 use crate::server::{AppState, start};
 use crate::store::AgentStore;
-use crate::sync::{InstalledModelSettings, Syncer};
+use crate::sync::{InstallFolders, InstalledModelSettings, Syncer};
 use crate::telemetry::{Telemetry, TelemetryConfig};
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::AgentMqtt;
@@ -124,6 +124,14 @@ impl RunConfig {
         }
     }
 }
+
+/// A device that cannot reach its hub yet keeps trying, 500 ms doubling to a minute apart;
+/// only the hub refusing the token ends it.
+const ENROLLMENT_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(500),
+    max: Duration::from_secs(60),
+    attempts: None,
+};
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     if let Ok(text) = std::fs::read_to_string(path) {
@@ -282,26 +290,26 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
                 hardware: detected_hardware(&config.hardware),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             };
-            let mut attempt = 0;
-            let enrollment = loop {
-                match http.enroll(&request).await {
-                    Ok(enrollment) => break enrollment,
-                    Err(HttpError::Refused { status, message }) => {
-                        bail!("enrollment refused ({status}): {message}")
+            let enrollment = retry(
+                &ENROLLMENT_RETRY,
+                |_| http.enroll(&request),
+                |error, failed| {
+                    if matches!(error, HttpError::Refused { .. }) {
+                        return RetryDecision::Stop;
                     }
-                    Err(error) => {
-                        let delay = backoff_delay(
-                            attempt,
-                            Duration::from_millis(500),
-                            Duration::from_secs(60),
-                            random_jitter(),
-                        );
+                    if let Some(delay) = failed.retry_in {
                         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot enroll yet");
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
                     }
+                    RetryDecision::Retry
+                },
+            )
+            .await
+            .map_err(|error| match error {
+                HttpError::Refused { status, message } => {
+                    anyhow::anyhow!("enrollment refused ({status}): {message}")
                 }
-            };
+                other => anyhow::Error::new(other).context("cannot enroll"),
+            })?;
             verify_initial_root(&enrollment.root, clock.now_unix())
                 .context("the hub's root metadata does not verify")?;
             store.set_enrollment(&enrollment)?;
@@ -373,8 +381,10 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         http: artifacts,
         quic,
         mqtt: mqtt.clone(),
-        models_dir,
-        downloads_dir: config.state_dir.join("downloads"),
+        folders: InstallFolders {
+            models: models_dir,
+            downloads: config.state_dir.join("downloads"),
+        },
         settings,
         faults: config.faults,
         clock,
