@@ -51,7 +51,8 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => flotilla_agent::run_command::RunConfig::load(&config)
+        Command::Run { config } => flotilla_agent::config::AgentConfig::load_for_run(&config)
+            .map_err(anyhow::Error::from)
             .and_then(|config| run_to_completion(flotilla_agent::run_command::run(config))),
         Command::Serve(args) => args
             .to_config()

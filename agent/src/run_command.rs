@@ -3,127 +3,33 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
 use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
 use flotilla_common::signing::SigningKey;
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
-use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::ServeConfig;
+use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
 use crate::server::{AppState, start};
 use crate::store::AgentStore;
 use crate::sync::{InstallFolders, InstalledModelSettings, Syncer};
-use crate::telemetry::{Telemetry, TelemetryConfig};
+use crate::telemetry::Telemetry;
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::AgentMqtt;
 use flotilla_runtime::init_onnx_runtime;
 
-/// `flotilla-agent run` settings (agent.toml). Relative paths are relative to the file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    /// The hub's API, e.g. "http://hub.example:7070": enrollment and artifact downloads.
-    pub hub: String,
-    /// One-time enrollment token (flotilla enroll-token create); needed on first start only.
-    #[serde(default)]
-    pub enrollment_token: Option<String>,
-    /// Where the agent keeps its key, state database and installed models.
-    pub state_dir: PathBuf,
-    /// Unix socket for local inference.
-    #[serde(default)]
-    pub socket: Option<PathBuf>,
-    /// Permission bits of the socket file.
-    #[serde(default = "default_socket_mode")]
-    pub socket_mode: String,
-    /// Loopback TCP address for local inference.
-    #[serde(default)]
-    pub http: Option<SocketAddr>,
-    /// Path of libonnxruntime.so.1.31.1.
-    #[serde(default)]
-    pub ort_lib: Option<PathBuf>,
-    /// Sessions per installed model (default: CPU cores).
-    #[serde(default)]
-    pub sessions: Option<usize>,
-    /// ONNX Runtime threads inside one request (default 1).
-    #[serde(default)]
-    pub intra_op_threads: Option<usize>,
-    /// Hardware facts reported at enrollment, beside the detected ones.
-    #[serde(default)]
-    pub hardware: BTreeMap<String, String>,
-    /// Seconds between heartbeats (the signed online status, which keeps the hub's "last
-    /// seen" current); 0 turns them off.
-    #[serde(default = "default_heartbeat_seconds")]
-    pub heartbeat_seconds: u64,
-    /// The MQTT broker to use instead of the one the hub named at enrollment, `HOST:PORT`
-    /// (a device behind a relay or port forward; fleet-sim routes cohorts through proxies).
-    #[serde(default)]
-    pub mqtt: Option<String>,
-    /// Drift telemetry: window length, spool size, drain rate, data capture.
-    #[serde(default)]
-    pub telemetry: TelemetryConfig,
-    /// What runs inference: own ONNX Runtime sessions on a device; fleet-sim shares them or
-    /// declares a cost model. Not settable from the file.
-    #[serde(skip)]
-    pub engine: flotilla_runtime::Engine,
-    /// Faults injected into installs (fleet-sim only; not settable from the file).
-    #[serde(skip)]
-    pub faults: crate::sync::InjectedFaults,
-}
-
-fn default_socket_mode() -> String {
-    "0660".into()
-}
-
-fn default_heartbeat_seconds() -> u64 {
-    30
-}
-
-impl RunConfig {
-    pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
-        let mut config: RunConfig = flotilla_common::config_file::load_toml(path)?;
-        let folder = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            Some(&mut config.state_dir),
-            config.socket.as_mut(),
-            config.ort_lib.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.is_relative() {
-                *p = folder.join(&*p);
-            }
-        }
-        if config.socket.is_none() && config.http.is_none() {
-            bail!(
-                "{}: give socket and/or http so device apps can reach the agent",
-                path.display()
-            );
-        }
-        Ok(config)
-    }
-
-    fn serve_config(&self) -> ServeConfig {
-        ServeConfig {
-            socket: self.socket.clone(),
-            socket_mode: self.socket_mode.clone(),
-            http: self.http,
-            ort_lib: self.ort_lib.clone(),
-            ..ServeConfig::default()
-        }
-    }
-}
+/// `run`'s settings: the one agent config (`serve` loads the same struct). The name stays
+/// for embedders (fleet-sim, benchmarks) that build one in code.
+pub type RunConfig = AgentConfig;
 
 /// A device that cannot reach its hub yet keeps trying, 500 ms doubling to a minute apart;
 /// only the hub refusing the token ends it.
@@ -274,12 +180,13 @@ impl AgentCore {
 /// injected skew, if any).
 pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Result<AgentCore> {
     let clock = config.faults.device_clock(clock);
+    let (hub, state_dir) = config.hub_and_state_dir()?;
     init_onnx_runtime(config.ort_lib.as_deref())?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state folder {}", config.state_dir.display()))?;
-    let key = Arc::new(load_or_create_key(&config.state_dir.join("device.key"))?);
-    let store = Arc::new(AgentStore::open(&config.state_dir.join("agent.db"))?);
-    let http = HubHttp::new(&config.hub)?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
+    let key = Arc::new(load_or_create_key(&state_dir.join("device.key"))?);
+    let store = Arc::new(AgentStore::open(&state_dir.join("agent.db"))?);
+    let http = HubHttp::new(hub)?;
     let enrollment = match store.enrollment()? {
         Some(enrollment) => enrollment,
         None => {
@@ -324,30 +231,29 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     let settings = InstalledModelSettings {
         sessions: config.sessions,
         intra_op_threads: config.intra_op_threads,
-        queue_depth: None,
+        queue_depth: config.queue_depth,
         engine: config.engine.clone(),
     };
-    let models_dir = config.state_dir.join("models");
+    let models_dir = state_dir.join("models");
     let repository = Arc::new(tokio::task::spawn_blocking(|| ModelRepository::load(&[])).await??);
     Syncer::restore_serving(&repository, &store, &models_dir, &settings)
         .await
         .map_err(anyhow::Error::msg)?;
     let mut telemetry = Telemetry::open(
         &config.telemetry,
-        &config.state_dir,
+        state_dir,
         &enrollment.device_id,
         key.clone(),
         clock.clone(),
     );
-    let serve_config = config.serve_config();
     let state = AppState {
         repository: repository.clone(),
         metrics: Arc::new(Metrics::default()),
-        max_body_bytes: serve_config.max_body_bytes,
+        max_body_bytes: config.max_body_bytes,
         telemetry: Some(telemetry.recorder.clone()),
         telemetry_status: Some(telemetry.status.clone()),
     };
-    let server = start(&serve_config, state).await?;
+    let server = start(config, state).await?;
 
     let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -383,7 +289,7 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         mqtt: mqtt.clone(),
         folders: InstallFolders {
             models: models_dir,
-            downloads: config.state_dir.join("downloads"),
+            downloads: state_dir.join("downloads"),
         },
         settings,
         faults: config.faults,

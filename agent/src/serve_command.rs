@@ -2,14 +2,14 @@
 //! the clearest errors (config, ONNX Runtime, models, listeners), then serving until a signal.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{ModelConfig, ServeConfig};
+use crate::config::{AgentCommand, AgentConfig, ModelConfig};
 use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
 use crate::server::{AppState, start};
@@ -18,7 +18,8 @@ use flotilla_runtime::init_onnx_runtime;
 /// Flags of `serve`; each overrides the config file's setting of the same name.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// TOML config file (see docs/agent.md); flags override its settings.
+    /// TOML config file (see docs/agent.md); flags override its settings. Settings only
+    /// `run` uses (hub, state_dir, telemetry, ...) are refused.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// A model to serve: NAME=FILE.onnx, or NAME=DIR with numbered version folders
@@ -46,14 +47,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The effective configuration: the file (if any) with the flags applied.
-    pub fn to_config(&self) -> anyhow::Result<ServeConfig> {
+    /// The effective configuration: the file (if any) with the flags applied, then each
+    /// model given the top-level settings it does not set itself.
+    pub fn to_config(&self) -> anyhow::Result<AgentConfig> {
         let mut config = match &self.config {
-            Some(path) => {
-                let config = flotilla_common::config_file::load_toml::<ServeConfig>(path)?;
-                config.relative_to(path.parent().unwrap_or(Path::new(".")))
-            }
-            None => ServeConfig::default(),
+            Some(path) => AgentConfig::load(path, AgentCommand::Serve)?,
+            None => AgentConfig::default(),
         };
         for flag in &self.models {
             config.models.push(ModelConfig::from_flag(flag)?);
@@ -74,13 +73,14 @@ impl ServeArgs {
             model.sessions = self.sessions.or(model.sessions);
             model.intra_op_threads = self.intra_op_threads.or(model.intra_op_threads);
         }
-        config.validate()?;
+        config.apply_model_defaults();
+        config.validate(AgentCommand::Serve)?;
         Ok(config)
     }
 }
 
 /// Runs the agent's inference service until SIGTERM or SIGINT.
-pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives once the ready line is out must shut down
     // gracefully, not kill the process with the default action.
     let mut terminate = signal(SignalKind::terminate())?;

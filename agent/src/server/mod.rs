@@ -20,7 +20,7 @@ pub use error::ApiError;
 pub use infer::{OutputChoice, decode_request, encode_response, split_body};
 pub use listeners::{ListenError, bind_tcp, bind_unix};
 
-use crate::config::ServeConfig;
+use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
 
@@ -47,7 +47,7 @@ pub struct RunningServer {
 }
 
 /// Binds the configured listeners and starts serving.
-pub async fn start(config: &ServeConfig, state: AppState) -> Result<RunningServer, ListenError> {
+pub async fn start(config: &AgentConfig, state: AppState) -> Result<RunningServer, ListenError> {
     let (shutdown, signal) = watch::channel(false);
     let router = handlers::router(state);
     let mut tasks = JoinSet::new();

@@ -29,7 +29,7 @@ pub use window::{CaptureLimits, FeatureRows, WindowAccumulator, extract_features
 use crate::transport::mqtt::AgentMqtt;
 
 /// `[telemetry]` in agent.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Window length in seconds.
@@ -54,7 +54,7 @@ pub struct TelemetryConfig {
     pub capture: HashMap<String, CaptureConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// Requests sampled per minute at most.
