@@ -200,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn each_refusal_is_its_own_kind_with_the_reason_logged_before() {
+    fn each_refusal_is_its_own_kind_and_keeps_its_text() {
         let hub = SigningKey::generate().unwrap();
         let trusted = root(&hub, NOW + 600);
         let refusal = check_desired_state(b"{", &trusted, "dev-1", NOW).unwrap_err();

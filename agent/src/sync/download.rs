@@ -388,4 +388,25 @@ mod tests {
         );
         assert_eq!(requests.load(Ordering::SeqCst), 1);
     }
+
+    #[tokio::test]
+    async fn when_quic_never_connects_the_artifact_comes_over_http() {
+        let bytes = vec![5u8; 2048];
+        let (http, requests) = flaky_hub(bytes.clone(), 0).await;
+        // A UDP port nobody answers on: the handshake times out.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let quic = QuicArtifacts::new(&silent.local_addr().unwrap().to_string(), &"00".repeat(32))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let folders = folders(dir.path());
+        let base = PatchBase {
+            sha256: "11".repeat(32),
+            file: dir.path().join("base.onnx"),
+        };
+        fetch_artifact(&http, Some(&quic), &folders, Some(base), "ab", 2048)
+            .await
+            .unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(std::fs::read(folders.download_part("ab")).unwrap(), bytes);
+    }
 }
