@@ -7,17 +7,16 @@
 //! deploy/setup.sh (ONNX Runtime, the Python venv that makes the two models) and curl.
 //! Downloads go to /dev/shm so the disk is not what is measured.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::transport::http::HubHttp;
 use flotilla_agent::transport::quic::QuicArtifacts;
+use flotilla_api::models::PushRequest;
 use flotilla_common::artifact_protocol::Encoding;
-use flotilla_hub::client::AdminClient;
-use support::{Hub, Killed, cpu_seconds, free_port, machine, repo};
+use flotilla_testkit::measure::{Killed, cpu_seconds, machine};
+use flotilla_testkit::{HubProcess, free_port, repo_root as repo};
 
 fn row(path: &str, seconds: f64, bytes: u64, server_cpu: f64, errors: usize) {
     let gib = bytes as f64 / (1u64 << 30) as f64;
@@ -45,28 +44,33 @@ fn main() {
             .unwrap();
         assert!(status.success(), "run deploy/setup.sh first");
     }
-    let hub = Hub::start();
-    let (hub_pid, api, quic, data) = (hub.pid, hub.api, hub.quic, &hub.data);
+    let mut hub = HubProcess::init(&[]);
+    hub.log_level = "error".into();
+    hub.serve();
+    let port = |address: &str| address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (hub_pid, api, quic, data) = (
+        hub.pid(),
+        port(&hub.url),
+        port(hub.quic.as_deref().expect("the hub serves QUIC")),
+        &hub.dir,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let client = AdminClient::new(&hub.url(), Some(hub.token.clone())).unwrap();
+    let client = hub.operator();
     let v1 = std::fs::read(models.join("big_v1.onnx")).unwrap();
     let v2 = std::fs::read(models.join("big_v2.onnx")).unwrap();
     let push_started = Instant::now();
     let pushed1 = runtime
-        .block_on(client.upload("/api/v1/models/big/versions", v1.clone().into()))
+        .block_on(client.push("big", v1.clone().into(), &PushRequest::default()))
         .unwrap();
     let pushed2 = runtime
-        .block_on(client.upload("/api/v1/models/big/versions", v2.clone().into()))
+        .block_on(client.push("big", v2.clone().into(), &PushRequest::default()))
         .unwrap();
     let push_seconds = push_started.elapsed().as_secs_f64();
-    let (sha1, sha2) = (
-        pushed1["sha256"].as_str().unwrap().to_owned(),
-        pushed2["sha256"].as_str().unwrap().to_owned(),
-    );
+    let (sha1, sha2) = (pushed1.sha256.clone(), pushed2.sha256.clone());
     let folder = |sha: &str| data.path().join("artifacts/sha256").join(&sha[..2]);
     let size_of = |sha: &str, encoding: &Encoding| {
         std::fs::metadata(folder(sha).join(encoding.file_name(sha)))

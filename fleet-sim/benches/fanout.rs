@@ -7,25 +7,20 @@
 //! `cargo bench -p flotilla-sim --bench fanout -- [--agents N]` (default 1000). Needs about
 //! 6 open files per agent (`ulimit -n`).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use flotilla_agent::run_command::{RunConfig, start_core};
-use flotilla_hub::client::AdminClient;
-use hyper::Method;
-use support::{Hub, cpu_seconds, machine, repo, rss_mib};
+use flotilla_api::AdminClient;
+use flotilla_api::devices::DeployRequest;
+use flotilla_api::models::PushRequest;
+use flotilla_testkit::measure::{cpu_seconds, machine, rss_mib};
+use flotilla_testkit::{HubProcess, TestAgent, enrollment_token, repo_root as repo};
 
 async fn count(client: &AdminClient, model: &str, version: u64) -> (usize, usize) {
-    let devices = client
-        .json(Method::GET, "/api/v1/devices", None)
-        .await
-        .unwrap();
-    let devices = devices.as_array().unwrap();
-    let online = devices.iter().filter(|d| d["online"] == true).count();
+    let devices = client.devices().await.unwrap();
+    let online = devices.iter().filter(|d| d.online).count();
     let installed = devices
         .iter()
-        .filter(|d| d["serving"][model] == version)
+        .filter(|d| d.serving.get(model) == Some(&version))
         .count();
     (online, installed)
 }
@@ -38,18 +33,20 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().unwrap())
         .unwrap_or(1000);
-    let hub = Hub::start();
-    let hub_pid = hub.pid;
+    let mut hub = HubProcess::init(&[]);
+    hub.log_level = "error".into();
+    hub.serve();
+    let hub_pid = hub.pid();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let url = hub.url();
-    let client = AdminClient::new(&url, Some(hub.token.clone())).unwrap();
+    let url = hub.url.clone();
+    let client = hub.operator();
     let model = std::fs::read(repo().join("agent/tests/fixtures/iris_classifier.onnx")).unwrap();
     runtime
-        .block_on(client.upload("/api/v1/models/iris/versions", model.into()))
+        .block_on(client.push("iris", model.into(), &PushRequest::default()))
         .unwrap();
 
     let states = tempfile::tempdir().unwrap();
@@ -59,25 +56,12 @@ fn main() {
         for batch in (0..agents).collect::<Vec<_>>().chunks(50) {
             let mut starting = Vec::new();
             for &i in batch {
-                let answer = client.json(Method::POST, "/api/v1/enrollment-tokens", Some(serde_json::json!({"labels": {"n": i.to_string()}, "ttl_seconds": 3600}))).await.unwrap();
-                let config = RunConfig {
-                    hub: url.clone(),
-                    enrollment_token: answer["token"].as_str().map(str::to_owned),
-                    state_dir: states.path().join(i.to_string()),
-                    socket: None,
-                    socket_mode: "0660".into(),
-                    http: None,
-                    ort_lib: None,
-                    sessions: Some(1),
-                    intra_op_threads: Some(1),
-                    hardware: Default::default(),
-                    telemetry: Default::default(),
-                    mqtt: None,
-                    heartbeat_seconds: 30,
-                    engine: Default::default(),
-                    faults: Default::default(),
-                };
-                starting.push(tokio::spawn(async move { start_core(&config, flotilla_common::clock::SystemClock::shared()).await }));
+                let token = enrollment_token(&client, &[("n", &i.to_string())])
+                    .await
+                    .unwrap();
+                let agent = TestAgent::new(&url, &token, &states.path().join(i.to_string()))
+                    .heartbeat_seconds(30);
+                starting.push(tokio::spawn(async move { agent.start().await }));
             }
             for task in starting {
                 cores.push(task.await.unwrap().unwrap());
@@ -98,11 +82,11 @@ fn main() {
     let hub_cpu_before = cpu_seconds(hub_pid);
     let deploy_started = Instant::now();
     runtime
-        .block_on(client.json(
-            Method::POST,
-            "/api/v1/deployments",
-            Some(serde_json::json!({"model": "iris", "version": "1", "selector": ""})),
-        ))
+        .block_on(client.deploy(&DeployRequest {
+            model: "iris".into(),
+            version: "1".into(),
+            selector: Default::default(),
+        }))
         .unwrap();
     let mut installed = 0;
     let mut samples = Vec::new();

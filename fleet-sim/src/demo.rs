@@ -13,15 +13,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::Context;
-use flotilla_hub::client::AdminClient;
-use hyper::Method;
+use flotilla_api::AdminClient;
+use flotilla_api::http::{HttpClient, Method};
+use flotilla_api::quality::QualityPolicy;
+use flotilla_api::rollouts::{GateVerdict, RolloutPhase, RolloutSpec, RolloutView};
+use flotilla_api::telemetry::EventQuery;
+use flotilla_api::triggers::{ReportOrError, RunStatus, TriggerRule, TriggerRun, TriggerRunQuery};
+use flotilla_testkit::{TestHub, enrollment_token};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::TestHub;
 use crate::fleet::{Fleet, FleetSpec};
 use crate::scenario::Scenario;
-use crate::test_agent::enrollment_token;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -49,8 +52,8 @@ pub struct DemoOutcome {
     pub operator_token: String,
     pub socket: PathBuf,
     /// Phase of each rollout in order (v1, the retrained candidate, the broken version).
-    pub rollouts: Vec<(u64, String)>,
-    pub trigger_run: Value,
+    pub rollouts: Vec<(u64, RolloutPhase)>,
+    pub trigger_run: Option<TriggerRun>,
     pub retrained_version: u64,
     pub broken_version: u64,
     /// The version the real agent serves at the end.
@@ -112,62 +115,49 @@ where
     }
 }
 
-/// One HTTP/1.1 request on the agent's Unix socket: the status and the JSON answer.
-async fn socket_request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let mut stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("the agent's answer has no header end")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("the agent's answer has no status")?;
-    // Small answers may come chunked: take the JSON between the first { and the last }.
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    Ok((status, json))
+/// An Open Inference Protocol answer, as far as the demo reads it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+struct InferAnswer {
+    model_version: String,
+    outputs: Vec<InferOutput>,
 }
 
-/// The version the agent serves iris at (from a real inference request).
-async fn agent_infer(socket: &Path) -> anyhow::Result<(Option<u64>, Value)> {
+#[derive(Debug, Clone, serde::Deserialize)]
+struct InferOutput {
+    datatype: String,
+    data: Value,
+}
+
+/// The version the agent serves iris at (from a real inference request over its socket),
+/// and its answer; `None` while it answers with an error.
+async fn agent_infer(socket: &Path) -> anyhow::Result<(Option<u64>, InferAnswer)> {
     let request = json!({"inputs": [{"name": "float_input", "shape": [3, 4], "datatype": "FP32",
         "data": [[5.1, 3.5, 1.4, 0.2], [6.0, 2.7, 4.1, 1.0], [6.9, 3.1, 5.4, 2.1]]}]});
-    let (status, answer) =
-        socket_request(socket, "POST", "/v2/models/iris/infer", Some(&request)).await?;
-    if status != 200 {
-        return Ok((None, answer));
+    let agent = HttpClient::new(&format!("unix:{}", socket.display()))?;
+    let answer = agent
+        .call(
+            Method::POST,
+            "/v2/models/iris/infer",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await
+        .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
+    if !answer.status.is_success() {
+        return Ok((None, InferAnswer::default()));
     }
-    let version = answer["model_version"]
-        .as_str()
-        .and_then(|v| v.parse().ok());
-    Ok((version, answer))
+    let answer: InferAnswer = serde_json::from_slice(&answer.body)
+        .context("the agent's answer is not an inference response")?;
+    Ok((answer.model_version.parse().ok(), answer))
 }
 
-fn labels_of(answer: &Value) -> String {
-    answer["outputs"]
-        .as_array()
-        .and_then(|outputs| outputs.iter().find(|o| o["datatype"] == "INT64"))
-        .map(|o| o["data"].to_string())
-        .unwrap_or_else(|| answer.to_string())
+fn labels_of(answer: &InferAnswer) -> String {
+    answer
+        .outputs
+        .iter()
+        .find(|o| o.datatype == "INT64")
+        .map(|o| o.data.to_string())
+        .unwrap_or_default()
 }
 
 async fn run_script(
@@ -201,23 +191,19 @@ async fn run_script(
     Ok(())
 }
 
-fn gate_text(view: &Value) -> String {
-    view["gates"]
-        .as_array()
-        .map(|gates| {
-            gates
-                .iter()
-                .map(|g| {
-                    format!(
-                        "{} {}",
-                        g["gate"].as_str().unwrap_or("?"),
-                        g["verdict"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+fn gate_text(view: &RolloutView) -> String {
+    view.gates
+        .iter()
+        .map(|g| {
+            let verdict = match &g.verdict {
+                GateVerdict::Pass => "pass",
+                GateVerdict::Fail(_) => "fail",
+                GateVerdict::Inconclusive(_) => "inconclusive",
+            };
+            format!("{} {verdict}", g.gate)
         })
-        .unwrap_or_default()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Follows a rollout to its end, saying each change of phase or wave.
@@ -226,39 +212,32 @@ async fn follow_rollout(
     client: &AdminClient,
     id: &str,
     timeout: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<RolloutView> {
     let mut said = String::new();
     let deadline = Instant::now() + timeout;
     loop {
-        let view = client
-            .json(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
-            .await?;
-        let phase = view["phase"].as_str().unwrap_or("?").to_owned();
-        let wave = view["wave"].as_u64().unwrap_or(0) as usize;
-        let waves = view["waves"].as_array().map_or(0, Vec::len);
-        let restored = view["restored"].as_u64().unwrap_or(0);
+        let view = client.rollout(id).await?;
+        let phase = view.phase.name();
+        let waves = view.waves.len();
         // `wave` counts the waves started (past the last one once completed).
         let line = format!(
             "rollout of version {}: {phase}, wave {}/{waves} ({} devices told, {} installed{})",
-            view["version"],
-            wave.min(waves),
-            view["told"],
-            view["installed"],
-            if restored > 0 && phase.starts_with("roll") {
-                format!(", {restored} back on their previous version")
+            view.version,
+            view.wave.min(waves),
+            view.told,
+            view.installed,
+            if view.restored > 0 && phase.starts_with("roll") {
+                format!(", {} back on their previous version", view.restored)
             } else {
                 String::new()
             }
         );
-        let key = format!("{phase} {wave} {}", view["told"]);
+        let key = format!("{phase} {} {}", view.wave, view.told);
         if key != said {
             narrator.say(&line);
             said = key;
         }
-        if matches!(
-            phase.as_str(),
-            "completed" | "rolled_back" | "aborted" | "paused"
-        ) {
+        if !view.phase.is_active() || view.phase == RolloutPhase::Paused {
             return Ok(view);
         }
         if Instant::now() > deadline {
@@ -273,24 +252,14 @@ async fn follow_rollout(
 
 /// The model's newest version number.
 async fn latest_version(client: &AdminClient, model: &str) -> anyhow::Result<u64> {
-    let show = client
-        .json(Method::GET, &format!("/api/v1/models/{model}"), None)
-        .await?;
-    Ok(show["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["version"].as_u64())
-        .max()
-        .unwrap_or(0))
+    let show = client.model(model).await?;
+    Ok(show.versions.iter().map(|v| v.version).max().unwrap_or(0))
 }
 
 /// The newest rollout of version `version`, once there is one.
-async fn rollout_of(client: &AdminClient, version: u64) -> anyhow::Result<Option<Value>> {
-    let list = client.json(Method::GET, "/api/v1/rollouts", None).await?;
-    Ok(list
-        .as_array()
-        .and_then(|l| l.iter().find(|r| r["version"] == version).cloned()))
+async fn rollout_of(client: &AdminClient, version: u64) -> anyhow::Result<Option<RolloutView>> {
+    let list = client.rollouts().await?;
+    Ok(list.into_iter().find(|r| r.version == version))
 }
 
 /// Scales the scenario's cohorts to `devices` in all, keeping their proportions.
@@ -438,37 +407,23 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     // core are several times slower), so the demo's latency gate is wide; real devices keep
     // the default ratio of 1.2.
     let wave_gates = json!({"min_requests": 200, "latency_p99_ratio_max": 20});
-    let created = client
-        .json(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(
-                json!({"model": model, "version": "1", "waves": [10, 50, 100],
-                "soak_seconds": 4, "install_timeout_seconds": 120, "gates": wave_gates}),
-            ),
-        )
-        .await?;
-    let v1 = follow_rollout(
-        &narrator,
-        &client,
-        created["id"].as_str().unwrap_or(""),
-        timeout,
-    )
-    .await?;
+    let spec: RolloutSpec = serde_json::from_value(json!({"model": model, "version": "1",
+        "waves": [10, 50, 100], "soak_seconds": 4, "install_timeout_seconds": 120,
+        "gates": wave_gates}))?;
+    let created = client.create_rollout(&spec).await?;
+    let v1 = follow_rollout(&narrator, &client, &created.id, timeout).await?;
     let mut outcome = DemoOutcome {
         hub_url: url.clone(),
         operator_token,
         socket: socket.clone(),
         ..DemoOutcome::default()
     };
-    outcome
-        .rollouts
-        .push((1, v1["phase"].as_str().unwrap_or("").to_owned()));
-    if v1["phase"] != "completed" {
+    outcome.rollouts.push((1, v1.phase));
+    if v1.phase != RolloutPhase::Completed {
         anyhow::bail!(
             "version 1's rollout ended {}: {}",
-            v1["phase"],
-            v1["reason"]
+            v1.phase,
+            v1.reason.unwrap_or_default()
         );
     }
     let (served, answer) = wait_for("the real agent to serve version 1", timeout, || async {
@@ -488,13 +443,10 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
                   // A model retrained on drifted inputs predicts differently on them, and the
                   // canary's devices need not match the old cohort's mix: judge errors and latency.
                   "input_drift_features_max": 4, "prediction_drift_max": 4}});
-    client
-        .json(
-            Method::PUT,
-            &format!("/api/v1/models/{model}/quality-gate"),
-            Some(json!({"rules": ["accuracy >= production.accuracy - 0.05"], "auto_rollout": auto_rollout})),
-        )
-        .await?;
+    let policy: QualityPolicy = serde_json::from_value(
+        json!({"rules": ["accuracy >= production.accuracy - 0.05"], "auto_rollout": auto_rollout}),
+    )?;
+    client.set_quality_gate(&model, &policy).await?;
     narrator.say("quality gate: accuracy >= production.accuracy - 0.05; a candidate that passes starts a canary rollout");
     let argv: Vec<String> = std::iter::once(options.python.display().to_string())
         .chain(std::iter::once(
@@ -502,15 +454,10 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         ))
         .chain(script_args(&[]))
         .collect();
-    client
-        .json(
-            Method::PUT,
-            &format!("/api/v1/models/{model}/trigger"),
-            Some(json!({"window_seconds": 10, "cooldown_seconds": 3600,
-                "drift": {"consecutive_windows": 2, "device_percent": 25},
-                "action": {"command": {"argv": argv, "timeout_seconds": 600}}})),
-        )
-        .await?;
+    let rule: TriggerRule = serde_json::from_value(json!({"window_seconds": 10,
+        "cooldown_seconds": 3600, "drift": {"consecutive_windows": 2, "device_percent": 25},
+        "action": {"command": {"argv": argv, "timeout_seconds": 600}}}))?;
+    client.set_trigger_rule(&model, &rule).await?;
     narrator
         .say("trigger: drift on >= 25% of the judged devices in 2 windows of 10 s in a row → run retrain.py");
 
@@ -520,39 +467,38 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     narrator.say("the clinics' sensors now read longer sepals and petals");
     let run = wait_for("the retraining trigger to fire", timeout, || async {
         let runs = client
-            .json(
-                Method::GET,
-                &format!("/api/v1/triggers?model={model}"),
-                None,
-            )
+            .trigger_runs(&TriggerRunQuery {
+                model: Some(model.clone()),
+                limit: None,
+            })
             .await?;
-        Ok(runs["runs"].as_array().and_then(|r| r.first().cloned()))
+        Ok(runs.runs.into_iter().next())
     })
     .await?;
-    let run_id = run["id"].as_str().unwrap_or("").to_owned();
-    let evidence: Vec<String> = run["payload"]["evidence"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|w| format!("{}/{}", w["drifting_devices"], w["judged_devices"]))
-                .collect()
-        })
-        .unwrap_or_default();
+    let run_id = run.id.clone();
+    let evidence: Vec<String> = run
+        .payload
+        .evidence
+        .iter()
+        .map(|w| format!("{}/{}", w.drifting_devices, w.judged_devices))
+        .collect();
+    let drifted = match &run.payload.drift_report {
+        Some(ReportOrError::Report(report)) => report.drifted_features.join(", "),
+        Some(ReportOrError::Error { error }) => format!("no report: {error}"),
+        None => "no report".into(),
+    };
     narrator.say(&format!(
-        "trigger {run_id} fired {:.0} s after the drift began ({} drift; devices drifting per window: {}); the hub runs retrain.py",
+        "trigger {run_id} fired {:.0} s after the drift began ({drifted} drift; devices drifting per window: {}); the hub runs retrain.py",
         drift_started.elapsed().as_secs_f64(),
-        run["payload"]["drift_report"]["drifted_features"],
         evidence.join(", ")
     ));
     let run = wait_for("the retraining run to finish", timeout, || async {
-        let run = client
-            .json(Method::GET, &format!("/api/v1/triggers/{run_id}"), None)
-            .await?;
-        Ok(matches!(run["status"].as_str(), Some("succeeded" | "failed")).then_some(run))
+        let run = client.trigger_run(&run_id).await?;
+        Ok((!run.status.in_flight()).then_some(run))
     })
     .await?;
     // The job's output, as the hub kept it in the run's outcome.
-    let output = run["outcome"].as_str().unwrap_or("");
+    let output = run.outcome.as_str();
     let stdout = output
         .split_once("stdout: ")
         .map_or(output, |(_, rest)| rest)
@@ -566,9 +512,9 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
             println!("        {line}");
         }
     }
-    outcome.trigger_run = run.clone();
-    if run["status"] != "succeeded" {
-        anyhow::bail!("the retraining run failed: {}", run["outcome"]);
+    outcome.trigger_run = Some(run.clone());
+    if run.status != RunStatus::Succeeded {
+        anyhow::bail!("the retraining run failed: {}", run.outcome);
     }
 
     narrator.step("The candidate meets the quality gate; its canary rollout runs");
@@ -584,46 +530,41 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         Ok(found) => found,
         Err(error) => {
             let events = client
-                .json(Method::GET, &format!("/api/v1/events?model={model}"), None)
+                .events(&EventQuery {
+                    model: Some(model.clone()),
+                    ..EventQuery::default()
+                })
                 .await?;
-            anyhow::bail!("{error}; the hub's events: {events:#}");
+            anyhow::bail!(
+                "{error}; the hub's events: {:#}",
+                serde_json::to_value(&events)?
+            );
         }
     };
     outcome.retrained_version = retrained;
     narrator.say(&format!(
         "version {retrained} passed the quality gate; rollout {} started by the gate",
-        rollout["id"].as_str().unwrap_or("")
+        rollout.id
     ));
-    let v2 = follow_rollout(
-        &narrator,
-        &client,
-        rollout["id"].as_str().unwrap_or(""),
-        timeout,
-    )
-    .await?;
-    outcome
-        .rollouts
-        .push((retrained, v2["phase"].as_str().unwrap_or("").to_owned()));
+    let v2 = follow_rollout(&narrator, &client, &rollout.id, timeout).await?;
+    outcome.rollouts.push((retrained, v2.phase));
     narrator.say(&format!("gates of the last wave: {}", gate_text(&v2)));
-    if v2["phase"] != "completed" {
+    if v2.phase != RolloutPhase::Completed {
         anyhow::bail!(
             "the candidate's rollout ended {}: {}",
-            v2["phase"],
-            v2["reason"]
+            v2.phase,
+            v2.reason.unwrap_or_default()
         );
     }
 
     narrator.step("A broken version: its offline metrics look fine, it fails on real inputs");
-    let accuracy = {
-        let record = client
-            .json(
-                Method::GET,
-                &format!("/api/v1/models/{model}/versions/{retrained}"),
-                None,
-            )
-            .await?;
-        record["metrics"]["accuracy"].as_f64().unwrap_or(0.95)
-    };
+    let accuracy = client
+        .version(&model, &retrained.to_string())
+        .await?
+        .metrics
+        .get("accuracy")
+        .copied()
+        .unwrap_or(0.95);
     let reference = work
         .join("models")
         .join("iris_retrained_from_v1_training.csv");
@@ -656,20 +597,12 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     })
     .await?;
     outcome.broken_version = broken;
-    let v3 = follow_rollout(
-        &narrator,
-        &client,
-        rollout["id"].as_str().unwrap_or(""),
-        timeout,
-    )
-    .await?;
-    outcome
-        .rollouts
-        .push((broken, v3["phase"].as_str().unwrap_or("").to_owned()));
+    let v3 = follow_rollout(&narrator, &client, &rollout.id, timeout).await?;
+    outcome.rollouts.push((broken, v3.phase));
     narrator.say(&format!(
         "{}: {}",
-        v3["phase"].as_str().unwrap_or(""),
-        v3["reason"].as_str().unwrap_or("")
+        v3.phase,
+        v3.reason.as_deref().unwrap_or("")
     ));
     let (served, answer) = wait_for(
         "the real agent to serve the retrained version",
@@ -689,20 +622,20 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
 
     narrator.step("Timeline (the hub's events)");
     let events = client
-        .json(
-            Method::GET,
-            &format!("/api/v1/events?model={model}&limit=1000"),
-            None,
-        )
+        .events(&EventQuery {
+            model: Some(model.clone()),
+            after: None,
+            limit: Some(1000),
+        })
         .await?;
-    let first = events["events"][0]["at"].as_i64().unwrap_or(0);
-    for event in events["events"].as_array().into_iter().flatten() {
+    let first = events.events.first().map_or(0, |e| e.at);
+    for event in &events.events {
         println!(
             "  +{:>4} s  {:<22} v{:<3} {}",
-            event["at"].as_i64().unwrap_or(0) - first,
-            event["kind"].as_str().unwrap_or(""),
-            event["version"],
-            short(&event["detail"])
+            event.at - first,
+            event.kind,
+            event.version.map_or("-".to_owned(), |v| v.to_string()),
+            short(&event.detail)
         );
     }
     let fleet_status = fleet.status().await;
@@ -724,7 +657,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
          {cli} device list\n  \
          curl --unix-socket {} http://localhost/v2/models/{model}",
         hub.operator_token,
-        rollout["id"].as_str().unwrap_or(""),
+        rollout.id,
         socket.display()
     );
     Ok(Demo {

@@ -15,16 +15,16 @@ use tokio::time::Instant;
 use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_core};
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
+use flotilla_api::AdminClient;
 use flotilla_common::clock::SystemClock;
-use flotilla_hub::client::AdminClient;
 use flotilla_proto::inference::TensorData;
 use flotilla_runtime::NamedTensor;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::CohortProxy;
 use crate::scenario::{DriftInjection, Scenario};
-use crate::test_agent::{TestAgent, enrollment_token};
 use crate::traffic::{Dataset, Sampler};
+use flotilla_testkit::{TestAgent, enrollment_token};
 
 /// Which devices a fleet runs and where they find the hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,15 +11,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::Context;
-use flotilla_hub::client::AdminClient;
-use hyper::Method;
+use flotilla_api::AdminClient;
+use flotilla_api::devices::DeployRequest;
+use flotilla_api::models::PushRequest;
+use flotilla_api::rollouts::RolloutSpec;
+use flotilla_api::telemetry::{EventQuery, SliceParams};
+use flotilla_proto::control::InstallState;
 
-use crate::embedded_hub::TestHub;
 use crate::fleet::{Fleet, FleetSpec, FleetStatus};
 use crate::report::*;
 use crate::scenario::Scenario;
 use crate::traffic::Dataset;
 use crate::worker::{FleetPart, WorkerProcess};
+use flotilla_testkit::TestHub;
 
 /// Which hub the fleet talks to.
 #[derive(Debug, Clone)]
@@ -86,11 +90,11 @@ pub async fn run(
     };
 
     // The model and its reference.
-    let mut query = String::new();
+    let mut push = PushRequest::default();
     let reference = match &scenario.model.reference {
         Some(file) => {
-            let (names, encoded) = flotilla_hub::cli_telemetry::reference_from_file(file, &[])?;
-            query = format!("?features={}", names.join(","));
+            let (names, encoded) = flotilla_common::telemetry::reference_from_file(file, &[])?;
+            push.feature_names = Some(names);
             Some(encoded)
         }
         None => None,
@@ -98,40 +102,22 @@ pub async fn run(
     let bytes = std::fs::read(&scenario.model.file)
         .with_context(|| format!("cannot read {}", scenario.model.file.display()))?;
     let pushed = operator
-        .upload(
-            &format!("/api/v1/models/{}/versions{query}", scenario.model.name),
-            bytes.into(),
-        )
+        .push(&scenario.model.name, bytes.into(), &push)
         .await?;
-    let version = pushed["version"]
-        .as_u64()
-        .context("push answered no version")?;
+    let version = pushed.version;
     if let Some(encoded) = reference {
-        flotilla_hub::cli_telemetry::upload_reference(
-            &operator,
-            &scenario.model.name,
-            version,
-            encoded,
-        )
-        .await?;
+        operator
+            .put_reference(&scenario.model.name, &version.to_string(), encoded.into())
+            .await?;
     }
     let record = operator
-        .json(
-            Method::GET,
-            &format!("/api/v1/models/{}/versions/{version}", scenario.model.name),
-            None,
-        )
+        .version(&scenario.model.name, &version.to_string())
         .await?;
-    let input = record["inputs"]
-        .as_array()
-        .and_then(|inputs| {
-            inputs.iter().find(|i| {
-                i["shape"]
-                    .as_array()
-                    .is_some_and(|s| s.len() == 2 && s[1].as_i64() == Some(dataset.width() as i64))
-            })
-        })
-        .and_then(|i| i["name"].as_str())
+    let input = record
+        .inputs
+        .iter()
+        .find(|i| i.shape.len() == 2 && i.shape[1] == dataset.width() as i64)
+        .map(|i| i.name.as_str())
         .with_context(|| {
             format!(
                 "the model has no [N, {}] input for the dataset's columns",
@@ -215,7 +201,7 @@ pub async fn run(
     actions.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
     let mut next_action = 0;
     let mut deployed_at: Option<f64> = None;
-    let mut deploy_target: Option<(u64, String)> = None;
+    let mut deploy_target: Option<(u64, flotilla_api::LabelSelector)> = None;
     let drift_at = scenario
         .drift
         .iter()
@@ -232,46 +218,41 @@ pub async fn run(
                 let bytes = std::fs::read(file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let pushed = operator
-                    .upload(
-                        &format!("/api/v1/models/{}/versions", scenario.model.name),
-                        bytes.into(),
-                    )
+                    .push(&scenario.model.name, bytes.into(), &PushRequest::default())
                     .await?;
                 timeline(
                     format!(
                         "pushed {} version {} ({})",
                         scenario.model.name,
-                        pushed["version"],
+                        pushed.version,
                         file.file_name().unwrap_or_default().to_string_lossy()
                     ),
                     &mut report,
                 );
                 continue;
             }
-            if let Some(table) = &action.rollout {
-                let mut spec = serde_json::to_value(table)?;
-                spec["model"] = scenario.model.name.clone().into();
-                let answer = match operator
-                    .json(Method::POST, "/api/v1/rollouts", Some(spec))
-                    .await
-                {
+            if let Some(template) = &action.rollout {
+                let spec = RolloutSpec {
+                    model: scenario.model.name.clone(),
+                    ..template.clone()
+                };
+                let answer = match operator.create_rollout(&spec).await {
                     Ok(answer) => answer,
                     Err(refused) => {
                         timeline(format!("rollout refused: {refused}"), &mut report);
                         continue;
                     }
                 };
-                let id = answer["id"].as_str().unwrap_or("?").to_owned();
                 timeline(
                     format!(
-                        "rollout {id}: version {} to {} devices in waves {}",
-                        answer["version"], answer["targets"], answer["waves"]
+                        "rollout {}: version {} to {} devices in waves {:?}",
+                        answer.id, answer.version, answer.targets, answer.waves
                     ),
                     &mut report,
                 );
                 report.rollouts.push(RolloutReport {
-                    id,
-                    version: answer["version"].as_u64().unwrap_or(0),
+                    id: answer.id.clone(),
+                    version: answer.version,
                     started_at_seconds: traffic_offset + t,
                     ..RolloutReport::default()
                 });
@@ -281,23 +262,24 @@ pub async fn run(
                 continue;
             };
             let answer = operator
-                .json(Method::POST, "/api/v1/deployments", Some(serde_json::json!({"model": scenario.model.name, "version": deploy.version, "selector": deploy.selector})))
+                .deploy(&DeployRequest {
+                    model: scenario.model.name.clone(),
+                    version: deploy.version.clone(),
+                    selector: deploy.selector.clone(),
+                })
                 .await?;
             timeline(
                 format!(
                     "deploy {} {} to {:?}: {} devices",
                     scenario.model.name,
                     deploy.version,
-                    deploy.selector,
-                    answer["devices"].as_array().map_or(0, Vec::len)
+                    deploy.selector.to_string(),
+                    answer.devices.len()
                 ),
                 &mut report,
             );
             deployed_at.get_or_insert(t);
-            deploy_target = Some((
-                answer["version"].as_u64().unwrap_or(version),
-                deploy.selector.clone(),
-            ));
+            deploy_target = Some((answer.version, deploy.selector.clone()));
         }
         follow_rollouts(&operator, &mut report).await?;
         for (part, status) in parts.iter_mut().zip(statuses.iter_mut()) {
@@ -323,13 +305,12 @@ pub async fn run(
         }
         // Inventory, events, progress.
         if ticks.is_multiple_of(inventory_every) || t >= scenario.duration_seconds {
-            let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
-            let list = inventory.as_array().cloned().unwrap_or_default();
-            online = list.iter().filter(|d| d["online"] == true).count();
+            let list = operator.devices().await?;
+            online = list.iter().filter(|d| d.online).count();
             installed = match &deploy_target {
                 Some((v, _)) => list
                     .iter()
-                    .filter(|d| d["serving"][&scenario.model.name].as_u64() == Some(*v))
+                    .filter(|d| d.serving.get(&scenario.model.name) == Some(v))
                     .count(),
                 None => 0,
             };
@@ -346,20 +327,17 @@ pub async fn run(
             timeline(format!("all {installed} devices serving"), &mut report);
         }
         let events = operator
-            .json(
-                Method::GET,
-                &format!(
-                    "/api/v1/events?model={}&after={seen_events}",
-                    scenario.model.name
-                ),
-                None,
-            )
+            .events(&EventQuery {
+                model: Some(scenario.model.name.clone()),
+                after: Some(seen_events),
+                limit: None,
+            })
             .await?;
-        for event in events["events"].as_array().into_iter().flatten() {
-            seen_events = seen_events.max(event["id"].as_i64().unwrap_or(0));
-            if let Some(kind) = event["kind"].as_str().filter(|k| k.starts_with("rollout.")) {
-                let id = event["detail"]["rollout"].as_str().unwrap_or("");
-                if let Some(r) = report.rollouts.iter_mut().find(|r| r.id == id) {
+        for event in &events.events {
+            seen_events = seen_events.max(event.id);
+            if let Some(detail) = event.rollout_detail() {
+                let kind = event.kind.as_str();
+                if let Some(r) = report.rollouts.iter_mut().find(|r| r.id == detail.rollout) {
                     let seen = Some(traffic_offset + t);
                     match kind {
                         "rollout.failed" => r.failed_at_seconds = r.failed_at_seconds.or(seen),
@@ -373,23 +351,14 @@ pub async fn run(
                     }
                 }
                 timeline(
-                    format!(
-                        "{kind} {}: {}",
-                        event["detail"]["rollout"].as_str().unwrap_or(""),
-                        event["detail"]["detail"].as_str().unwrap_or("")
-                    ),
+                    format!("{kind} {}: {}", detail.rollout, detail.detail),
                     &mut report,
                 );
             }
-            if event["kind"] == "drift_alert" && report.drift.alert_at_seconds.is_none() {
+            if event.kind == "drift_alert" && report.drift.alert_at_seconds.is_none() {
                 report.drift.alert_at_seconds = Some(traffic_offset + t);
                 report.drift.latency_seconds = drift_at.map(|i| t - i);
-                report.drift.drifted_features = event["detail"]["drifted_features"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|f| f.as_str().map(str::to_owned))
-                    .collect();
+                report.drift.drifted_features = event.drifted_features().unwrap_or_default();
                 timeline(
                     format!("drift alert: {}", report.drift.drifted_features.join(", ")),
                     &mut report,
@@ -477,18 +446,9 @@ pub async fn run(
     }
     follow_rollouts(&operator, &mut report).await?;
     let health = operator
-        .json(
-            Method::GET,
-            &format!("/api/v1/models/{}/health", scenario.model.name),
-            None,
-        )
+        .health(&scenario.model.name, &SliceParams::default())
         .await?;
-    let hub_counted: u64 = health["versions"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, h)| h["requests"].as_u64())
-        .sum();
+    let hub_counted: u64 = health.versions.values().map(|h| h.requests).sum();
     let fleet = fleet_status(&statuses);
     report.requests = Requests {
         served: fleet.served,
@@ -505,28 +465,28 @@ pub async fn run(
     report.requests.reconciled =
         r.hub_counted + r.lost_in_crashes + r.dropped_with_windows + r.refused_with_windows
             == r.served + r.failed;
-    let inventory = operator.json(Method::GET, "/api/v1/devices", None).await?;
+    let inventory = operator.devices().await?;
     if let Some((v, _)) = &deploy_target {
-        for d in inventory.as_array().into_iter().flatten() {
-            if d["serving"][&scenario.model.name].as_u64() == Some(*v) {
+        for d in &inventory {
+            if d.serving.get(&scenario.model.name) == Some(v) {
                 report.installs.installed += 1;
-            } else if let Some(failure) = d["last_outcomes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|o| o["state"] == "failed")
+            } else if let Some(failure) = d
+                .last_outcomes
+                .iter()
+                .find(|o| o.state == InstallState::Failed)
             {
                 report.installs.failed += 1;
                 // Reasons name files and hashes; the step and the reason's first words group.
-                let reason: String = failure["reason"]
-                    .as_str()
+                let reason: String = failure
+                    .reason
+                    .as_deref()
                     .unwrap_or("")
                     .split([':', '(', '"'])
                     .next()
                     .unwrap_or("")
                     .trim()
                     .to_owned();
-                let step = failure["step"].as_str().unwrap_or("?");
+                let step = failure.step.as_deref().unwrap_or("?");
                 *report
                     .installs
                     .failures
@@ -581,20 +541,14 @@ async fn follow_rollouts(operator: &AdminClient, report: &mut Report) -> anyhow:
         if finished {
             continue;
         }
-        let view = operator
-            .json(
-                Method::GET,
-                &format!("/api/v1/rollouts/{}", rollout.id),
-                None,
-            )
-            .await?;
-        rollout.phase = view["phase"].as_str().unwrap_or("?").to_owned();
-        rollout.targets = view["targets"].as_u64().unwrap_or(0);
-        rollout.told = view["told"].as_u64().unwrap_or(0);
-        rollout.installed = view["installed"].as_u64().unwrap_or(0);
-        rollout.failed = view["failed"].as_u64().unwrap_or(0);
-        rollout.restored = view["restored"].as_u64().unwrap_or(0);
-        rollout.reason = view["reason"].as_str().map(str::to_owned);
+        let view = operator.rollout(&rollout.id).await?;
+        rollout.phase = view.phase.name().to_owned();
+        rollout.targets = view.targets as u64;
+        rollout.told = view.told as u64;
+        rollout.installed = view.installed as u64;
+        rollout.failed = view.failed as u64;
+        rollout.restored = view.restored as u64;
+        rollout.reason = view.reason;
     }
     Ok(())
 }
@@ -605,12 +559,11 @@ async fn hub_process(url: &str, shared_with_fleet: bool) -> Option<HubProcess> {
     if shared_with_fleet {
         return None;
     }
-    let (_, body) = AdminClient::new(url, None)
+    let text = AdminClient::new(url, None)
         .ok()?
-        .request(Method::GET, "/metrics", "text/plain", Default::default())
+        .metrics_text()
         .await
         .ok()?;
-    let text = String::from_utf8_lossy(&body);
     let value = |name: &str| {
         text.lines().find_map(|l| {
             l.strip_prefix(name)
@@ -651,10 +604,7 @@ async fn hub_telemetry_counts(
             refused_requests: by_reason(m.telemetry_rejected_requests()),
         });
     }
-    let (_, body) = AdminClient::new(url, None)?
-        .request(Method::GET, "/metrics", "text/plain", Default::default())
-        .await?;
-    let text = String::from_utf8_lossy(&body);
+    let text = AdminClient::new(url, None)?.metrics_text().await?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| {

@@ -268,7 +268,7 @@ pub struct Action {
     /// Starts a rollout: a rollout spec (docs/rollouts.md) without `model`, which is the
     /// scenario's.
     #[serde(default)]
-    pub rollout: Option<toml::Table>,
+    pub rollout: Option<flotilla_api::rollouts::RolloutSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,7 +276,7 @@ pub struct Action {
 pub struct Deploy {
     pub version: String,
     #[serde(default)]
-    pub selector: String,
+    pub selector: flotilla_api::LabelSelector,
 }
 
 impl Scenario {

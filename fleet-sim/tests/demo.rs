@@ -4,22 +4,13 @@
 //! retrained candidate passes the quality gate and its canary completes; the broken version
 //! is rolled back and the real agent serves the retrained one again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use flotilla_api::rollouts::RolloutPhase;
+use flotilla_api::triggers::{RunStatus, TriggerReason, TriggerRunQuery};
 use flotilla_sim::demo::{DemoOptions, run};
-
-/// The workspace's other binaries, built by `cargo test --workspace` (deploy/test.sh).
-fn workspace_binary(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with cargo test --workspace (deploy/test.sh)",
-        path.display()
-    );
-    path
-}
+use flotilla_testkit::workspace_binary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_the_whole_loop() {
@@ -39,25 +30,27 @@ async fn the_demo_runs_the_whole_loop() {
     assert_eq!(
         outcome.rollouts,
         [
-            (1, "completed".to_owned()),
-            (2, "completed".to_owned()),
-            (3, "rolled_back".to_owned())
+            (1, RolloutPhase::Completed),
+            (2, RolloutPhase::Completed),
+            (3, RolloutPhase::RolledBack)
         ],
         "{outcome:#?}"
     );
-    assert_eq!(outcome.trigger_run["reason"], "drift", "{outcome:#?}");
-    assert_eq!(outcome.trigger_run["status"], "succeeded", "{outcome:#?}");
+    let run = outcome.trigger_run.clone().expect("the trigger ran");
+    assert_eq!(run.reason, TriggerReason::Drift, "{outcome:#?}");
+    assert_eq!(run.status, RunStatus::Succeeded, "{outcome:#?}");
     assert_eq!(outcome.agent_serves, Some(2), "{outcome:#?}");
     // One run for the whole drift: the cooldown holds while the drift goes on.
-    let client = flotilla_hub::client::AdminClient::new(
-        &outcome.hub_url,
-        Some(outcome.operator_token.clone()),
-    )
-    .unwrap();
+    let client =
+        flotilla_api::AdminClient::new(&outcome.hub_url, Some(outcome.operator_token.clone()))
+            .unwrap();
     let runs = client
-        .json(hyper::Method::GET, "/api/v1/triggers?model=iris", None)
+        .trigger_runs(&TriggerRunQuery {
+            model: Some("iris".into()),
+            limit: None,
+        })
         .await
         .unwrap();
-    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+    assert_eq!(runs.runs.len(), 1, "{runs:#?}");
     demo.stop().await;
 }

@@ -25,8 +25,6 @@ use flotilla_hub::store::{DeviceRecord, RegistryStore, TelemetryStore};
 use flotilla_hub::telemetry::{Against, SliceQuery, Telemetry, TelemetryIngest};
 use sha2::{Digest, Sha256};
 
-mod support;
-
 fn arg(flag: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -113,7 +111,7 @@ fn main() {
     let devices = arg("--devices", 10_000);
     let windows = arg("--windows", 1);
     let rounds = arg("--rounds", 3);
-    println!("machine: {}", support::machine());
+    println!("machine: {}", flotilla_testkit::measure::machine());
     flotilla_runtime::init_onnx_runtime(None).expect("ONNX Runtime (deploy/fetch-onnxruntime.sh)");
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::new(dir.path());
@@ -125,7 +123,9 @@ fn main() {
         data.load_signing_key().unwrap(),
         SystemClock::shared(),
     );
-    let model = std::fs::read(support::repo().join("agent/tests/fixtures/linear10.onnx")).unwrap();
+    let model =
+        std::fs::read(flotilla_testkit::repo_root().join("agent/tests/fixtures/linear10.onnx"))
+            .unwrap();
     let mut upload = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
     upload.write_all(&model).unwrap();
     let sha = hex::encode(Sha256::digest(&model));
@@ -149,7 +149,7 @@ fn main() {
         store
             .upsert_device(&DeviceRecord {
                 id: id.clone(),
-                public_key: serde_json::to_value(key.public_key()).unwrap(),
+                public_key: key.public_key(),
                 labels: BTreeMap::from([("cohort".to_owned(), (d % 2).to_string())]),
                 hardware: BTreeMap::new(),
                 agent_version: "bench".into(),
@@ -157,7 +157,7 @@ fn main() {
                 last_seen: None,
                 online: true,
                 serving: BTreeMap::new(),
-                last_outcomes: serde_json::json!([]),
+                last_outcomes: Vec::new(),
                 reported_sequence: 0,
             })
             .unwrap();
@@ -268,7 +268,7 @@ fn main() {
         .slice(&SliceQuery {
             model: "linear10".into(),
             version: Some(1),
-            selector: BTreeMap::from([("cohort".to_owned(), "1".to_owned())]),
+            selector: flotilla_api::LabelSelector::parse("cohort=1").unwrap(),
             ..SliceQuery::default()
         })
         .unwrap();

@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
+use flotilla_api::rollouts::RolloutSpec;
 use flotilla_hub::rollout::controller::{Context, Input, RolloutState, WaveProgress, step};
 use flotilla_hub::rollout::gates::{CohortFigures, GateInputs, evaluate};
 use flotilla_hub::rollout::plan::wave_order;
-use flotilla_hub::rollout::spec::RolloutSpec;
 
 fn arg(flag: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();

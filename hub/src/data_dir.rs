@@ -1,7 +1,6 @@
 //! The hub's data folder: `hub.db` (SQLite), `keys/` (root and signing keys, mode 0600),
 //! `artifacts/sha256/` (model files by content hash). `init` creates it; `open` checks it.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -219,15 +218,4 @@ pub fn new_token(prefix: &str) -> Result<String, DataDirError> {
 /// Tokens are stored only as hashes.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Labels as `k=v,k=v` text, parsed; used by the CLI and the API.
-pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
-    text.split(',')
-        .filter(|part| !part.trim().is_empty())
-        .map(|part| match part.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-            _ => Err(format!("label {part:?} is not key=value")),
-        })
-        .collect()
 }

@@ -2,6 +2,7 @@
 //! desired state. The decisions here are pure functions of their inputs; `Fleet` adds the
 //! store and the signing key around them.
 
+use flotilla_api::LabelSelector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,8 +33,6 @@ pub enum FleetError {
     TokenExpired,
     #[error("device public key is not valid: {0}")]
     BadKey(String),
-    #[error("selector {0:?} is not key=value[,key=value]")]
-    BadSelector(String),
     #[error("no enrolled device matches selector {0:?}")]
     NoDevices(String),
     #[error(transparent)]
@@ -47,15 +46,6 @@ pub enum FleetError {
 /// A device's id, derived from its key: re-enrolling the same key gives the same id.
 pub fn device_id_for(key_id: &str) -> String {
     format!("dev-{}", &key_id[..key_id.len().min(16)])
-}
-
-/// Whether a device's labels satisfy every `key=value` of the selector (an empty selector
-/// matches every device).
-pub fn selector_matches(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// The next desired model list: `new` replaces any entry for the same model; it is marked a
@@ -133,7 +123,7 @@ impl Fleet {
         let existing = self.store().device(&device_id)?;
         let device = DeviceRecord {
             id: device_id.clone(),
-            public_key: serde_json::to_value(&request.public_key).expect("keys serialize"),
+            public_key: request.public_key.clone(),
             labels: labels.clone(),
             hardware: request.hardware.clone(),
             agent_version: request.agent_version.clone(),
@@ -147,7 +137,7 @@ impl Fleet {
             last_outcomes: existing
                 .as_ref()
                 .map(|d| d.last_outcomes.clone())
-                .unwrap_or(serde_json::json!([])),
+                .unwrap_or_default(),
             reported_sequence: existing.as_ref().map(|d| d.reported_sequence).unwrap_or(0),
         };
         self.store().upsert_device(&device)?;
@@ -177,11 +167,9 @@ impl Fleet {
         &self,
         model: &str,
         version_or_alias: &str,
-        selector_text: &str,
+        selector: &LabelSelector,
         actor: &str,
     ) -> Result<(u64, Vec<Publication>), FleetError> {
-        let selector = crate::data_dir::parse_labels(selector_text)
-            .map_err(|_| FleetError::BadSelector(selector_text.to_owned()))?;
         let record = self.registry.resolve(model, version_or_alias)?;
         if record.retired.is_some() {
             return Err(RegistryError::Retired {
@@ -196,10 +184,10 @@ impl Fleet {
             .store()
             .devices()?
             .into_iter()
-            .filter(|d| selector_matches(&selector, &d.labels))
+            .filter(|d| selector.matches(&d.labels))
             .collect();
         if devices.is_empty() {
-            return Err(FleetError::NoDevices(selector_text.to_owned()));
+            return Err(FleetError::NoDevices(selector.to_string()));
         }
         let now = self.registry.now();
         let mut publications = Vec::with_capacity(devices.len());
@@ -219,7 +207,7 @@ impl Fleet {
             actor,
             "deploy",
             &format!(
-                "{model} version {} to {} devices ({selector_text})",
+                "{model} version {} to {} devices ({selector})",
                 record.version,
                 publications.len()
             ),
@@ -415,24 +403,6 @@ mod tests {
             manifest,
             rollback: false,
         }
-    }
-
-    #[test]
-    fn selectors_match_all_their_labels() {
-        let labels = BTreeMap::from([("region".into(), "eu".into()), ("hw".into(), "rpi4".into())]);
-        assert!(selector_matches(&BTreeMap::new(), &labels));
-        assert!(selector_matches(
-            &BTreeMap::from([("region".into(), "eu".into())]),
-            &labels
-        ));
-        assert!(!selector_matches(
-            &BTreeMap::from([("region".into(), "us".into())]),
-            &labels
-        ));
-        assert!(!selector_matches(
-            &BTreeMap::from([("site".into(), "x".into())]),
-            &labels
-        ));
     }
 
     #[test]

@@ -69,23 +69,8 @@ impl RegistryError {
     }
 }
 
-/// Metadata given with a push.
-#[derive(Debug, Clone, Default)]
-pub struct PushMetadata {
-    pub metrics: BTreeMap<String, f64>,
-    pub tags: BTreeMap<String, String>,
-    /// Dataset reference, code commit, parent version, ...
-    pub lineage: BTreeMap<String, String>,
-    /// Feature names for the version's feature input (one per column), e.g. a reference
-    /// table's header; default `f0..f{F-1}`.
-    pub feature_names: Option<Vec<String>>,
-    /// Features (by name) counted by value rather than sketched as numbers.
-    pub categorical: Vec<String>,
-    /// The input holding the features (default: the first 2-D numeric input).
-    pub feature_input: Option<String>,
-    /// The outputs that are predictions (default: every output).
-    pub prediction_outputs: Option<Vec<String>>,
-}
+/// Metadata given with a push: the API's push request.
+pub type PushMetadata = flotilla_api::models::PushRequest;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushResult {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use flotilla_common::clock::{Clock, SharedClock, SystemClock};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{ApiState, bind, serve};
+use crate::api::{ApiState, serve};
 use crate::data_dir::{DataDir, new_token, token_hash};
 use crate::fleet::Fleet;
 use crate::registry::Registry;
@@ -233,7 +233,7 @@ pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<Runnin
             }
         }
     });
-    let listener = bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;

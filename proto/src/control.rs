@@ -44,7 +44,7 @@ pub mod topics {
 }
 
 /// `POST /api/v1/enroll`: a device presents a one-time token and its own public key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -55,7 +55,7 @@ pub struct EnrollRequest {
 }
 
 /// What an enrolled device needs to talk to the hub.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollResponse {
     pub device_id: String,
@@ -86,7 +86,7 @@ pub struct DesiredState {
     pub models: Vec<DesiredModel>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredModel {
     pub name: String,
@@ -99,7 +99,7 @@ pub struct DesiredModel {
 }
 
 /// Where an install got to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstallState {
     Downloading,
@@ -109,7 +109,20 @@ pub enum InstallState {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl InstallState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallState::Downloading => "downloading",
+            InstallState::Verifying => "verifying",
+            InstallState::Loading => "loading",
+            InstallState::Installed => "installed",
+            InstallState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallOutcome {
     pub model: String,

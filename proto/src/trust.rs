@@ -17,7 +17,7 @@ pub const ROOT_PAYLOAD_TYPE: &str = "application/vnd.flotilla.root+json";
 pub const MANIFEST_PAYLOAD_TYPE: &str = "application/vnd.flotilla.manifest+json";
 
 /// A signed document: the payload JSON text and signatures over it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub payload_type: String,
     /// The signed JSON text, exactly as signed.
@@ -25,7 +25,7 @@ pub struct Envelope {
     pub signatures: Vec<EnvelopeSignature>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvelopeSignature {
     /// Hex SHA-256 of the public key.
     pub key_id: String,
@@ -34,7 +34,7 @@ pub struct EnvelopeSignature {
 }
 
 /// An ed25519 public key named by its id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicKey {
     pub key_id: String,
     /// Always "ed25519" for now; named so a second algorithm can be added without ambiguity.

@@ -17,4 +17,4 @@ pub use feature_map::{
 pub use frame::{
     FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, decode_compressed, open_frame, seal_frame,
 };
-pub use table::{Column, Table, TableError, profile_table, read_table};
+pub use table::{Column, Table, TableError, profile_table, read_table, reference_from_file};

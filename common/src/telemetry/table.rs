@@ -211,6 +211,27 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Table, String> {
     })
 }
 
+/// A version's reference profile set from a CSV or `.npy` file of its training data: the
+/// column names (the feature names) and the encoded profiles (KLL k = `REFERENCE_K`), as
+/// the hub stores them.
+pub fn reference_from_file(
+    path: &Path,
+    categorical: &[String],
+) -> Result<(Vec<String>, Vec<u8>), TableError> {
+    let table = read_table(path)?;
+    if table.rows == 0 {
+        return Err(TableError::Format {
+            path: path.display().to_string(),
+            message: "the table has no rows".into(),
+        });
+    }
+    let profiles = profile_table(&table, categorical, crate::sketch::REFERENCE_K);
+    Ok((
+        table.names.clone(),
+        super::encode_reference(table.rows as u64, &profiles),
+    ))
+}
+
 /// One profile per column: numeric columns as KLL sketches with accuracy `k`, text columns
 /// (and numeric ones named in `categorical`) as value counts.
 pub fn profile_table(table: &Table, categorical: &[String], k: u16) -> Vec<NamedProfile> {

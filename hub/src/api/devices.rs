@@ -1,25 +1,33 @@
-//! Device-facing and fleet endpoints: enrollment, deployments, the device inventory, and
-//! artifact downloads over HTTP with range requests (the fallback when QUIC is blocked).
+//! Device-facing and fleet endpoints: enrollment tokens and enrollment, deployments, the
+//! device inventory, and artifact downloads over HTTP with range requests (the fallback
+//! when QUIC is blocked).
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flotilla_proto::control::EnrollRequest;
+use flotilla_api::ErrorBody;
+use flotilla_api::devices::{
+    DeployAnswer, DeployRequest, DeviceDetail, DeviceView, EnrollmentToken, EnrollmentTokenRequest,
+};
+use flotilla_proto::control::{DesiredModel, EnrollRequest, EnrollResponse};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::docs::{OperatorErrors, ReadErrors};
+use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, ApiState, Caller, blocking};
+use crate::data_dir::{new_token, token_hash};
 use crate::fleet::FleetError;
 use crate::metrics::HubMetrics;
-use crate::store::Scope;
+use crate::store::{DeviceRecord, Scope};
 
 impl From<FleetError> for ApiError {
     fn from(error: FleetError) -> ApiError {
         let status = match &error {
             FleetError::UnknownToken => StatusCode::UNAUTHORIZED,
             FleetError::TokenUsed | FleetError::TokenExpired => StatusCode::FORBIDDEN,
-            FleetError::BadKey(_) | FleetError::BadSelector(_) => StatusCode::BAD_REQUEST,
+            FleetError::BadKey(_) => StatusCode::BAD_REQUEST,
             FleetError::NoDevices(_) => StatusCode::NOT_FOUND,
             FleetError::Registry(e) => {
                 return ApiError::from(crate::registry::RegistryError::from_ref(e));
@@ -30,15 +38,70 @@ impl From<FleetError> for ApiError {
     }
 }
 
-/// Enrollment needs no admin token: the one-time enrollment token is the credential.
-pub(super) async fn enroll(
-    State(state): State<ApiState>,
-    Json(request): Json<EnrollRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let fleet = state
+fn fleet(state: &ApiState) -> Result<std::sync::Arc<crate::fleet::Fleet>, ApiError> {
+    state
         .fleet
         .clone()
-        .ok_or_else(|| ApiError::internal("this hub serves no fleet"))?;
+        .ok_or_else(|| ApiError::internal("this hub serves no fleet"))
+}
+
+/// Creates a one-time enrollment token (shown once).
+#[utoipa::path(post, operation_id = "devices_create_enrollment_token", path = "/api/v1/enrollment-tokens", tag = "devices",
+    security(("bearer" = [])),
+    request_body = EnrollmentTokenRequest,
+    responses(
+        (status = 200, body = EnrollmentToken),
+        (status = 400, description = "ttl_seconds is not positive, or the body is not the request", body = ErrorBody),
+        OperatorErrors))]
+pub(super) async fn create_enrollment_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<EnrollmentTokenRequest>,
+) -> Result<Json<EnrollmentToken>, ApiError> {
+    caller.require(Scope::Operator)?;
+    if request.ttl_seconds <= 0 {
+        return Err(ApiError::bad_request("ttl_seconds must be positive"));
+    }
+    let registry = state.registry.clone();
+    blocking(move || {
+        let token = new_token("flo_enroll").map_err(|e| ApiError::internal(e.to_string()))?;
+        let now = registry.now();
+        let expires = now.saturating_add(request.ttl_seconds);
+        registry.store().insert_enrollment_token(
+            &token_hash(&token),
+            &request.labels,
+            expires,
+            now,
+        )?;
+        registry.store().audit(
+            now,
+            &caller.name,
+            "enroll_token.create",
+            &format!("labels {:?} expires {expires}", request.labels),
+        )?;
+        Ok(Json(EnrollmentToken {
+            token,
+            expires,
+            labels: request.labels,
+        }))
+    })
+    .await
+}
+
+/// Device enrollment: the one-time enrollment token is the credential (no admin token).
+#[utoipa::path(post, operation_id = "devices_enroll", path = "/api/v1/enroll", tag = "devices",
+    request_body = EnrollRequest,
+    responses(
+        (status = 200, description = "Enrolled: what the device needs to follow the hub", body = EnrollResponse),
+        (status = 400, description = "The public key is not valid, or the body is not the request", body = ErrorBody),
+        (status = 401, description = "Unknown enrollment token", body = ErrorBody),
+        (status = 403, description = "The token was used or has expired", body = ErrorBody),
+        (status = 500, description = "The hub failed", body = ErrorBody)))]
+pub(super) async fn enroll(
+    State(state): State<ApiState>,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let fleet = fleet(&state)?;
     let response = blocking(move || Ok(fleet.enroll(&request)?)).await;
     let counter = if response.is_ok() {
         &state.metrics.enrollments
@@ -46,33 +109,26 @@ pub(super) async fn enroll(
         &state.metrics.enrollments_refused
     };
     HubMetrics::add(counter, 1);
-    let response = response?;
-    Ok(Json(
-        serde_json::to_value(response).expect("enroll response serializes"),
-    ))
+    Ok(Json(response?))
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeployRequest {
-    model: String,
-    /// A version number or alias.
-    version: String,
-    /// `key=value[,key=value]`; empty for every device.
-    #[serde(default)]
-    selector: String,
-}
-
+/// Sets a model version (or alias) as desired on the devices matching a label selector.
+#[utoipa::path(post, operation_id = "devices_deploy", path = "/api/v1/deployments", tag = "devices",
+    security(("bearer" = [])),
+    request_body = DeployRequest,
+    responses(
+        (status = 200, body = DeployAnswer),
+        (status = 400, description = "A bad selector or body", body = ErrorBody),
+        (status = 404, description = "Unknown model or version, or no device matches", body = ErrorBody),
+        (status = 409, description = "The version is retired", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn deploy(
     State(state): State<ApiState>,
     caller: Caller,
-    Json(request): Json<DeployRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiJson(request): ApiJson<DeployRequest>,
+) -> Result<Json<DeployAnswer>, ApiError> {
     caller.require(Scope::Operator)?;
-    let fleet = state
-        .fleet
-        .clone()
-        .ok_or_else(|| ApiError::internal("this hub serves no fleet"))?;
+    let fleet = fleet(&state)?;
     let actor = caller.name.clone();
     let (model, selector) = (request.model.clone(), request.selector.clone());
     let (version, publications) = blocking(move || {
@@ -83,29 +139,56 @@ pub(super) async fn deploy(
         mqtt.publish_desired(&publications).await;
         HubMetrics::add(&state.metrics.deployments, 1);
     }
-    let devices: Vec<&str> = publications.iter().map(|p| p.device_id.as_str()).collect();
-    Ok(Json(
-        serde_json::json!({"model": model, "version": version, "selector": selector, "devices": devices}),
-    ))
+    Ok(Json(DeployAnswer {
+        model,
+        version,
+        selector,
+        devices: publications.into_iter().map(|p| p.device_id).collect(),
+    }))
 }
 
+fn device_view(record: DeviceRecord) -> DeviceView {
+    DeviceView {
+        id: record.id,
+        public_key: record.public_key,
+        labels: record.labels,
+        hardware: record.hardware,
+        agent_version: record.agent_version,
+        enrolled_at: record.enrolled_at,
+        last_seen: record.last_seen,
+        online: record.online,
+        serving: record.serving,
+        last_outcomes: record.last_outcomes,
+        reported_sequence: record.reported_sequence,
+    }
+}
+
+/// Enrolled devices: labels, hardware, online, last seen, serving versions, last install
+/// outcomes.
+#[utoipa::path(get, operation_id = "devices_list", path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeviceView>), ReadErrors))]
 pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     let devices = blocking(move || Ok(registry.store().devices()?)).await?;
-    Ok(Json(
-        serde_json::to_value(devices).expect("devices serialize"),
-    ))
+    Ok(Json(devices.into_iter().map(device_view).collect()))
 }
 
+/// One device with the desired state the hub last set for it.
+#[utoipa::path(get, operation_id = "devices_show", path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, body = DeviceDetail),
+        (status = 404, description = "Unknown device", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn show(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     blocking(move || {
@@ -114,12 +197,16 @@ pub(super) async fn show(
             .device(&id)?
             .ok_or_else(|| ApiError::not_found(format!("unknown device {id:?}")))?;
         let desired = registry.store().desired(&id)?;
-        let mut value = serde_json::to_value(device).expect("device serializes");
-        value["desired_sequence"] = desired.as_ref().map(|d| d.sequence).into();
-        value["desired_models"] = desired
-            .map(|d| serde_json::from_str(&d.models).unwrap_or_default())
-            .unwrap_or(serde_json::json!([]));
-        Ok(Json(value))
+        let desired_models: Vec<DesiredModel> = match &desired {
+            Some(d) => serde_json::from_str(&d.models)
+                .map_err(|e| ApiError::internal(format!("stored desired state: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok(Json(DeviceDetail {
+            device: device_view(device),
+            desired_sequence: desired.map(|d| d.sequence),
+            desired_models,
+        }))
     })
     .await
 }
@@ -163,11 +250,22 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Api
     Ok(Some((start, end.min(size - 1))))
 }
 
-/// Artifacts by content hash. Whoever downloads must check the hash and the signed
-/// manifest before trusting a byte (agents do).
+/// An artifact by content hash, whole or a byte range (`Range: bytes=START-[END]`). Whoever
+/// downloads must check the hash and the signed manifest before trusting a byte (agents
+/// do).
+#[utoipa::path(get, operation_id = "devices_artifact", path = "/api/v1/artifacts/{sha256}", tag = "devices",
+    params(("sha256" = String, Path, description = "The artifact's 64-hex-digit SHA-256"),
+           ("range" = Option<String>, Header, description = "bytes=START- or bytes=START-END")),
+    responses(
+        (status = 200, description = "The whole artifact", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a SHA-256", body = ErrorBody),
+        (status = 404, description = "No such artifact", body = ErrorBody),
+        (status = 416, description = "The range is outside the artifact or not understood", body = ErrorBody),
+        (status = 500, description = "The artifact cannot be opened", body = ErrorBody)))]
 pub(super) async fn artifact(
     State(state): State<ApiState>,
-    Path(sha256): Path<String>,
+    ApiPath(sha256): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

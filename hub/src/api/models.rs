@@ -1,59 +1,88 @@
-//! `/api/v1/models/...`: push, list, show, aliases, retire.
+//! `/api/v1/models/...`: push, list, show, manifests, aliases, retirement and the quality
+//! gate.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use flotilla_api::ErrorBody;
+use flotilla_api::models::{
+    AliasAnswer, AliasChange, AliasRequest, ModelDetail, ModelSummary, PushAnswer, PushRequest,
+    QualityGateResult, RetireAnswer, VersionView,
+};
+use flotilla_api::quality::{QualityPolicy, evaluate, parse_policy};
+use flotilla_proto::trust::Envelope;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
+use super::docs::{OperatorErrors, ReadErrors};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, ApiState, Caller, blocking};
-use crate::registry::{PushMetadata, check_name};
+use crate::registry::check_name;
 use crate::store::{Scope, VersionRecord};
 
-fn version_json(record: &VersionRecord, aliases: &BTreeMap<String, u64>) -> serde_json::Value {
-    let names: Vec<&String> = aliases
-        .iter()
-        .filter(|(_, v)| **v == record.version)
-        .map(|(a, _)| a)
-        .collect();
-    serde_json::json!({
-        "model": record.model,
-        "version": record.version,
-        "artifact_sha256": record.artifact_sha256,
-        "artifact_size": record.artifact_size,
-        "inputs": record.inputs,
-        "outputs": record.outputs,
-        "metrics": record.metrics,
-        "tags": record.tags,
-        "lineage": record.lineage,
-        "created": record.created,
-        "retired": record.retired,
-        "aliases": names,
-        "manifest_expires": record.manifest_expires,
-    })
+/// A stored version as the API shows it, with the aliases that point at it.
+pub(super) fn version_view(record: &VersionRecord, aliases: &BTreeMap<String, u64>) -> VersionView {
+    VersionView {
+        model: record.model.clone(),
+        version: record.version,
+        artifact_sha256: record.artifact_sha256.clone(),
+        artifact_size: record.artifact_size,
+        inputs: record.inputs.clone(),
+        outputs: record.outputs.clone(),
+        metrics: record.metrics.clone(),
+        tags: record.tags.clone(),
+        lineage: record.lineage.clone(),
+        created: record.created,
+        retired: record.retired,
+        aliases: aliases
+            .iter()
+            .filter(|(_, v)| **v == record.version)
+            .map(|(a, _)| a.clone())
+            .collect(),
+        manifest_expires: record.manifest_expires,
+    }
 }
 
+/// Every model with its version count and aliases.
+#[utoipa::path(get, operation_id = "models_list", path = "/api/v1/models", tag = "models", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ModelSummary>), ReadErrors))]
 pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<ModelSummary>>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     let models = blocking(move || Ok(registry.store().models()?)).await?;
     Ok(Json(
-        serde_json::to_value(models).expect("summaries serialize"),
+        models
+            .into_iter()
+            .map(|m| ModelSummary {
+                name: m.name,
+                versions: m.versions,
+                latest_version: m.latest_version,
+                aliases: m.aliases,
+                created: m.created,
+            })
+            .collect(),
     ))
 }
 
+/// A model: its versions, aliases and alias history.
+#[utoipa::path(get, operation_id = "models_show", path = "/api/v1/models/{model}", tag = "models", security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, body = ModelDetail),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn show(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+) -> Result<Json<ModelDetail>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     blocking(move || {
@@ -63,62 +92,122 @@ pub(super) async fn show(
         }
         let aliases = registry.store().aliases(&model)?;
         let history = registry.store().alias_history(&model)?;
-        Ok(Json(serde_json::json!({
-            "name": model,
-            "aliases": aliases,
-            "alias_history": history,
-            "versions": versions.iter().map(|v| version_json(v, &aliases)).collect::<Vec<_>>(),
-        })))
+        Ok(Json(ModelDetail {
+            name: model,
+            versions: versions.iter().map(|v| version_view(v, &aliases)).collect(),
+            alias_history: history
+                .into_iter()
+                .map(|h| AliasChange {
+                    alias: h.alias,
+                    version: h.version,
+                    at: h.at,
+                    actor: h.actor,
+                })
+                .collect(),
+            aliases,
+        }))
     })
     .await
 }
 
+/// A version by number or alias.
+#[utoipa::path(get, operation_id = "models_version", path = "/api/v1/models/{model}/versions/{version}", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias")),
+    responses(
+        (status = 200, body = VersionView),
+        (status = 404, description = "Unknown model, version or alias", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn version(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((model, version)): ApiPath<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     blocking(move || {
         let record = registry.resolve(&model, &version)?;
         let aliases = registry.store().aliases(&model)?;
-        Ok(Json(version_json(&record, &aliases)))
+        Ok(Json(version_view(&record, &aliases)))
     })
     .await
 }
 
 /// The signed manifest envelope of a version.
+#[utoipa::path(get, operation_id = "models_manifest", path = "/api/v1/models/{model}/versions/{version}/manifest", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias")),
+    responses(
+        (status = 200, description = "The manifest, signed by the hub's signing key", body = Envelope),
+        (status = 404, description = "Unknown model, version or alias", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn manifest(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((model, version)): ApiPath<(String, String)>,
+) -> Result<Json<Envelope>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     blocking(move || {
         let record = registry.resolve(&model, &version)?;
-        Ok(Json(
-            serde_json::from_str(&record.manifest)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
-        ))
+        Ok(Json(serde_json::from_str(&record.manifest).map_err(
+            |e| ApiError::internal(format!("stored manifest: {e}")),
+        )?))
     })
     .await
 }
 
-/// Push: the body is the ONNX file; query parameters `metric.NAME=NUMBER`, `tag.NAME=VALUE`
-/// and `lineage.NAME=VALUE` (e.g. `lineage.dataset`, `lineage.commit`, `lineage.parent`).
-/// The body is spooled to disk and hashed as it arrives, never held whole in memory.
+/// Query parameters of a push, for the document (the handler reads them as a map: metric,
+/// tag and lineage names are the caller's).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct PushParams {
+    /// Comma-separated names of the feature input's columns (default: the previous
+    /// version's names when the input matches, else f0, f1, ...).
+    features: Option<String>,
+    /// Comma-separated features counted by value instead of sketched as numbers.
+    categorical: Option<String>,
+    /// The input whose columns are the features (default: the first 2-D numeric input).
+    feature_input: Option<String>,
+    /// Comma-separated outputs that are predictions (default: every output).
+    predictions: Option<String>,
+    /// Also `metric.NAME=NUMBER`, `tag.NAME=VALUE` and `lineage.NAME=VALUE` (for example
+    /// `lineage.dataset`, `lineage.commit`, `lineage.parent`), any number of each.
+    #[param(rename = "metric.NAME")]
+    metric: Option<f64>,
+    #[param(rename = "tag.NAME")]
+    tag: Option<String>,
+    #[param(rename = "lineage.NAME")]
+    lineage: Option<String>,
+}
+
+/// Push: the body is the ONNX file. It is spooled to disk and hashed as it arrives, never
+/// held whole in memory; it must load in ONNX Runtime.
+#[utoipa::path(post, operation_id = "models_push", path = "/api/v1/models/{model}/versions", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), PushParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX file"),
+    responses(
+        (status = 201, description = "A new version", body = PushAnswer),
+        (status = 200, description = "The same content is registered already: that version", body = PushAnswer),
+        (status = 400, description = "A bad name or parameter, or an empty upload", body = ErrorBody),
+        (status = 413, description = "Larger than the hub's upload limit", body = ErrorBody),
+        (status = 422, description = "Not a model ONNX Runtime can load, or a feature map that does not fit it", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn push(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-    Query(query): Query<BTreeMap<String, String>>,
+    ApiPath(model): ApiPath<String>,
+    ApiQuery(query): ApiQuery<BTreeMap<String, String>>,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<PushAnswer>), ApiError> {
     caller.require(Scope::Operator)?;
     check_name(&model)?;
-    let metadata = push_metadata(&query)?;
+    let metadata =
+        PushRequest::from_query(&query).map_err(|e| ApiError::bad_request(e.to_string()))?;
     std::fs::create_dir_all(&state.upload_dir).map_err(|e| {
         ApiError::internal(format!("cannot create {}: {e}", state.upload_dir.display()))
     })?;
@@ -155,13 +244,12 @@ pub(super) async fn push(
     let sha256 = hex::encode(hasher.finalize());
     let registry = state.registry.clone();
     let actor = caller.name.clone();
-    let result = blocking(move || {
+    let (model, result) = blocking(move || {
         Ok(registry
             .push(&model, upload, &sha256, size, metadata, &actor)
             .map(|r| (model, r))?)
     })
     .await?;
-    let (model, result) = result;
     crate::metrics::HubMetrics::add(&state.metrics.pushes, 1);
     let status = if result.created {
         StatusCode::CREATED
@@ -175,9 +263,14 @@ pub(super) async fn push(
     };
     Ok((
         status,
-        Json(
-            serde_json::json!({"model": model, "version": result.version, "created": result.created, "sha256": result.sha256, "size": result.size, "quality_gate": quality_gate}),
-        ),
+        Json(PushAnswer {
+            model,
+            version: result.version,
+            created: result.created,
+            sha256: result.sha256,
+            size: result.size,
+            quality_gate,
+        }),
     ))
 }
 
@@ -189,8 +282,7 @@ async fn apply_quality_gate(
     model: &str,
     version: u64,
     actor: &str,
-) -> Result<Option<serde_json::Value>, ApiError> {
-    use crate::quality::{QualityPolicy, evaluate, parse_policy};
+) -> Result<Option<QualityGateResult>, ApiError> {
     let registry = state.registry.clone();
     let (model_name, actor_name) = (model.to_owned(), actor.to_owned());
     let judged = blocking(move || {
@@ -236,41 +328,47 @@ async fn apply_quality_gate(
             .add_event(now, kind, model, Some(version), &detail)
             .map_err(ApiError::from)?;
     }
-    let mut answer = serde_json::json!({
-        "passed": verdict.passed,
-        "rejected": !verdict.passed,
-        "baseline_version": verdict.baseline_version,
-        "outcomes": verdict.outcomes,
-    });
+    let mut answer = QualityGateResult {
+        passed: verdict.passed,
+        rejected: !verdict.passed,
+        baseline_version: verdict.baseline_version,
+        outcomes: verdict.outcomes,
+        rollout: None,
+    };
     if let (true, Some(template), Some(rollouts)) =
         (verdict.passed, &policy.auto_rollout, &state.rollouts)
     {
-        let mut spec = template.clone();
-        spec["model"] = model.into();
-        spec["version"] = version.to_string().into();
-        let spec = crate::rollout::spec::RolloutSpec::from_json(&spec.to_string())
+        let spec = template
+            .for_version(model, version)
             .map_err(|e| ApiError::bad_request(format!("the gate's auto_rollout: {e}")))?;
         let view = rollouts.create(spec, "quality-gate").await?;
-        answer["rollout"] = view.id.into();
+        answer.rollout = Some(view.id);
     }
     Ok(Some(answer))
 }
 
-/// `PUT /api/v1/models/{model}/quality-gate`: the policy as JSON, checked.
+/// Sets the model's quality gate: new versions that fail it are retired, passing ones may
+/// start a rollout.
+#[utoipa::path(put, operation_id = "models_put_quality_gate", path = "/api/v1/models/{model}/quality-gate", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = QualityPolicy,
+    responses(
+        (status = 200, description = "The gate as stored", body = QualityPolicy),
+        (status = 400, description = "A rule or the auto_rollout spec is invalid; the message says which", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn put_quality_gate(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-    Json(policy): Json<crate::quality::QualityPolicy>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+    ApiJson(policy): ApiJson<QualityPolicy>,
+) -> Result<Json<QualityPolicy>, ApiError> {
     caller.require(Scope::Operator)?;
     check_name(&model)?;
-    crate::quality::parse_policy(&policy).map_err(ApiError::bad_request)?;
+    parse_policy(&policy).map_err(ApiError::bad_request)?;
     if let Some(template) = &policy.auto_rollout {
-        let mut spec = template.clone();
-        spec["model"] = model.clone().into();
-        spec["version"] = "1".into();
-        crate::rollout::spec::RolloutSpec::from_json(&spec.to_string())
+        template
+            .for_version(&model, 1)
             .map_err(|e| ApiError::bad_request(format!("auto_rollout: {e}")))?;
     }
     let registry = state.registry.clone();
@@ -285,16 +383,22 @@ pub(super) async fn put_quality_gate(
         Ok(())
     })
     .await?;
-    Ok(Json(
-        serde_json::to_value(policy).expect("policies serialize"),
-    ))
+    Ok(Json(policy))
 }
 
+/// The model's promotion quality gate.
+#[utoipa::path(get, operation_id = "models_get_quality_gate", path = "/api/v1/models/{model}/quality-gate", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, body = QualityPolicy),
+        (status = 404, description = "The model has no quality gate", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn get_quality_gate(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+) -> Result<Json<QualityPolicy>, ApiError> {
     caller.require(Scope::Read)?;
     let registry = state.registry.clone();
     let text = blocking(move || {
@@ -310,82 +414,51 @@ pub(super) async fn get_quality_gate(
     })?))
 }
 
-fn push_metadata(query: &BTreeMap<String, String>) -> Result<PushMetadata, ApiError> {
-    let mut metadata = PushMetadata::default();
-    for (key, value) in query {
-        if let Some(name) = key.strip_prefix("metric.") {
-            let number: f64 = value.parse().map_err(|_| {
-                ApiError::bad_request(format!("metric {name:?} is {value:?}, not a number"))
-            })?;
-            metadata.metrics.insert(name.to_owned(), number);
-        } else if let Some(name) = key.strip_prefix("tag.") {
-            metadata.tags.insert(name.to_owned(), value.clone());
-        } else if let Some(name) = key.strip_prefix("lineage.") {
-            metadata.lineage.insert(name.to_owned(), value.clone());
-        } else if key == "features" {
-            metadata.feature_names = Some(value.split(',').map(|n| n.trim().to_owned()).collect());
-        } else if key == "feature_input" {
-            metadata.feature_input = Some(value.clone());
-        } else if key == "predictions" {
-            metadata.prediction_outputs = Some(
-                value
-                    .split(',')
-                    .map(|n| n.trim().to_owned())
-                    .filter(|n| !n.is_empty())
-                    .collect(),
-            );
-        } else if key == "categorical" {
-            metadata.categorical = value
-                .split(',')
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect();
-        } else {
-            return Err(ApiError::bad_request(format!(
-                "unknown parameter {key:?}; use metric.NAME, tag.NAME, lineage.NAME, features, categorical, feature_input or predictions"
-            )));
-        }
-    }
-    Ok(metadata)
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AliasRequest {
-    /// A version number or another alias.
-    version: serde_json::Value,
-}
-
+/// Points an alias at a version (a number or another alias's version).
+#[utoipa::path(put, operation_id = "models_set_alias", path = "/api/v1/models/{model}/aliases/{alias}", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("alias" = String, Path, description = "Alias name, e.g. production")),
+    request_body = AliasRequest,
+    responses(
+        (status = 200, body = AliasAnswer),
+        (status = 400, description = "A numeric or badly formed alias name", body = ErrorBody),
+        (status = 404, description = "Unknown model, version or alias", body = ErrorBody),
+        (status = 409, description = "The version is retired", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn set_alias(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, alias)): Path<(String, String)>,
-    Json(request): Json<AliasRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((model, alias)): ApiPath<(String, String)>,
+    ApiJson(request): ApiJson<AliasRequest>,
+) -> Result<Json<AliasAnswer>, ApiError> {
     caller.require(Scope::Operator)?;
-    let target = match &request.version {
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "version must be a number or an alias name, not {other}"
-            )));
-        }
-    };
+    let target = request.version.to_string();
     let registry = state.registry.clone();
     blocking(move || {
         let version = registry.set_alias(&model, &alias, &target, &caller.name)?;
-        Ok(Json(
-            serde_json::json!({"model": model, "alias": alias, "version": version}),
-        ))
+        Ok(Json(AliasAnswer {
+            model,
+            alias,
+            version,
+        }))
     })
     .await
 }
 
+/// Removes an alias.
+#[utoipa::path(delete, operation_id = "models_remove_alias", path = "/api/v1/models/{model}/aliases/{alias}", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("alias" = String, Path, description = "Alias name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "Unknown model or alias", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn remove_alias(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, alias)): Path<(String, String)>,
+    ApiPath((model, alias)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Operator)?;
     let registry = state.registry.clone();
@@ -396,11 +469,21 @@ pub(super) async fn remove_alias(
     .await
 }
 
+/// Retires a version: kept on record, never deployable again.
+#[utoipa::path(post, operation_id = "models_retire", path = "/api/v1/models/{model}/versions/{version}/retire", tag = "models",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, body = RetireAnswer),
+        (status = 400, description = "Not a version number", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn retire(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((model, version)): ApiPath<(String, String)>,
+) -> Result<Json<RetireAnswer>, ApiError> {
     caller.require(Scope::Operator)?;
     let number: u64 = version.parse().map_err(|_| {
         ApiError::bad_request(format!("retire takes a version number, not {version:?}"))
@@ -408,9 +491,11 @@ pub(super) async fn retire(
     let registry = state.registry.clone();
     blocking(move || {
         registry.retire(&model, number, &caller.name)?;
-        Ok(Json(
-            serde_json::json!({"model": model, "version": number, "retired": true}),
-        ))
+        Ok(Json(RetireAnswer {
+            model,
+            version: number,
+            retired: true,
+        }))
     })
     .await
 }

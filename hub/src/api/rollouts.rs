@@ -1,12 +1,15 @@
 //! Rollout endpoints: create from a spec, list, status, and the operator's commands.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use flotilla_api::ErrorBody;
+use flotilla_api::rollouts::{RolloutAction, RolloutSpec, RolloutView};
 
+use super::docs::{OperatorErrors, ReadErrors};
+use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, ApiState, Caller};
 use crate::rollout::controller::Input;
-use crate::rollout::spec::RolloutSpec;
 use crate::rollout::{RolloutError, Rollouts};
 use crate::store::Scope;
 
@@ -37,68 +40,91 @@ fn rollouts(state: &ApiState) -> Result<std::sync::Arc<Rollouts>, ApiError> {
         .ok_or_else(|| ApiError::internal("this hub runs no rollouts"))
 }
 
-/// `POST /api/v1/rollouts`: the spec as JSON (unknown fields refused).
+/// Starts a rollout from its spec (unknown fields refused).
+#[utoipa::path(post, operation_id = "rollouts_create", path = "/api/v1/rollouts", tag = "rollouts", security(("bearer" = [])),
+    request_body = RolloutSpec,
+    responses(
+        (status = 201, description = "Started; wave 1 begins unless it waits for approval", body = RolloutView),
+        (status = 400, description = "A bad spec (the reason says which field), or no device matches", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 409, description = "The version is retired, or a rollout of the model is in progress", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn create(
     State(state): State<ApiState>,
     caller: Caller,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    ApiJson(spec): ApiJson<RolloutSpec>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     caller.require(Scope::Operator)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("the rollout spec is not UTF-8 JSON"))?;
-    let spec = RolloutSpec::from_json(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    spec.check()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let view = rollouts(&state)?.create(spec, &caller.name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::to_value(view).expect("views serialize")),
-    ))
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Every rollout, newest first.
+#[utoipa::path(get, operation_id = "rollouts_list", path = "/api/v1/rollouts", tag = "rollouts", security(("bearer" = [])),
+    responses((status = 200, body = Vec<RolloutView>), ReadErrors))]
 pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<RolloutView>>, ApiError> {
     caller.require(Scope::Read)?;
     let rollouts = rollouts(&state)?;
     let views = tokio::task::spawn_blocking(move || rollouts.list())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(serde_json::to_value(views).expect("views serialize")))
+    Ok(Json(views))
 }
 
+/// One rollout: phase, waves, installs, gates, spec.
+#[utoipa::path(get, operation_id = "rollouts_show", path = "/api/v1/rollouts/{id}", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, body = RolloutView),
+        (status = 404, description = "Unknown rollout", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn show(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     caller.require(Scope::Read)?;
     let rollouts = rollouts(&state)?;
     let view = tokio::task::spawn_blocking(move || rollouts.get(&id))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(serde_json::to_value(view).expect("views serialize")))
+    Ok(Json(view))
 }
 
-/// `POST /api/v1/rollouts/{id}/{action}`: pause, resume, approve, abort, rollback, promote.
+/// An operator's command to a rollout.
+#[utoipa::path(post, operation_id = "rollouts_command", path = "/api/v1/rollouts/{id}/{action}", tag = "rollouts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Rollout id"),
+           ("action" = RolloutAction, Path, description = "pause, resume, approve, abort, rollback or promote")),
+    responses(
+        (status = 200, description = "The rollout after the command", body = RolloutView),
+        (status = 404, description = "Unknown rollout or action", body = ErrorBody),
+        (status = 409, description = "The rollout's phase does not allow the command", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn command(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((id, action)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((id, action)): ApiPath<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
     caller.require(Scope::Operator)?;
-    let input = match action.as_str() {
-        "pause" => Input::Pause,
-        "resume" => Input::Resume,
-        "approve" => Input::Approve,
-        "abort" => Input::Abort,
-        "rollback" => Input::Rollback,
-        "promote" => Input::PromoteNow,
-        other => {
+    let input = match RolloutAction::parse(&action) {
+        Some(RolloutAction::Pause) => Input::Pause,
+        Some(RolloutAction::Resume) => Input::Resume,
+        Some(RolloutAction::Approve) => Input::Approve,
+        Some(RolloutAction::Abort) => Input::Abort,
+        Some(RolloutAction::Rollback) => Input::Rollback,
+        Some(RolloutAction::Promote) => Input::PromoteNow,
+        None => {
             return Err(ApiError::not_found(format!(
-                "no rollout action {other:?}; use pause, resume, approve, abort, rollback or promote"
+                "no rollout action {action:?}; use pause, resume, approve, abort, rollback or promote"
             )));
         }
     };
     let view = rollouts(&state)?.command(&id, input, &caller.name).await?;
-    Ok(Json(serde_json::to_value(view).expect("views serialize")))
+    Ok(Json(view))
 }

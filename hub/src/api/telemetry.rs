@@ -1,18 +1,26 @@
 //! `/api/v1/models/{model}/drift|health|drift-thresholds`, reference profiles, captured
 //! samples and the event log: thin adapters over `crate::telemetry`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flotilla_api::ErrorBody;
+use flotilla_api::duration::parse_duration_ms;
+use flotilla_api::telemetry::{
+    CaptureFormat, CaptureQuery, DriftReport, Event, EventQuery, Events, FeatureSummary,
+    HealthReport, ModelThresholds, ReferenceStored, ReferenceSummary, SliceParams,
+};
 use flotilla_common::sketch::Profile;
 
+use super::docs::{OperatorErrors, ReadErrors};
+use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, ApiState, Caller, blocking};
 use crate::store::Scope;
-use crate::telemetry::{Against, ModelThresholds, SliceQuery, Telemetry, TelemetryError};
+use crate::telemetry::{Against, SliceQuery, Telemetry, TelemetryError};
 
 impl From<TelemetryError> for ApiError {
     fn from(error: TelemetryError) -> ApiError {
@@ -31,95 +39,62 @@ fn telemetry(state: &ApiState) -> Result<std::sync::Arc<Telemetry>, ApiError> {
         .ok_or_else(|| ApiError::not_found("this hub keeps no telemetry"))
 }
 
-/// `90s`, `15m`, `1h`, `7d`: a duration back from now, in ms.
-pub fn parse_ago(text: &str) -> Result<i64, ApiError> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "{text:?} is not a duration like 90s, 15m, 1h or 7d"
-        ))
-    })?;
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" | "" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "{text:?}: unit must be ms, s, m, h or d"
-            )));
-        }
-    };
-    Ok(n.saturating_mul(unit_ms))
-}
-
-/// Query parameters shared by slice endpoints.
+/// The slice the parameters choose (the version resolved, durations back from now).
 fn slice_query(
     state: &ApiState,
     model: &str,
-    params: &BTreeMap<String, String>,
+    params: &SliceParams,
 ) -> Result<SliceQuery, ApiError> {
+    let now_ms = state.registry.now_ms();
+    let ago = |text: &str| {
+        parse_duration_ms(text)
+            .map(|ms| now_ms.saturating_sub(ms))
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    };
     let mut query = SliceQuery {
         model: model.to_owned(),
+        selector: params.selector.clone().unwrap_or_default(),
+        since_ms: params.since_ms,
+        until_ms: params.until_ms,
         ..SliceQuery::default()
     };
-    for (key, value) in params {
-        match key.as_str() {
-            "version" => query.version = Some(state.registry.resolve(model, value)?.version),
-            "selector" => {
-                query.selector = crate::data_dir::parse_labels(value).map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "selector {value:?} is not key=value[,key=value]"
-                    ))
-                })?
-            }
-            "devices" => {
-                query.devices = Some(
-                    value
-                        .split(',')
-                        .map(|d| d.trim().to_owned())
-                        .filter(|d| !d.is_empty())
-                        .collect::<BTreeSet<_>>(),
-                )
-            }
-            "since" => query.since_ms = Some(state.registry.now_ms() - parse_ago(value)?),
-            "until" => query.until_ms = Some(state.registry.now_ms() - parse_ago(value)?),
-            "since_ms" => {
-                query.since_ms = Some(
-                    value
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("since_ms is not a number"))?,
-                )
-            }
-            "until_ms" => {
-                query.until_ms = Some(
-                    value
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("until_ms is not a number"))?,
-                )
-            }
-            "against" | "format" => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?}; use version, selector, devices, since, until, since_ms, until_ms, against"
-                )));
-            }
-        }
+    if let Some(version) = &params.version {
+        query.version = Some(state.registry.resolve(model, version)?.version);
+    }
+    if let Some(devices) = &params.devices {
+        query.devices = Some(
+            devices
+                .split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect::<BTreeSet<_>>(),
+        );
+    }
+    if let Some(since) = &params.since {
+        query.since_ms = Some(ago(since)?);
+    }
+    if let Some(until) = &params.until {
+        query.until_ms = Some(ago(until)?);
     }
     Ok(query)
 }
 
+/// Drift of a fleet slice against the version's reference profile or another version's
+/// slice: per feature KS, Wasserstein/σ, PSI, JS, Hellinger and a verdict.
+#[utoipa::path(get, operation_id = "telemetry_drift", path = "/api/v1/models/{model}/drift", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), SliceParams),
+    responses(
+        (status = 200, body = DriftReport),
+        (status = 400, description = "A bad parameter (duration, selector, against, unknown name)", body = ErrorBody),
+        (status = 404, description = "Unknown model or version, or no reference profile", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn drift(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+    ApiQuery(params): ApiQuery<SliceParams>,
+) -> Result<Json<DriftReport>, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || {
@@ -137,7 +112,7 @@ pub(super) async fn drift(
                 newest.ok_or_else(|| ApiError::not_found(format!("unknown model {model:?}")))?,
             );
         }
-        let against = match params.get("against").map(String::as_str) {
+        let against = match params.against.as_deref() {
             None | Some("reference") => Against::Reference,
             Some(other) => match other.strip_prefix("version:") {
                 Some(v) => Against::Version(state.registry.resolve(&model, v)?.version),
@@ -148,38 +123,56 @@ pub(super) async fn drift(
                 }
             },
         };
-        let report = telemetry.drift_report(&query, &against)?;
-        Ok(Json(
-            serde_json::to_value(report).expect("reports serialize"),
-        ))
+        Ok(Json(telemetry.drift_report(&query, &against)?))
     })
     .await
 }
 
+/// Requests, errors by kind, error rate, latency p50/p90/p99 and spool losses per version.
+#[utoipa::path(get, operation_id = "telemetry_health", path = "/api/v1/models/{model}/health", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"), SliceParams),
+    responses(
+        (status = 200, body = HealthReport),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn health(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+    ApiQuery(params): ApiQuery<SliceParams>,
+) -> Result<Json<HealthReport>, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || {
         let query = slice_query(&state, &model, &params)?;
-        let health = telemetry.health(&query)?;
-        Ok(Json(
-            serde_json::json!({"model": model, "versions": health}),
-        ))
+        let versions = telemetry.health(&query)?;
+        Ok(Json(HealthReport { model, versions }))
     })
     .await
 }
 
+/// Stores a version's reference profile set (binary, as `flotilla model push --reference`
+/// builds it from the training data).
+#[utoipa::path(put, operation_id = "telemetry_put_reference", path = "/api/v1/models/{model}/versions/{version}/reference", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "Encoded reference profiles (flotilla_common::telemetry::encode_reference)"),
+    responses(
+        (status = 201, description = "Stored", body = ReferenceStored),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Larger than 256 MiB", body = ErrorBody),
+        (status = 422, description = "Not a profile set, or it lacks the version's features", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn put_reference(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
+    ApiPath((model, version)): ApiPath<(String, String)>,
     body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<ReferenceStored>), ApiError> {
     caller.require(Scope::Operator)?;
     let telemetry = telemetry(&state)?;
     let actor = caller.name.clone();
@@ -199,33 +192,44 @@ pub(super) async fn put_reference(
         )?;
         Ok((
             StatusCode::CREATED,
-            Json(serde_json::json!({"model": model, "version": record.version, "features": names})),
+            Json(ReferenceStored {
+                model,
+                version: record.version,
+                features: names,
+            }),
         ))
     })
     .await
 }
 
-fn profile_summary(name: &str, profile: &Profile) -> serde_json::Value {
+fn feature_summary(name: &str, profile: &Profile) -> FeatureSummary {
     match profile {
         Profile::Numeric(p) => {
-            let quantiles: Vec<Option<f64>> = [0.01, 0.25, 0.5, 0.75, 0.99]
-                .iter()
-                .map(|&r| p.quantile(r))
-                .collect();
             let has_values = p.valid() > 0;
-            serde_json::json!({
-                "name": name, "kind": "numeric", "count": p.count, "nulls": p.nulls, "non_finite": p.non_finite,
-                "min": has_values.then_some(p.min), "max": has_values.then_some(p.max),
-                "mean": p.mean(), "std_dev": p.std_dev(),
-                "quantiles": quantiles,
-                "k": p.k(),
-            })
+            FeatureSummary::Numeric {
+                name: name.to_owned(),
+                count: p.count,
+                nulls: p.nulls,
+                non_finite: p.non_finite,
+                min: has_values.then_some(p.min),
+                max: has_values.then_some(p.max),
+                mean: p.mean(),
+                std_dev: p.std_dev(),
+                quantiles: [0.01, 0.25, 0.5, 0.75, 0.99]
+                    .iter()
+                    .map(|&r| p.quantile(r))
+                    .collect(),
+                k: p.k(),
+            }
         }
-        Profile::Categorical(p) => serde_json::json!({
-            "name": name, "kind": "categorical", "count": p.count, "nulls": p.nulls,
-            "distinct": p.distinct(), "exact": p.is_exact(),
-            "top": p.frequencies().into_iter().take(10).collect::<Vec<_>>(),
-        }),
+        Profile::Categorical(p) => FeatureSummary::Categorical {
+            name: name.to_owned(),
+            count: p.count,
+            nulls: p.nulls,
+            distinct: p.distinct(),
+            exact: p.is_exact(),
+            top: p.frequencies().into_iter().take(10).collect(),
+        },
     }
 }
 
@@ -246,29 +250,54 @@ fn reference_of(
     Ok((record.version, rows, profiles))
 }
 
+/// A summary of the version's reference profile.
+#[utoipa::path(get, operation_id = "telemetry_get_reference", path = "/api/v1/models/{model}/versions/{version}/reference", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias")),
+    responses(
+        (status = 200, body = ReferenceSummary),
+        (status = 404, description = "Unknown model or version, or no reference profile", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn get_reference(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath((model, version)): ApiPath<(String, String)>,
+) -> Result<Json<ReferenceSummary>, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || {
         let (version, rows, profiles) = reference_of(&state, &telemetry, &model, &version)?;
-        Ok(Json(serde_json::json!({
-            "model": model, "version": version, "rows": rows,
-            "features": profiles.iter().map(|p| profile_summary(&p.name, &p.profile)).collect::<Vec<_>>(),
-        })))
+        Ok(Json(ReferenceSummary {
+            model,
+            version,
+            rows,
+            features: profiles
+                .iter()
+                .map(|p| feature_summary(&p.name, &p.profile))
+                .collect(),
+        }))
     })
     .await
 }
 
 /// One reference feature's sketch in the DataSketches binary format (KLL floats, or
 /// frequent items of strings), readable by Python's `datasketches`.
+#[utoipa::path(get, operation_id = "telemetry_reference_sketch", path = "/api/v1/models/{model}/versions/{version}/reference/features/{feature}",
+    tag = "telemetry", security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias"),
+           ("feature" = String, Path, description = "Feature name")),
+    responses(
+        (status = 200, description = "The sketch; header x-datasketches-type is kll_floats_sketch or frequent_strings_sketch",
+            content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("x-datasketches-type" = String, description = "The DataSketches sketch type"))),
+        (status = 404, description = "Unknown model, version or feature, or no reference profile", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn reference_sketch(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version, feature)): Path<(String, String, String)>,
+    ApiPath((model, version, feature)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
@@ -296,20 +325,35 @@ pub(super) async fn reference_sketch(
     .await
 }
 
+/// The model's drift thresholds.
+#[utoipa::path(get, operation_id = "telemetry_get_thresholds", path = "/api/v1/models/{model}/drift-thresholds", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 200, body = ModelThresholds), ReadErrors))]
 pub(super) async fn get_thresholds(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
 ) -> Result<Json<ModelThresholds>, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
     blocking(move || Ok(Json(telemetry.thresholds(&model)?))).await
 }
 
+/// Sets the model's drift thresholds (missing fields keep the defaults).
+#[utoipa::path(put, operation_id = "telemetry_put_thresholds", path = "/api/v1/models/{model}/drift-thresholds", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = ModelThresholds,
+    responses(
+        (status = 200, description = "The thresholds as stored", body = ModelThresholds),
+        (status = 400, description = "Not thresholds (an unknown field, say)", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn put_thresholds(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<ModelThresholds>, ApiError> {
     caller.require(Scope::Operator)?;
@@ -336,28 +380,39 @@ pub(super) async fn put_thresholds(
     .await
 }
 
+/// The event log: drift_alert, drift_cleared, rollout.*, quality_gate.*, trigger.*.
+#[utoipa::path(get, operation_id = "telemetry_events", path = "/api/v1/events", tag = "telemetry", security(("bearer" = [])),
+    params(EventQuery),
+    responses(
+        (status = 200, body = Events),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn events(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiQuery(query): ApiQuery<EventQuery>,
+) -> Result<Json<Events>, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
-    let after: i64 = params
-        .get("after")
-        .map_or(Ok(0), |a| a.parse())
-        .map_err(|_| ApiError::bad_request("after is not an event id"))?;
-    let limit: u32 = params
-        .get("limit")
-        .map_or(Ok(1000), |a| a.parse())
-        .map_err(|_| ApiError::bad_request("limit is not a number"))?;
+    let limit = query.limit.unwrap_or(1000).min(10_000);
     blocking(move || {
-        let events = telemetry.store.events(
-            params.get("model").map(String::as_str),
-            after,
-            limit.min(10_000),
-        )?;
-        Ok(Json(serde_json::json!({"events": events})))
+        let events =
+            telemetry
+                .store
+                .events(query.model.as_deref(), query.after.unwrap_or(0), limit)?;
+        Ok(Json(Events {
+            events: events
+                .into_iter()
+                .map(|e| Event {
+                    id: e.id,
+                    at: e.at,
+                    kind: e.kind,
+                    model: e.model,
+                    version: e.version,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
     })
     .await
 }
@@ -376,23 +431,24 @@ fn csv_field(value: &serde_json::Value) -> String {
 
 /// Captured samples of a version: NDJSON (one request per line) or CSV (one row per
 /// example: device, time, features, then outputs as JSON).
+#[utoipa::path(get, operation_id = "telemetry_captures", path = "/api/v1/models/{model}/versions/{version}/captures", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name"),
+           ("version" = String, Path, description = "Version number or alias"), CaptureQuery),
+    responses(
+        (status = 200, description = "NDJSON (application/x-ndjson) or CSV (text/csv)", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A format other than ndjson or csv", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn captures(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((model, version)): Path<(String, String)>,
-    Query(params): Query<BTreeMap<String, String>>,
+    ApiPath((model, version)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<CaptureQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
     let telemetry = telemetry(&state)?;
-    let csv = match params.get("format").map(String::as_str) {
-        None | Some("ndjson") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format {other:?} is not ndjson or csv"
-            )));
-        }
-    };
+    let csv = query.format.unwrap_or_default() == CaptureFormat::Csv;
     blocking(move || {
         let record = state.registry.resolve(&model, &version)?;
         let mut out = String::new();

@@ -1,24 +1,27 @@
 //! Retraining trigger endpoints: a model's rule, manual firing, and the run history.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use flotilla_api::ErrorBody;
+use flotilla_api::triggers::{FireRequest, TriggerRule, TriggerRun, TriggerRunQuery, TriggerRuns};
 
+use super::docs::{OperatorErrors, ReadErrors};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{ApiError, ApiState, Caller, blocking};
 use crate::store::Scope;
-use crate::triggers::rule::TriggerRule;
 use crate::triggers::{TriggerError, Triggers};
 
 impl From<TriggerError> for ApiError {
     fn from(error: TriggerError) -> ApiError {
+        let error = match error {
+            TriggerError::Registry(e) => return ApiError::from(e),
+            other => other,
+        };
         let status = match &error {
-            TriggerError::Registry(_) => match error {
-                TriggerError::Registry(e) => return ApiError::from(e),
-                _ => unreachable!(),
-            },
+            TriggerError::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
             TriggerError::Rule(_) | TriggerError::CommandsNotAllowed => StatusCode::BAD_REQUEST,
             TriggerError::NoRule(_)
             | TriggerError::UnknownModel(_)
@@ -39,41 +42,60 @@ fn triggers(state: &ApiState) -> Result<Arc<Triggers>, ApiError> {
         .ok_or_else(|| ApiError::internal("this hub runs no retraining triggers"))
 }
 
-/// `GET /api/v1/models/{model}/trigger`: the rule, the webhook secret not shown.
+/// The model's retraining trigger rule, the webhook secret not shown.
+#[utoipa::path(get, operation_id = "triggers_get_rule", path = "/api/v1/models/{model}/trigger", tag = "triggers",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, body = TriggerRule),
+        (status = 404, description = "The model has no rule", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn get_rule(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+) -> Result<Json<TriggerRule>, ApiError> {
     caller.require(Scope::Read)?;
     let triggers = triggers(&state)?;
     let rule = blocking(move || Ok(triggers.rule(&model)?)).await?;
-    Ok(Json(
-        serde_json::to_value(rule.redacted()).expect("rules serialize"),
-    ))
+    Ok(Json(rule.redacted()))
 }
 
-/// `PUT /api/v1/models/{model}/trigger`: the rule as JSON (unknown fields refused).
+/// Sets the model's rule (unknown fields refused); the answer hides the secret.
+#[utoipa::path(put, operation_id = "triggers_put_rule", path = "/api/v1/models/{model}/trigger", tag = "triggers",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body = TriggerRule,
+    responses(
+        (status = 200, description = "The rule as stored, secret hidden", body = TriggerRule),
+        (status = 400, description = "An invalid rule (the reason says which field), or a command without --allow-trigger-commands", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn put_rule(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(model): ApiPath<String>,
+    ApiJson(rule): ApiJson<TriggerRule>,
+) -> Result<Json<TriggerRule>, ApiError> {
     caller.require(Scope::Operator)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("the trigger rule is not UTF-8 JSON"))?;
-    let rule = TriggerRule::from_json(text).map_err(TriggerError::from)?;
     let triggers = triggers(&state)?;
     let shown = rule.redacted();
     blocking(move || Ok(triggers.set_rule(&model, &rule, &caller.name)?)).await?;
-    Ok(Json(serde_json::to_value(shown).expect("rules serialize")))
+    Ok(Json(shown))
 }
 
+/// Removes the model's rule.
+#[utoipa::path(delete, operation_id = "triggers_delete_rule", path = "/api/v1/models/{model}/trigger", tag = "triggers",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "The model has no rule", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn delete_rule(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Operator)?;
     let triggers = triggers(&state)?;
@@ -81,19 +103,24 @@ pub(super) async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /api/v1/models/{model}/trigger/fire`, body `{"note": "..."}` (optional).
+/// Fires the trigger now, whatever the telemetry says (cooldown does not apply).
+#[utoipa::path(post, operation_id = "triggers_fire", path = "/api/v1/models/{model}/trigger/fire", tag = "triggers",
+    security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = Option<FireRequest>, description = "Optional; an empty body is no note"),
+    responses(
+        (status = 201, description = "The run, being carried out", body = TriggerRun),
+        (status = 400, description = "The body is not a fire request", body = ErrorBody),
+        (status = 404, description = "The model has no rule", body = ErrorBody),
+        (status = 409, description = "A run is still in flight", body = ErrorBody),
+        OperatorErrors))]
 pub(super) async fn fire(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<TriggerRun>), ApiError> {
     caller.require(Scope::Operator)?;
-    #[derive(serde::Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    struct FireRequest {
-        note: Option<String>,
-    }
     let request: FireRequest = if body.is_empty() {
         FireRequest::default()
     } else {
@@ -103,40 +130,50 @@ pub(super) async fn fire(
     let triggers = triggers(&state)?;
     let run =
         blocking(move || Ok(triggers.fire_manual(&model, request.note, &caller.name)?)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::to_value(run).expect("runs serialize")),
-    ))
+    Ok((StatusCode::CREATED, Json(run)))
 }
 
-/// `GET /api/v1/triggers?model=M&limit=N`: runs, newest first.
+/// Trigger runs, newest first.
+#[utoipa::path(get, operation_id = "triggers_history", path = "/api/v1/triggers", tag = "triggers", security(("bearer" = [])),
+    params(TriggerRunQuery),
+    responses(
+        (status = 200, body = TriggerRuns),
+        (status = 400, description = "A bad limit or unknown parameter", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn history(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiQuery(query): ApiQuery<TriggerRunQuery>,
+) -> Result<Json<TriggerRuns>, ApiError> {
     caller.require(Scope::Read)?;
-    let limit = match params.get("limit") {
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit {text:?} is not 1 to 1000")))?,
+    let limit = match query.limit {
+        Some(limit) if !(1..=1000).contains(&limit) => {
+            return Err(ApiError::bad_request(format!(
+                "limit {limit} is not 1 to 1000"
+            )));
+        }
+        Some(limit) => limit,
         None => 100,
     };
-    let model = params.get("model").cloned();
     let triggers = triggers(&state)?;
-    let runs = blocking(move || Ok(triggers.runs(model.as_deref(), limit)?)).await?;
-    Ok(Json(serde_json::json!({"runs": runs})))
+    let runs = blocking(move || Ok(triggers.runs(query.model.as_deref(), limit)?)).await?;
+    Ok(Json(TriggerRuns { runs }))
 }
 
+/// One trigger run: reason, status, attempts, outcome, payload.
+#[utoipa::path(get, operation_id = "triggers_show_run", path = "/api/v1/triggers/{id}", tag = "triggers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = TriggerRun),
+        (status = 404, description = "Unknown run", body = ErrorBody),
+        ReadErrors))]
 pub(super) async fn show_run(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<TriggerRun>, ApiError> {
     caller.require(Scope::Read)?;
     let triggers = triggers(&state)?;
     let run = blocking(move || Ok(triggers.run(&id)?)).await?;
-    Ok(Json(serde_json::to_value(run).expect("runs serialize")))
+    Ok(Json(run))
 }

@@ -8,40 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::gates::{GateResult, Verdict};
 use super::plan::{rate_allowance, wave_size};
-use super::spec::{OfflinePolicy, OnFailure, RolloutSpec};
+use flotilla_api::rollouts::{OfflinePolicy, OnFailure, RolloutSpec};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Pending,
-    Running,
-    WaitingForApproval,
-    Paused,
-    RollingBack,
-    RolledBack,
-    Aborted,
-    Completed,
-}
-
-impl Phase {
-    /// Whether the controller still has work to do.
-    pub fn is_active(self) -> bool {
-        !matches!(self, Phase::RolledBack | Phase::Aborted | Phase::Completed)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Pending => "pending",
-            Phase::Running => "running",
-            Phase::WaitingForApproval => "waiting_for_approval",
-            Phase::Paused => "paused",
-            Phase::RollingBack => "rolling_back",
-            Phase::RolledBack => "rolled_back",
-            Phase::Aborted => "aborted",
-            Phase::Completed => "completed",
-        }
-    }
-}
+pub use flotilla_api::rollouts::RolloutPhase as Phase;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::HealthGates;
+use flotilla_api::rollouts::HealthGates;
 
 /// One cohort's figures over the wave's windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -36,20 +36,7 @@ pub struct GateInputs {
     pub reference_dataset_drift: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Fail(String),
-    Inconclusive(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GateResult {
-    pub gate: String,
-    #[serde(flatten)]
-    pub verdict: Verdict,
-}
+pub use flotilla_api::rollouts::{GateResult, GateVerdict as Verdict};
 
 fn result(gate: &str, verdict: Verdict) -> GateResult {
     GateResult {

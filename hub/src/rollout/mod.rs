@@ -9,27 +9,29 @@
 pub mod controller;
 pub mod gates;
 pub mod plan;
-pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::{Fleet, FleetError, selector_matches};
+use flotilla_api::rollouts::RolloutView;
+use flotilla_proto::control::InstallState;
+
+use crate::fleet::{Fleet, FleetError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RolloutRecord, StoreError};
 use crate::telemetry::compare;
 use crate::telemetry::{Against, SliceQuery, Telemetry, TelemetryError};
 use crate::transport::mqtt::HubMqtt;
 use controller::{Action, Context, Input, Phase, RolloutState, WaveProgress, step};
+use flotilla_api::rollouts::{RolloutSpec, SpecError};
 use gates::{CohortFigures, GateInputs, GateResult};
-use spec::RolloutSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error("{0}")]
-    Spec(#[from] spec::SpecError),
+    Spec(#[from] SpecError),
     #[error(
         "model {model:?} already has rollout {id} in progress ({phase}); finish, abort or roll it back first"
     )]
@@ -59,31 +61,6 @@ pub enum RolloutError {
 pub struct Target {
     pub device: String,
     pub previous: Option<u64>,
-}
-
-/// A rollout as the API and CLI show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutView {
-    pub id: String,
-    pub model: String,
-    pub version: u64,
-    pub phase: &'static str,
-    pub wave: usize,
-    pub waves: Vec<f64>,
-    pub targets: usize,
-    /// Devices in each wave (cumulative).
-    pub wave_sizes: Vec<usize>,
-    pub told: usize,
-    pub installed: usize,
-    pub failed: usize,
-    /// Told devices back on their previous version (while and after rolling back).
-    pub restored: usize,
-    pub reason: Option<String>,
-    pub gates: Vec<GateResult>,
-    pub state: RolloutState,
-    pub spec: RolloutSpec,
-    pub created: i64,
-    pub updated: i64,
 }
 
 /// Everything stored for one rollout.
@@ -181,16 +158,14 @@ impl Rollouts {
                 phase: active.state.phase.name().to_owned(),
             });
         }
-        let selector = crate::data_dir::parse_labels(&spec.selector)
-            .map_err(|_| FleetError::BadSelector(spec.selector.clone()))?;
         let devices: Vec<String> = store
             .devices()?
             .into_iter()
-            .filter(|d| selector_matches(&selector, &d.labels))
+            .filter(|d| spec.selector.matches(&d.labels))
             .map(|d| d.id)
             .collect();
         if devices.is_empty() {
-            return Err(RolloutError::NoTargets(spec.selector.clone()));
+            return Err(RolloutError::NoTargets(spec.selector.to_string()));
         }
         let now = self.registry.now();
         let mut random = [0u8; 4];
@@ -506,7 +481,7 @@ impl Rollouts {
         installed: &BTreeSet<String>,
     ) -> Result<Vec<GateResult>, RolloutError> {
         let spec = &loaded.spec;
-        let selector = crate::data_dir::parse_labels(&spec.selector).unwrap_or_default();
+        let selector = spec.selector.clone();
         let since_s = loaded.state.installs_met_at.unwrap_or(0);
         let new_query = SliceQuery {
             model: spec.model.clone(),
@@ -588,7 +563,7 @@ impl Rollouts {
             id: loaded.id.clone(),
             model: model.clone(),
             version: loaded.version,
-            phase: loaded.state.phase.name(),
+            phase: loaded.state.phase,
             wave: loaded.state.wave,
             waves: loaded.spec.waves.clone(),
             targets: loaded.targets.len(),
@@ -603,7 +578,9 @@ impl Rollouts {
             }),
             reason: loaded.state.reason.clone(),
             gates: loaded.state.gates.clone(),
-            state: loaded.state.clone(),
+            started_at: loaded.state.started_at,
+            wave_started_at: loaded.state.wave_started_at,
+            installs_met_at: loaded.state.installs_met_at,
             spec: loaded.spec.clone(),
             created: loaded.created,
             updated: loaded.updated,
@@ -615,12 +592,8 @@ impl Rollouts {
 fn failed_install(device: &crate::store::DeviceRecord, model: &str, version: u64) -> bool {
     device
         .last_outcomes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|o| {
-            o["model"] == model && o["version"].as_u64() == Some(version) && o["state"] == "failed"
-        })
+        .iter()
+        .any(|o| o.model == model && o.version == version && o.state == InstallState::Failed)
 }
 
 /// The version most targets ran before (the old cohort), if any.

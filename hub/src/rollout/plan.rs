@@ -7,7 +7,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::spec::RateLimit;
+use flotilla_api::rollouts::RateLimit;
 
 /// The rank of a device in a rollout's order.
 fn rank(rollout_id: &str, device_id: &str) -> [u8; 32] {

@@ -11,6 +11,9 @@ mod telemetry;
 
 use std::collections::BTreeMap;
 
+use flotilla_proto::control::InstallOutcome;
+use flotilla_proto::inference::TensorMetadata;
+use flotilla_proto::trust::PublicKey;
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
@@ -63,8 +66,8 @@ pub struct VersionRecord {
     pub version: u64,
     pub artifact_sha256: String,
     pub artifact_size: u64,
-    pub inputs: serde_json::Value,
-    pub outputs: serde_json::Value,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
     pub metrics: BTreeMap<String, f64>,
     pub tags: BTreeMap<String, String>,
     pub lineage: BTreeMap<String, String>,
@@ -135,8 +138,8 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub id: String,
-    /// The device's public key, JSON of `flotilla_proto::trust::PublicKey`.
-    pub public_key: serde_json::Value,
+    /// The device's public key.
+    pub public_key: PublicKey,
     pub labels: BTreeMap<String, String>,
     pub hardware: BTreeMap<String, String>,
     pub agent_version: String,
@@ -145,8 +148,8 @@ pub struct DeviceRecord {
     pub online: bool,
     /// Model name to the version the device reports serving.
     pub serving: BTreeMap<String, u64>,
-    /// The latest install outcomes the device reported (JSON list).
-    pub last_outcomes: serde_json::Value,
+    /// The latest install outcomes the device reported.
+    pub last_outcomes: Vec<InstallOutcome>,
     pub reported_sequence: u64,
 }
 
@@ -274,7 +277,7 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         id: &str,
         sequence: u64,
         serving: &BTreeMap<String, u64>,
-        outcomes: &serde_json::Value,
+        outcomes: &[InstallOutcome],
         at: i64,
     ) -> Result<(), StoreError>;
     fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError>;

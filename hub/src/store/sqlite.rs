@@ -1,5 +1,6 @@
 //! `RegistryStore` on one SQLite file (WAL mode, foreign keys on, migrations in order).
 
+use flotilla_proto::control::InstallOutcome;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -530,13 +531,13 @@ impl RegistryStore for SqliteStore {
         id: &str,
         sequence: u64,
         serving: &BTreeMap<String, u64>,
-        outcomes: &serde_json::Value,
+        outcomes: &[InstallOutcome],
         at: i64,
     ) -> Result<(), StoreError> {
         self.with(|connection| {
             connection.execute(
                 "UPDATE devices SET serving = ?2, last_outcomes = ?3, last_seen = ?4, reported_sequence = ?5 WHERE id = ?1 AND reported_sequence <= ?5",
-                params![id, json(serving), json(outcomes), at, sequence as i64],
+                params![id, json(serving), json(&outcomes), at, sequence as i64],
             )?;
             Ok(())
         })

@@ -101,8 +101,7 @@ impl TelemetryIngest {
                     format!("device {device_id} is not enrolled"),
                 )
             })?;
-        let key: PublicKey = serde_json::from_value(device.public_key)
-            .map_err(|e| reject("store", format!("stored key: {e}")))?;
+        let key: PublicKey = device.public_key;
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())

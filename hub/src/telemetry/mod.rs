@@ -11,19 +11,17 @@ use std::sync::Arc;
 
 use flotilla_common::telemetry::{NamedProfile, decode_compressed, decode_reference};
 use flotilla_proto::trust::{Envelope, ModelManifest};
-use serde::Serialize;
 
 pub use alerts::{DriftEvaluator, EvaluatorSettings};
 pub use ingest::{
     IngestOutcome, MAX_WINDOW_AGE_MS, Rejection, TelemetryIngest, TelemetryQueue,
     start_ingest_thread,
 };
-pub use report::{
-    Comparison, FeatureDrift, Health, ModelThresholds, SliceSummary, ThresholdOverrides, compare,
-};
+pub use report::{Comparison, SliceSummary, compare};
 
-use crate::fleet::selector_matches;
 use crate::store::{RegistryStore, StoreError, TelemetryStore, WindowFilter};
+use flotilla_api::LabelSelector;
+use flotilla_api::telemetry::{DriftReport, ModelThresholds, VersionHealth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -40,8 +38,8 @@ pub enum TelemetryError {
 pub struct SliceQuery {
     pub model: String,
     pub version: Option<u64>,
-    /// `key=value` labels every device must have.
-    pub selector: BTreeMap<String, String>,
+    /// The labels every device must have.
+    pub selector: LabelSelector,
     /// Only these devices (when given).
     pub devices: Option<BTreeSet<String>>,
     pub since_ms: Option<i64>,
@@ -55,25 +53,6 @@ pub enum Against {
     Reference,
     /// The same slice on another version of the model.
     Version(u64),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DriftReport {
-    pub model: String,
-    pub version: u64,
-    pub against: String,
-    pub devices: u64,
-    pub windows: u64,
-    pub requests: u64,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub features: Vec<FeatureDrift>,
-    pub predictions: Vec<FeatureDrift>,
-    pub drifted_features: Vec<String>,
-    pub dataset_drift: Option<bool>,
-    pub spool_dropped: u64,
-    pub spool_lost: u64,
-    pub unmergeable_windows: u64,
 }
 
 #[derive(Debug)]
@@ -97,7 +76,7 @@ impl Telemetry {
                 self.registry
                     .devices()?
                     .into_iter()
-                    .filter(|d| selector_matches(&query.selector, &d.labels))
+                    .filter(|d| query.selector.matches(&d.labels))
                     .map(|d| d.id)
                     .collect(),
             )
@@ -290,7 +269,10 @@ impl Telemetry {
     }
 
     /// Health per version of a model over the slice (the slice's version is ignored).
-    pub fn health(&self, query: &SliceQuery) -> Result<BTreeMap<u64, Health>, TelemetryError> {
+    pub fn health(
+        &self,
+        query: &SliceQuery,
+    ) -> Result<BTreeMap<u64, VersionHealth>, TelemetryError> {
         let versions: Vec<u64> = self
             .registry
             .versions(&query.model)?

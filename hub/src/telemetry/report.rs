@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use flotilla_api::telemetry::{FeatureDrift, FeatureKind, ModelThresholds, VersionHealth};
 use flotilla_common::sketch::{
     DEVICE_K, DriftThresholds, NumericProfile, Profile, categorical_drift, numeric_drift, verdict,
 };
 use flotilla_common::telemetry::{NamedProfile, WindowBatch};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// A slice's merged windows.
 #[derive(Debug, Clone)]
@@ -128,9 +129,9 @@ impl SliceSummary {
         self.errors.values().sum()
     }
 
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> VersionHealth {
         let q = |r: f64| self.latency_ms.quantile(r);
-        Health {
+        VersionHealth {
             windows: self.windows,
             devices: self.devices.len() as u64,
             requests: self.requests,
@@ -145,93 +146,6 @@ impl SliceSummary {
             spool_lost: self.spool_lost,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Health {
-    pub windows: u64,
-    pub devices: u64,
-    pub requests: u64,
-    pub errors: u64,
-    pub errors_by_kind: BTreeMap<String, u64>,
-    pub error_rate: Option<f64>,
-    pub latency_ms_p50: Option<f64>,
-    pub latency_ms_p90: Option<f64>,
-    pub latency_ms_p99: Option<f64>,
-    pub spool_dropped: u64,
-    pub spool_lost: u64,
-}
-
-/// Thresholds of one metric set; missing fields keep the defaults (DESIGN.md section 6).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdOverrides {
-    pub ks: Option<f64>,
-    pub js: Option<f64>,
-    pub wasserstein_sigma: Option<f64>,
-    pub psi_warn: Option<f64>,
-    pub psi_alert: Option<f64>,
-    pub min_rows: Option<u64>,
-}
-
-impl ThresholdOverrides {
-    fn apply(&self, mut t: DriftThresholds) -> DriftThresholds {
-        t.ks = self.ks.unwrap_or(t.ks);
-        t.js = self.js.unwrap_or(t.js);
-        t.wasserstein_sigma = self.wasserstein_sigma.unwrap_or(t.wasserstein_sigma);
-        t.psi_warn = self.psi_warn.unwrap_or(t.psi_warn);
-        t.psi_alert = self.psi_alert.unwrap_or(t.psi_alert);
-        t.min_rows = self.min_rows.unwrap_or(t.min_rows);
-        t
-    }
-}
-
-/// A model's drift thresholds: defaults for every feature, overrides per feature, and the
-/// share of drifted features at which the dataset drifts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelThresholds {
-    #[serde(default)]
-    pub default: ThresholdOverrides,
-    #[serde(default)]
-    pub features: BTreeMap<String, ThresholdOverrides>,
-    /// Default 0.5.
-    #[serde(default)]
-    pub dataset_share: Option<f64>,
-}
-
-impl ModelThresholds {
-    pub fn for_feature(&self, name: &str) -> DriftThresholds {
-        let base = self.default.apply(DriftThresholds::default());
-        self.features.get(name).map_or(base, |o| o.apply(base))
-    }
-    fn dataset_share(&self) -> f64 {
-        self.dataset_share.unwrap_or(0.5)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FeatureDrift {
-    pub name: String,
-    pub kind: &'static str,
-    pub reference_rows: u64,
-    pub current_rows: u64,
-    /// Nulls and non-finite values in the current slice (counted, never in the quantiles).
-    pub current_missing: u64,
-    pub ks: Option<f64>,
-    pub wasserstein_sigma: Option<f64>,
-    pub psi: Option<f64>,
-    pub js: Option<f64>,
-    pub hellinger: Option<f64>,
-    /// Categorical: the largest change in any value's share.
-    pub linf: Option<f64>,
-    /// 0 none, 1 warn, 2 alert.
-    pub psi_level: Option<u8>,
-    /// `None`: too few rows for a verdict (or nothing to compare).
-    pub drifted: Option<bool>,
-    /// Why there is no verdict, when there is none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -255,7 +169,10 @@ fn compare_one(
 ) -> FeatureDrift {
     let mut row = FeatureDrift {
         name: name.to_owned(),
-        kind: current.kind().name(),
+        kind: match current {
+            Profile::Numeric(_) => FeatureKind::Numeric,
+            Profile::Categorical(_) => FeatureKind::Categorical,
+        },
         reference_rows: reference.map_or(0, Profile::valid),
         current_rows: current.valid(),
         current_missing: missing(current),

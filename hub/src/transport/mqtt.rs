@@ -214,8 +214,7 @@ pub fn ingest(
         .device(device_id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("device {device_id} is not enrolled"))?;
-    let key: PublicKey = serde_json::from_value(device.public_key.clone())
-        .map_err(|e| format!("stored key: {e}"))?;
+    let key: PublicKey = device.public_key.clone();
     let envelope: Envelope =
         serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
     if topic.ends_with("/reported") {
@@ -234,13 +233,12 @@ pub fn ingest(
                 report.device_id
             ));
         }
-        let outcomes = serde_json::to_value(&report.outcomes).expect("outcomes serialize");
         store
             .record_report(
                 device_id,
                 report.desired_sequence,
                 &report.serving,
-                &outcomes,
+                &report.outcomes,
                 now,
             )
             .map_err(|e| e.to_string())

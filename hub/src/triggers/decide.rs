@@ -6,52 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rule::TriggerRule;
 
-/// Why a trigger fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    Drift,
-    ErrorRate,
-    Manual,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Drift => "drift",
-            Reason::ErrorRate => "error_rate",
-            Reason::Manual => "manual",
-        }
-    }
-}
-
-/// What one evaluation window showed for the watched version.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
-    pub version: u64,
-    pub since_ms: i64,
-    pub until_ms: i64,
-    /// Devices with enough rows to judge their drift, and those of them that drifted.
-    pub judged_devices: u64,
-    pub drifting_devices: u64,
-    /// Devices that sent windows at all.
-    pub reporting_devices: u64,
-    pub requests: u64,
-    pub errors: u64,
-    /// When the version has no reference profile, drift cannot be judged.
-    pub drift_note: Option<String>,
-}
-
-impl Observation {
-    pub fn drifting_percent(&self) -> Option<f64> {
-        (self.judged_devices > 0)
-            .then(|| self.drifting_devices as f64 * 100.0 / self.judged_devices as f64)
-    }
-
-    pub fn error_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
-    }
-}
+pub use flotilla_api::triggers::{Observation, TriggerReason as Reason};
 
 /// The consecutive bad windows so far, per condition, for one version.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

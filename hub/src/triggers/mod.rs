@@ -7,7 +7,7 @@
 
 pub mod decide;
 pub mod deliver;
-pub mod rule;
+pub use flotilla_api::triggers::rule;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
+use flotilla_api::triggers::{
+    CapturedDataLinks, ReportOrError, RunStatus, TriggerPayload, TriggerRun,
+};
 
 use crate::registry::{Registry, RegistryError};
 use crate::store::{StoreError, TriggerRunRecord};
@@ -52,36 +54,22 @@ pub enum TriggerError {
     Telemetry(#[from] TelemetryError),
 }
 
-/// A run as the API and CLI show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunView {
-    pub id: String,
-    pub model: String,
-    pub version: Option<u64>,
-    pub reason: String,
-    pub status: String,
-    pub attempts: u32,
-    pub fired_at: i64,
-    pub updated: i64,
-    pub outcome: String,
-    pub payload: serde_json::Value,
-}
-
-impl From<TriggerRunRecord> for RunView {
-    fn from(r: TriggerRunRecord) -> RunView {
-        RunView {
-            payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
-            id: r.id,
-            model: r.model,
-            version: r.version,
-            reason: r.reason,
-            status: r.status,
-            attempts: r.attempts,
-            fired_at: r.fired_at,
-            updated: r.updated,
-            outcome: r.outcome,
-        }
-    }
+/// A stored run as the API shows it.
+fn run_view(record: TriggerRunRecord) -> Result<TriggerRun, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("trigger run {}: {what}", record.id));
+    Ok(TriggerRun {
+        payload: serde_json::from_str(&record.payload)
+            .map_err(|e| corrupt(&format!("payload: {e}")))?,
+        reason: Reason::parse(&record.reason).ok_or_else(|| corrupt("reason"))?,
+        status: RunStatus::parse(&record.status).ok_or_else(|| corrupt("status"))?,
+        id: record.id,
+        model: record.model,
+        version: record.version,
+        attempts: record.attempts,
+        fired_at: record.fired_at,
+        updated: record.updated,
+        outcome: record.outcome,
+    })
 }
 
 /// What the evaluator remembers per model between windows (not persisted: after a restart
@@ -212,22 +200,22 @@ impl Triggers {
         Ok(out)
     }
 
-    pub fn runs(&self, model: Option<&str>, limit: u32) -> Result<Vec<RunView>, TriggerError> {
-        Ok(self
-            .registry
+    pub fn runs(&self, model: Option<&str>, limit: u32) -> Result<Vec<TriggerRun>, TriggerError> {
+        self.registry
             .store()
             .trigger_runs(model, limit)?
             .into_iter()
-            .map(RunView::from)
-            .collect())
+            .map(|r| run_view(r).map_err(TriggerError::from))
+            .collect()
     }
 
-    pub fn run(&self, id: &str) -> Result<RunView, TriggerError> {
-        self.registry
+    pub fn run(&self, id: &str) -> Result<TriggerRun, TriggerError> {
+        let record = self
+            .registry
             .store()
             .trigger_run(id)?
-            .map(RunView::from)
-            .ok_or_else(|| TriggerError::UnknownRun(id.to_owned()))
+            .ok_or_else(|| TriggerError::UnknownRun(id.to_owned()))?;
+        Ok(run_view(record)?)
     }
 
     fn history(&self, model: &str) -> Result<History, TriggerError> {
@@ -236,7 +224,7 @@ impl Triggers {
             last_fired: last.first().map(|r| r.fired_at),
             in_flight: last
                 .first()
-                .is_some_and(|r| r.status == "pending" || r.status == "retrying"),
+                .is_some_and(|r| RunStatus::parse(&r.status).is_some_and(RunStatus::in_flight)),
         })
     }
 
@@ -261,7 +249,7 @@ impl Triggers {
         model: &str,
         note: Option<String>,
         actor: &str,
-    ) -> Result<RunView, TriggerError> {
+    ) -> Result<TriggerRun, TriggerError> {
         let rule = self.rule(model)?;
         let version = self.watched_version(model, &rule)?;
         let now_ms = self.registry.now() * 1000;
@@ -281,7 +269,7 @@ impl Triggers {
     /// One evaluation pass over every rule: each complete window since the last pass is
     /// observed in order; conditions that hold long enough start a run. Returns the runs
     /// started. Call from a blocking context (reads the stores).
-    pub fn evaluate(self: &Arc<Self>, now_ms: i64) -> Result<Vec<RunView>, TriggerError> {
+    pub fn evaluate(self: &Arc<Self>, now_ms: i64) -> Result<Vec<TriggerRun>, TriggerError> {
         let mut started = Vec::new();
         let rules = self.rules()?;
         lock(&self.progress).retain(|model, _| rules.contains_key(model));
@@ -305,7 +293,7 @@ impl Triggers {
         model: &str,
         rule: &TriggerRule,
         now_ms: i64,
-    ) -> Result<Option<RunView>, TriggerError> {
+    ) -> Result<Option<TriggerRun>, TriggerError> {
         let window_ms = rule.window_seconds as i64 * 1000;
         let last_complete = (now_ms - rule.settle_ms()).div_euclid(window_ms) * window_ms;
         // Progress made under another rule (changed since) does not count.
@@ -421,7 +409,7 @@ impl Triggers {
         span: (i64, i64),
         note: Option<String>,
         actor: &str,
-    ) -> Result<RunView, TriggerError> {
+    ) -> Result<TriggerRun, TriggerError> {
         let _starting = lock(&self.starting);
         let now = self.registry.now();
         decide::may_fire(rule, reason, self.history(model)?, now)
@@ -438,7 +426,7 @@ impl Triggers {
             fired_at: now,
             updated: now,
             outcome: String::new(),
-            payload: payload.to_string(),
+            payload: serde_json::to_string(&payload).expect("payloads serialize"),
         };
         let store = self.registry.store();
         store.insert_trigger_run(&record)?;
@@ -468,7 +456,7 @@ impl Triggers {
         let triggers = self.clone();
         let action = rule.action.clone();
         let run_id = id.clone();
-        let body = Bytes::from(payload.to_string());
+        let body = Bytes::from(serde_json::to_vec(&payload).expect("payloads serialize"));
         let model_name = model.to_owned();
         // Runs on the hub's runtime; called from its blocking pool.
         tokio::runtime::Handle::current().spawn(async move {
@@ -476,7 +464,7 @@ impl Triggers {
                 .carry_out(run_id, model_name, version, reason, action, body)
                 .await;
         });
-        Ok(RunView::from(record))
+        Ok(run_view(record)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,19 +479,22 @@ impl Triggers {
         (since_ms, until_ms): (i64, i64),
         note: Option<String>,
         now: i64,
-    ) -> serde_json::Value {
-        let mut payload = serde_json::json!({
-            "id": id,
-            "event": "retraining-trigger",
-            "model": model,
-            "version": version,
-            "alias": rule.alias,
-            "reason": reason.as_str(),
-            "note": note,
-            "fired_at": now,
-            "evidence": evidence,
-            "hub": self.hub_url,
-        });
+    ) -> TriggerPayload {
+        let mut payload = TriggerPayload {
+            id: id.to_owned(),
+            event: "retraining-trigger".into(),
+            model: model.to_owned(),
+            version,
+            alias: rule.alias.clone(),
+            reason,
+            note,
+            fired_at: now,
+            evidence: evidence.to_vec(),
+            hub: self.hub_url.clone(),
+            health: None,
+            drift_report: None,
+            captured_data: None,
+        };
         let Some(version) = version else {
             return payload;
         };
@@ -518,26 +509,35 @@ impl Triggers {
         // fatal to the trigger.
         match self.telemetry.slice(&query) {
             Ok(slice) => {
-                payload["health"] = serde_json::to_value(slice.health()).unwrap_or_default();
-                payload["drift_report"] =
+                payload.health = Some(ReportOrError::Report(slice.health()));
+                payload.drift_report = Some(
                     match self
                         .telemetry
                         .compare_slice(&query, &slice, &Against::Reference)
                     {
-                        Ok(report) => serde_json::to_value(report).unwrap_or_default(),
-                        Err(e) => serde_json::json!({"error": e.to_string()}),
-                    };
+                        Ok(report) => ReportOrError::Report(report),
+                        Err(e) => ReportOrError::Error {
+                            error: e.to_string(),
+                        },
+                    },
+                );
             }
-            Err(e) => payload["health"] = serde_json::json!({"error": e.to_string()}),
+            Err(e) => {
+                payload.health = Some(ReportOrError::Error {
+                    error: e.to_string(),
+                })
+            }
         }
         let base = format!("{}/api/v1/models/{model}", self.hub_url);
-        payload["captured_data"] = serde_json::json!({
-            "captures_csv": format!("{base}/versions/{version}/captures?format=csv"),
-            "captures_ndjson": format!("{base}/versions/{version}/captures"),
-            "drift_report": format!("{base}/drift?version={version}&since_ms={since_ms}&until_ms={until_ms}"),
-            "health": format!("{base}/health?since_ms={since_ms}&until_ms={until_ms}"),
-            "reference": format!("{base}/versions/{version}/reference"),
-            "auth": "Authorization: Bearer TOKEN (a read token suffices)",
+        payload.captured_data = Some(CapturedDataLinks {
+            captures_csv: format!("{base}/versions/{version}/captures?format=csv"),
+            captures_ndjson: format!("{base}/versions/{version}/captures"),
+            drift_report: format!(
+                "{base}/drift?version={version}&since_ms={since_ms}&until_ms={until_ms}"
+            ),
+            health: format!("{base}/health?since_ms={since_ms}&until_ms={until_ms}"),
+            reference: format!("{base}/versions/{version}/reference"),
+            auth: "Authorization: Bearer TOKEN (a read token suffices)".into(),
         });
         payload
     }

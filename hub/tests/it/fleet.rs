@@ -283,7 +283,7 @@ async fn reports_signed_by_another_device_are_refused() {
         "the forged report changed nothing"
     );
     assert_ne!(after["agent_version"], "forged");
-    let client = flotilla_hub::client::AdminClient::new(&hub.url, None).unwrap();
+    let client = flotilla_api::AdminClient::new(&hub.url, None).unwrap();
     let (_, metrics) = client
         .request(Method::GET, "/metrics", "text/plain", Default::default())
         .await
@@ -442,13 +442,13 @@ async fn signing_key_rotations_online_and_offline_reach_the_agents() {
         .json(Method::POST, "/api/v1/keys/rotate", None)
         .await
     {
-        Err(flotilla_hub::client::ClientError::Api { status: 403, .. }) => {}
+        Err(flotilla_api::ClientError::Api { status: 403, .. }) => {}
         other => panic!("a read-only token must not rotate keys: {other:?}"),
     }
 
     // Take the root key offline; the hub can no longer rotate by itself.
     let exported = hub.data_dir().join("root-key-offline");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
+    let out = std::process::Command::new(flotilla_testkit::workspace_binary("flotilla-hub"))
         .args(["root", "export", "--remove", "--data-dir"])
         .arg(hub.data_dir())
         .arg("--out")
@@ -466,14 +466,14 @@ async fn signing_key_rotations_online_and_offline_reach_the_agents() {
         .json(Method::POST, "/api/v1/keys/rotate", None)
         .await
     {
-        Err(flotilla_hub::client::ClientError::Api {
+        Err(flotilla_api::ClientError::Api {
             status: 409,
             message,
         }) => assert!(message.contains("root rotate"), "{message}"),
         other => panic!("{other:?}"),
     }
     hub.stop();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
+    let out = std::process::Command::new(flotilla_testkit::workspace_binary("flotilla-hub"))
         .args(["root", "rotate", "--data-dir"])
         .arg(hub.data_dir())
         .arg("--root-key")

@@ -2,6 +2,7 @@
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
 mod fleet;
+mod openapi;
 mod registry;
 mod rollouts;
 mod support;

@@ -5,8 +5,8 @@ use hyper::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use flotilla_api::ClientError;
 use flotilla_common::trust::{TrustedVersion, verify_initial_root, verify_manifest};
-use flotilla_hub::client::ClientError;
 use flotilla_proto::trust::Envelope;
 
 use crate::support::*;
@@ -165,7 +165,8 @@ fn bad_pushes_and_missing_scopes_are_refused_with_reasons() {
     // Nothing was registered, and the hub still answers.
     let list = stdout(&hub.cli(Some(&hub.read_token), &["--json", "model", "list"]));
     assert_eq!(list.trim(), "[]");
-    let mut unreachable = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    let mut unreachable =
+        std::process::Command::new(flotilla_testkit::workspace_binary("flotilla"));
     unreachable
         .args(["--hub", "http://127.0.0.1:1", "model", "list"])
         .env("FLOTILLA_TOKEN", "x");
@@ -292,29 +293,8 @@ async fn the_registry_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn admin_api_documents_itself_and_audits_changes() {
+async fn admin_api_audits_changes() {
     let hub = HubProcess::start();
-    let client = flotilla_hub::client::AdminClient::new(&hub.url, None).unwrap();
-    let spec = client
-        .json(Method::GET, "/openapi.json", None)
-        .await
-        .unwrap();
-    let paths = spec["paths"].as_object().unwrap();
-    // Every route the router declares (read from its source) is documented.
-    let router =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs")).unwrap();
-    let routes: Vec<&str> = router
-        .split(".route(")
-        .skip(1)
-        .filter_map(|r| r.trim_start().strip_prefix('"')?.split('"').next())
-        .collect();
-    assert!(routes.len() >= 25, "{routes:?}");
-    for path in routes {
-        assert!(
-            paths.contains_key(path),
-            "{path} missing from /openapi.json"
-        );
-    }
     let token = hub
         .operator()
         .json(

@@ -44,7 +44,7 @@ async fn wait_phase(hub: &HubProcess, id: &str, phase: &str) -> serde_json::Valu
 
 /// The refusal's status and message.
 async fn refused(
-    client: &flotilla_hub::client::AdminClient,
+    client: &flotilla_api::AdminClient,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,

@@ -408,7 +408,7 @@ async fn python_datasketches_reads_the_reference(hub: &HubProcess) {
 async fn an_agent_cut_off_under_traffic_delivers_every_window_exactly_once() {
     let proxy = TcpProxy::start();
     let hub = HubProcess::start_with(&["--advertise-mqtt", &format!("127.0.0.1:{}", proxy.port)]);
-    proxy.connect_to(hub.ports.1);
+    proxy.connect_to(hub.broker_port());
     push_iris_with_reference(&hub);
     let agent = AgentRun::start_with(
         &hub,
@@ -522,8 +522,8 @@ async fn enrolled_device(hub: &HubProcess) -> (String, SigningKey) {
     (answer["device_id"].as_str().unwrap().to_owned(), key)
 }
 
-fn anonymous_client(hub: &HubProcess) -> flotilla_hub::client::AdminClient {
-    flotilla_hub::client::AdminClient::new(&hub.url, None).unwrap()
+fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
+    flotilla_api::AdminClient::new(&hub.url, None).unwrap()
 }
 
 fn numeric(values: &[f32]) -> Profile {
@@ -856,7 +856,7 @@ async fn a_corrupt_spool_on_the_device_is_replaced_and_the_loss_reported() {
 
 #[test]
 fn profile_prints_a_local_table_without_a_hub() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+    let output = std::process::Command::new(flotilla_testkit::workspace_binary("flotilla"))
         .args(["--hub", "http://127.0.0.1:9", "profile"])
         .arg(fixture("iris_reference.csv"))
         .output()
@@ -871,7 +871,7 @@ fn profile_prints_a_local_table_without_a_hub() {
         petal.contains("numeric") && petal.contains("3000"),
         "{text}"
     );
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+    let missing = std::process::Command::new(flotilla_testkit::workspace_binary("flotilla"))
         .args(["profile", "/nonexistent.csv"])
         .output()
         .unwrap();

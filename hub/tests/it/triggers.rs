@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_hub::client::ClientError;
+use flotilla_api::ClientError;
 use flotilla_hub::triggers::deliver::hmac_sha256;
 use hyper::Method;
 use serde_json::json;

@@ -116,7 +116,7 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TensorMetadata {
     pub name: String,
     pub datatype: String,

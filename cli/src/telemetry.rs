@@ -4,14 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Subcommand;
+use flotilla_api::AdminClient;
+use flotilla_api::telemetry::{
+    CaptureFormat, EventQuery, FeatureDrift, ModelThresholds, SliceParams,
+};
 use flotilla_common::sketch::{Profile, REFERENCE_K};
-use flotilla_common::telemetry::{NamedProfile, encode_reference, profile_table, read_table};
-use hyper::Method;
+use flotilla_common::telemetry::{NamedProfile, profile_table, read_table};
 
-use crate::cli::query_escape as escape;
-use crate::client::AdminClient;
+use crate::commands::print_json;
+use crate::format::{figure as fmt, optional, utc};
 
 #[derive(Debug, Subcommand)]
 pub enum DriftCommand {
@@ -59,34 +61,6 @@ pub enum CaptureCommand {
         #[arg(long)]
         format: Option<String>,
     },
-}
-
-/// Builds a reference profile set from a CSV or `.npy` file: the column names and the
-/// encoded profiles (KLL k=1024).
-pub fn reference_from_file(
-    file: &Path,
-    categorical: &[String],
-) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
-    let table = read_table(file)?;
-    if table.rows == 0 {
-        anyhow::bail!("{} has no rows", file.display());
-    }
-    let profiles = profile_table(&table, categorical, REFERENCE_K);
-    Ok((
-        table.names.clone(),
-        encode_reference(table.rows as u64, &profiles),
-    ))
-}
-
-fn fmt(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() && (v.abs() >= 1e5 || (v != 0.0 && v.abs() < 1e-3)) => {
-            format!("{v:.3e}")
-        }
-        Some(v) if v.is_finite() => format!("{v:.4}"),
-        Some(v) => v.to_string(),
-        None => "-".into(),
-    }
 }
 
 /// `flotilla profile FILE`: a local profile of a table, nothing sent anywhere.
@@ -163,31 +137,41 @@ pub fn print_profile(file: &Path, categorical: &[String], json: bool) -> anyhow:
     Ok(())
 }
 
-fn print_feature_rows(rows: &[serde_json::Value]) {
+fn print_feature_rows(rows: &[FeatureDrift]) {
     println!(
         "{:<28} {:<11} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  DRIFT",
         "FEATURE", "KIND", "REF ROWS", "ROWS", "KS", "W/SIGMA", "PSI", "JS", "HELL"
     );
     for f in rows {
-        let drift = match f["drifted"].as_bool() {
+        let drift = match f.drifted {
             Some(true) => "DRIFT".to_owned(),
             Some(false) => "ok".to_owned(),
-            None => format!("- ({})", f["note"].as_str().unwrap_or("no verdict")),
+            None => format!("- ({})", f.note.as_deref().unwrap_or("no verdict")),
+        };
+        let kind = match f.kind {
+            flotilla_api::telemetry::FeatureKind::Numeric => "numeric",
+            flotilla_api::telemetry::FeatureKind::Categorical => "categorical",
         };
         println!(
             "{:<28} {:<11} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
-            f["name"].as_str().unwrap_or(""),
-            f["kind"].as_str().unwrap_or(""),
-            f["reference_rows"].to_string(),
-            f["current_rows"].to_string(),
-            fmt(f["ks"].as_f64()),
-            fmt(f["wasserstein_sigma"].as_f64()),
-            fmt(f["psi"].as_f64()),
-            fmt(f["js"].as_f64()),
-            fmt(f["hellinger"].as_f64()),
+            f.name,
+            kind,
+            f.reference_rows,
+            f.current_rows,
+            fmt(f.ks),
+            fmt(f.wasserstein_sigma),
+            fmt(f.psi),
+            fmt(f.js),
+            fmt(f.hellinger),
             drift
         );
     }
+}
+
+fn selector(text: Option<String>) -> anyhow::Result<Option<flotilla_api::LabelSelector>> {
+    Ok(text
+        .map(|s| flotilla_api::LabelSelector::parse(&s))
+        .transpose()?)
 }
 
 pub async fn drift(client: &AdminClient, command: DriftCommand, json: bool) -> anyhow::Result<()> {
@@ -195,65 +179,41 @@ pub async fn drift(client: &AdminClient, command: DriftCommand, json: bool) -> a
         DriftCommand::Report {
             model,
             version,
-            selector,
+            selector: labels,
             devices,
             since,
             until,
             against,
         } => {
-            let mut query = vec![format!("against={}", escape(&against))];
-            for (key, value) in [
-                ("version", version),
-                ("selector", selector),
-                ("devices", devices),
-                ("since", since),
-                ("until", until),
-            ] {
-                if let Some(value) = value {
-                    query.push(format!("{key}={}", escape(&value)));
-                }
-            }
-            let report = client
-                .json(
-                    Method::GET,
-                    &format!(
-                        "/api/v1/models/{}/drift?{}",
-                        escape(&model),
-                        query.join("&")
-                    ),
-                    None,
-                )
-                .await?;
+            let slice = SliceParams {
+                version,
+                selector: selector(labels)?,
+                devices,
+                since,
+                until,
+                against: Some(against),
+                ..SliceParams::default()
+            };
+            let report = client.drift_report(&model, &slice).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
+                return print_json(&report);
             }
             println!(
                 "{} version {} against {}: {} devices, {} windows, {} requests",
-                report["model"].as_str().unwrap_or(&model),
-                report["version"],
-                report["against"].as_str().unwrap_or(""),
-                report["devices"],
-                report["windows"],
-                report["requests"]
+                report.model,
+                report.version,
+                report.against,
+                report.devices,
+                report.windows,
+                report.requests
             );
-            print_feature_rows(
-                report["features"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            );
-            if let Some(predictions) = report["predictions"].as_array().filter(|p| !p.is_empty()) {
+            print_feature_rows(&report.features);
+            if !report.predictions.is_empty() {
                 println!("predictions:");
-                print_feature_rows(predictions);
+                print_feature_rows(&report.predictions);
             }
-            let drifted: Vec<&str> = report["drifted_features"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .collect();
-            match report["dataset_drift"].as_bool() {
+            let drifted = &report.drifted_features;
+            match report.dataset_drift {
                 Some(true) => println!(
                     "dataset drift: YES ({} drifted: {})",
                     drifted.len(),
@@ -270,61 +230,45 @@ pub async fn drift(client: &AdminClient, command: DriftCommand, json: bool) -> a
                 ),
                 None => println!("dataset drift: no verdict (fewer than the minimum rows)"),
             }
-            if report["spool_dropped"].as_u64().unwrap_or(0)
-                + report["spool_lost"].as_u64().unwrap_or(0)
-                > 0
-            {
+            if report.spool_dropped + report.spool_lost > 0 {
                 println!(
                     "note: devices in this slice dropped {} and lost {} telemetry windows (spool full or corrupt)",
-                    report["spool_dropped"], report["spool_lost"]
+                    report.spool_dropped, report.spool_lost
                 );
             }
+            Ok(())
         }
         DriftCommand::Thresholds { model, set } => {
-            let path = format!("/api/v1/models/{}/drift-thresholds", escape(&model));
             let answer = match set {
                 Some(file) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
-                    let value: serde_json::Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", file.display()))?;
-                    client.json(Method::PUT, &path, Some(value)).await?
+                    let thresholds: ModelThresholds = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not drift thresholds", file.display()))?;
+                    client.set_drift_thresholds(&model, &thresholds).await?
                 }
-                None => client.json(Method::GET, &path, None).await?,
+                None => client.drift_thresholds(&model).await?,
             };
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            print_json(&answer)
         }
     }
-    Ok(())
 }
 
 pub async fn health(
     client: &AdminClient,
     model: &str,
     since: Option<String>,
-    selector: Option<String>,
+    labels: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut query = Vec::new();
-    for (key, value) in [("since", since), ("selector", selector)] {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", escape(&value)));
-        }
-    }
-    let answer = client
-        .json(
-            Method::GET,
-            &format!(
-                "/api/v1/models/{}/health?{}",
-                escape(model),
-                query.join("&")
-            ),
-            None,
-        )
-        .await?;
+    let slice = SliceParams {
+        since,
+        selector: selector(labels)?,
+        ..SliceParams::default()
+    };
+    let report = client.health(model, &slice).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
+        return print_json(&report);
     }
     println!(
         "{:>7} {:>7} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}",
@@ -338,59 +282,50 @@ pub async fn health(
         "P90 MS",
         "P99 MS"
     );
-    for (version, h) in answer["versions"].as_object().into_iter().flatten() {
+    for (version, h) in &report.versions {
         println!(
             "{:>7} {:>7} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}",
             version,
-            h["devices"].to_string(),
-            h["windows"].to_string(),
-            h["requests"].to_string(),
-            h["errors"].to_string(),
-            h["error_rate"]
-                .as_f64()
+            h.devices,
+            h.windows,
+            h.requests,
+            h.errors,
+            h.error_rate
                 .map_or("-".into(), |r| format!("{:.3}%", r * 100.0)),
-            fmt(h["latency_ms_p50"].as_f64()),
-            fmt(h["latency_ms_p90"].as_f64()),
-            fmt(h["latency_ms_p99"].as_f64())
+            fmt(h.latency_ms_p50),
+            fmt(h.latency_ms_p90),
+            fmt(h.latency_ms_p99)
         );
     }
     Ok(())
 }
 
 pub async fn events(client: &AdminClient, model: Option<String>, json: bool) -> anyhow::Result<()> {
-    let path = match &model {
-        Some(m) => format!("/api/v1/events?model={}", escape(m)),
-        None => "/api/v1/events".to_owned(),
-    };
-    let answer = client.json(Method::GET, &path, None).await?;
+    let answer = client
+        .events(&EventQuery {
+            model,
+            ..EventQuery::default()
+        })
+        .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
+        return print_json(&answer);
     }
     println!(
         "{:>6} {:<20} {:<14} {:<20} {:>7}  DETAIL",
         "ID", "AT (UTC)", "KIND", "MODEL", "VERSION"
     );
-    for e in answer["events"].as_array().into_iter().flatten() {
-        let detail = &e["detail"];
-        let summary = match detail["drifted_features"].as_array() {
-            Some(features) => format!(
-                "drifted: {}",
-                features
-                    .iter()
-                    .filter_map(|f| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => detail.to_string(),
+    for e in &answer.events {
+        let summary = match e.drifted_features() {
+            Some(features) => format!("drifted: {}", features.join(", ")),
+            None => e.detail.to_string(),
         };
         println!(
             "{:>6} {:<20} {:<14} {:<20} {:>7}  {}",
-            e["id"].to_string(),
-            crate::cli::utc(e["at"].as_i64().unwrap_or(0)),
-            e["kind"].as_str().unwrap_or(""),
-            e["model"].as_str().unwrap_or(""),
-            e["version"].to_string(),
+            e.id,
+            utc(e.at),
+            e.kind,
+            e.model,
+            optional(e.version),
             summary
         );
     }
@@ -404,38 +339,23 @@ pub async fn capture(client: &AdminClient, command: CaptureCommand) -> anyhow::R
         out,
         format,
     } = command;
-    let format = format.unwrap_or_else(|| match out.extension().and_then(|e| e.to_str()) {
-        Some("csv") => "csv".into(),
-        _ => "ndjson".into(),
-    });
-    let body = client
-        .get_raw(&format!(
-            "/api/v1/models/{}/versions/{}/captures?format={}",
-            escape(&model),
-            escape(&version),
-            escape(&format)
-        ))
-        .await?;
+    let format = match format.as_deref() {
+        Some("csv") => CaptureFormat::Csv,
+        Some("ndjson") => CaptureFormat::Ndjson,
+        Some(other) => anyhow::bail!("--format {other:?} is not ndjson or csv"),
+        None => match out.extension().and_then(|e| e.to_str()) {
+            Some("csv") => CaptureFormat::Csv,
+            _ => CaptureFormat::Ndjson,
+        },
+    };
+    let body = client.captures(&model, &version, format).await?;
     std::fs::write(&out, &body).with_context(|| format!("cannot write {}", out.display()))?;
     let lines = body.iter().filter(|b| **b == b'\n').count();
-    println!("wrote {} ({} lines, {format})", out.display(), lines);
+    println!(
+        "wrote {} ({} lines, {})",
+        out.display(),
+        lines,
+        format.name()
+    );
     Ok(())
-}
-
-/// Uploads a reference profile set for a pushed version.
-pub async fn upload_reference(
-    client: &AdminClient,
-    model: &str,
-    version: u64,
-    encoded: Vec<u8>,
-) -> anyhow::Result<serde_json::Value> {
-    Ok(client
-        .put_bytes(
-            &format!(
-                "/api/v1/models/{}/versions/{version}/reference",
-                escape(model)
-            ),
-            Bytes::from(encoded),
-        )
-        .await?)
 }

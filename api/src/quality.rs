@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `PUT /api/v1/models/{model}/quality-gate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QualityPolicy {
     /// Each `METRIC OP VALUE` where OP is one of `>= <= > < ==` and VALUE a number or
@@ -20,14 +20,14 @@ pub struct QualityPolicy {
     pub baseline_alias: String,
     /// A rollout spec (without model and version) started for a candidate that passes.
     #[serde(default)]
-    pub auto_rollout: Option<serde_json::Value>,
+    pub auto_rollout: Option<crate::rollouts::RolloutSpec>,
 }
 
 fn default_baseline() -> String {
     "production".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Op {
     #[serde(rename = ">=")]
     Ge,
@@ -117,7 +117,7 @@ impl Rule {
 }
 
 /// One rule's outcome, with the figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleOutcome {
     pub rule: String,
     pub candidate: Option<f64>,
@@ -127,8 +127,8 @@ pub struct RuleOutcome {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Verdict {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QualityVerdict {
     pub passed: bool,
     pub baseline_version: Option<u64>,
     pub outcomes: Vec<RuleOutcome>,
@@ -148,7 +148,7 @@ pub fn evaluate(
     rules: &[Rule],
     candidate: &BTreeMap<String, f64>,
     baseline: Option<(u64, &BTreeMap<String, f64>)>,
-) -> Verdict {
+) -> QualityVerdict {
     let outcomes: Vec<RuleOutcome> = rules
         .iter()
         .map(|rule| {
@@ -204,7 +204,7 @@ pub fn evaluate(
             outcome
         })
         .collect();
-    Verdict {
+    QualityVerdict {
         passed: outcomes.iter().all(|o| o.passed),
         baseline_version: baseline.map(|(v, _)| v),
         outcomes,

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRule {
     /// The alias whose version is watched (default `production`).
@@ -34,7 +34,7 @@ pub struct TriggerRule {
 /// Fleet-wide drift: in `consecutive_windows` windows in a row, at least `device_percent` of
 /// the devices that reported enough rows to judge had dataset drift against the version's
 /// reference profile (the model's drift thresholds decide a device's drift).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftCondition {
     #[serde(default = "default_drift_windows")]
@@ -49,7 +49,7 @@ pub struct DriftCondition {
 
 /// The production version's fleet-wide error rate above `above` in `consecutive_windows`
 /// windows in a row (windows with fewer than `min_requests` requests are inconclusive).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateCondition {
     pub above: f64,
@@ -60,7 +60,7 @@ pub struct ErrorRateCondition {
 }
 
 /// Exactly one of `webhook` and `command`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct Action {
 }
 
 /// `POST url` with the trigger as JSON, signed with HMAC-SHA256 (see docs/triggers.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// `http://HOST[:PORT][/PATH]`.
@@ -88,7 +88,7 @@ pub struct Webhook {
 
 /// A program the hub runs (no shell), with the trigger in a JSON file named by
 /// `FLOTILLA_TRIGGER_FILE`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
     pub argv: Vec<String>,

@@ -1,18 +1,24 @@
 //! A rollout spec: what to roll out to which devices, in which waves, judged by which gates.
 //! The same document through the API (JSON) and the CLI (TOML or flags); checked here, with
-//! a reason for every refusal.
+//! a reason for every refusal, so the CLI refuses a bad file before it reaches the hub.
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+use crate::selector::LabelSelector;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
+    /// The model to roll out (required, except in a quality gate's `auto_rollout`, which
+    /// fills it in).
+    #[serde(default)]
     pub model: String,
-    /// A version number or an alias.
+    /// A version number or an alias (required, except in a quality gate's `auto_rollout`).
+    #[serde(default)]
     pub version: String,
     /// `key=value[,key=value]` labels the target devices must have; empty: every device.
     #[serde(default)]
-    pub selector: String,
+    pub selector: LabelSelector,
     /// Cumulative share of the targets per wave, in percent, increasing, the last 100
     /// (default 1, 10, 50, 100).
     #[serde(default = "default_waves")]
@@ -50,7 +56,7 @@ pub struct RolloutSpec {
 }
 
 /// Canary analysis: the new version's cohort against the old version's over the same windows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthGates {
     /// Error rate at most the baseline's plus this (0.01: Flagger's success rate >= 99%
@@ -76,7 +82,7 @@ pub struct HealthGates {
     pub min_requests: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     #[default]
@@ -84,7 +90,7 @@ pub enum OnFailure {
     Pause,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OfflinePolicy {
     #[default]
@@ -94,7 +100,7 @@ pub enum OfflinePolicy {
 
 /// Devices per minute told to install: constant, or growing by `factor` every minute up to
 /// `max` (AWS IoT Jobs' exponential rollout). `devices_per_minute = 0`: no limit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     #[serde(default)]
@@ -239,13 +245,18 @@ impl RolloutSpec {
                 self.rate.factor
             ));
         }
-        crate::data_dir::parse_labels(&self.selector).map_err(|_| {
-            SpecError::Invalid(format!(
-                "selector {:?} is not key=value[,key=value]",
-                self.selector
-            ))
-        })?;
         Ok(())
+    }
+
+    /// This spec (a quality gate's `auto_rollout` template) for one model version, checked.
+    pub fn for_version(&self, model: &str, version: u64) -> Result<RolloutSpec, SpecError> {
+        let spec = RolloutSpec {
+            model: model.to_owned(),
+            version: version.to_string(),
+            ..self.clone()
+        };
+        spec.check()?;
+        Ok(spec)
     }
 }
 
@@ -280,6 +291,16 @@ mod tests {
         assert!(refused("install_success = 2").contains("between 0 and 1"));
         assert!(refused("approve_before = [5]").contains("numbered 1 to 4"));
         assert!(refused("selector = \"region\"").contains("key=value"));
+        let template = RolloutSpec::from_json("{}").unwrap_err();
+        assert!(
+            template.to_string().contains("give the model"),
+            "{template}"
+        );
+        let filled = spec("").unwrap().for_version("other", 7).unwrap();
+        assert_eq!(
+            (filled.model.as_str(), filled.version.as_str()),
+            ("other", "7")
+        );
         assert!(refused("on_failure = \"explode\"").contains("unknown variant"));
         assert!(refused("[gates]\nlatency_p99_ratio_max = 0.5").contains("at least 1"));
         assert!(

@@ -1,19 +1,80 @@
-//! `TestAgent`: a real agent core enrolled with a hub, built in a few lines, for tests and
-//! for the fleet (every simulated device is one). Defaults suit a test on loopback: no local
-//! listeners, one ONNX Runtime session, telemetry windows of the given length, faults off.
+//! A whole hub (`TestHub`: embedded broker, SQLite in a temp folder, QUIC, telemetry) and
+//! agent cores (`TestAgent`) in the calling process: fleet-sim runs thousands of devices
+//! this way, and end-to-end tests a few. Every simulated device is a real agent core.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use flotilla_agent::run_command::{AgentCore, RunConfig, start_core};
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
-use flotilla_hub::client::AdminClient;
+use flotilla_api::AdminClient;
+use flotilla_api::devices::EnrollmentTokenRequest;
+use flotilla_common::clock::SystemClock;
+use flotilla_hub::data_dir::DataDir;
+use flotilla_hub::serve_command::{RunningHub, ServeArgs, start};
 use flotilla_runtime::Engine;
-use hyper::Method;
 
-use crate::embedded_hub::TestHub;
+#[derive(Debug)]
+pub struct TestHub {
+    pub hub: RunningHub,
+    pub operator_token: String,
+    pub read_token: String,
+    pub data_dir: PathBuf,
+    /// The broker's own address (devices may be routed through proxies in front of it).
+    pub broker: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestHub {
+    /// Initialises a data folder in a temp dir and serves on loopback ports.
+    pub async fn start(
+        drift_check_seconds: u64,
+        drift_lookback_seconds: u64,
+    ) -> anyhow::Result<TestHub> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().to_owned();
+        let clock = SystemClock::shared();
+        let init = DataDir::new(&data_dir).init(clock.now_unix())?;
+        // The embedded broker binds its own address: the one port chosen here.
+        let broker: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
+        let args = ServeArgs {
+            data_dir: data_dir.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            ort_lib: None,
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            mqtt_listen: broker,
+            mqtt_url: None,
+            advertise_mqtt: None,
+            quic_listen: "127.0.0.1:0".parse()?,
+            advertise_quic: None,
+            no_quic: false,
+            advertise_url: None,
+            drift_check_seconds,
+            drift_lookback_seconds,
+            telemetry_queue: 8192,
+            telemetry_queue_bytes: 64 * 1024 * 1024,
+            rollout_tick_seconds: 1,
+            trigger_tick_seconds: 1,
+            // The demo's retraining job is a command; tests and simulations are local.
+            allow_trigger_commands: true,
+        };
+        let hub = start(args, clock).await?;
+        Ok(TestHub {
+            hub,
+            operator_token: init.operator_token,
+            read_token: init.read_token,
+            data_dir,
+            broker,
+            _dir: Some(dir),
+        })
+    }
+
+    pub fn operator(&self) -> AdminClient {
+        AdminClient::new(&self.hub.url, Some(self.operator_token.clone()))
+            .expect("the hub's own URL parses")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TestAgent {
@@ -26,17 +87,9 @@ impl TestAgent {
     pub fn new(hub_url: &str, enrollment_token: &str, state_dir: &Path) -> TestAgent {
         TestAgent {
             config: RunConfig {
-                hub: hub_url.to_owned(),
                 enrollment_token: Some(enrollment_token.to_owned()),
-                state_dir: state_dir.to_owned(),
-                socket: None,
-                socket_mode: "0660".into(),
-                http: None,
-                ort_lib: None,
                 sessions: Some(1),
                 intra_op_threads: Some(1),
-                hardware: BTreeMap::new(),
-                mqtt: None,
                 heartbeat_seconds: 10,
                 telemetry: TelemetryConfig {
                     reconnect_jitter_seconds: 1.0,
@@ -44,7 +97,7 @@ impl TestAgent {
                     ..TelemetryConfig::default()
                 },
                 engine: Engine::Onnx,
-                faults: InjectedFaults::default(),
+                ..RunConfig::for_hub(hub_url, state_dir)
             },
         }
     }
@@ -130,16 +183,12 @@ pub async fn enrollment_token(
     operator: &AdminClient,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<String> {
-    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let answer = operator
-        .json(
-            Method::POST,
-            "/api/v1/enrollment-tokens",
-            Some(serde_json::json!({"labels": labels, "ttl_seconds": 3600})),
-        )
-        .await?;
-    answer["token"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("the hub answered no token: {answer}"))
+    let request = EnrollmentTokenRequest {
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ttl_seconds: 3600,
+    };
+    Ok(operator.create_enrollment_token(&request).await?.token)
 }

@@ -1,0 +1,110 @@
+//! Devices: enrollment tokens, deployments by label selector, the inventory; and the
+//! client calls. Enrollment itself (`POST /api/v1/enroll`) is the device's call, with the
+//! types of `flotilla_proto::control`.
+
+use std::collections::BTreeMap;
+
+use flotilla_proto::control::{DesiredModel, InstallOutcome};
+use flotilla_proto::trust::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{AdminClient, ClientError, escape};
+use crate::http::Method;
+use crate::selector::{LabelSelector, Labels};
+
+/// `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentTokenRequest {
+    /// Labels the enrolled device gets.
+    #[serde(default)]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
+    /// How long the token is valid, in seconds (positive).
+    pub ttl_seconds: i64,
+}
+
+/// A one-time enrollment token, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EnrollmentToken {
+    pub token: String,
+    /// Unix seconds.
+    pub expires: i64,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
+}
+
+/// `POST /api/v1/deployments`: set a model version as desired on every matching device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub model: String,
+    /// A version number or alias.
+    pub version: String,
+    /// Empty: every device.
+    #[serde(default)]
+    pub selector: LabelSelector,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeployAnswer {
+    pub model: String,
+    pub version: u64,
+    pub selector: LabelSelector,
+    /// The devices whose desired state changed.
+    pub devices: Vec<String>,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    /// The key the device signs its reports and telemetry with.
+    pub public_key: PublicKey,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
+    pub hardware: BTreeMap<String, String>,
+    pub agent_version: String,
+    /// Unix seconds.
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+    pub online: bool,
+    /// Model name to the version the device reports serving.
+    pub serving: BTreeMap<String, u64>,
+    /// The latest install outcome per model the device reported.
+    pub last_outcomes: Vec<InstallOutcome>,
+    /// The desired-state sequence its last report answered.
+    pub reported_sequence: u64,
+}
+
+/// `GET /api/v1/devices/{id}`: the device and the desired state the hub last set for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceView,
+    pub desired_sequence: Option<u64>,
+    pub desired_models: Vec<DesiredModel>,
+}
+
+impl AdminClient {
+    pub async fn create_enrollment_token(
+        &self,
+        request: &EnrollmentTokenRequest,
+    ) -> Result<EnrollmentToken, ClientError> {
+        self.call(Method::POST, "/api/v1/enrollment-tokens", Some(request))
+            .await
+    }
+
+    pub async fn deploy(&self, request: &DeployRequest) -> Result<DeployAnswer, ClientError> {
+        self.call(Method::POST, "/api/v1/deployments", Some(request))
+            .await
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ClientError> {
+        self.get("/api/v1/devices").await
+    }
+
+    pub async fn device(&self, id: &str) -> Result<DeviceDetail, ClientError> {
+        self.get(&format!("/api/v1/devices/{}", escape(id))).await
+    }
+}

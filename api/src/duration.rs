@@ -1,0 +1,93 @@
+//! Durations as operators write them: `250ms`, `90s`, `15m`, `24h`, `7d` (a bare number is
+//! seconds). One parser for the API's query parameters and the CLI's flags.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration like 250ms, 90s, 15m, 24h or 7d")]
+    NotANumber(String),
+    #[error("{text:?}: the unit {unit:?} is not ms, s, m, h or d")]
+    Unit { text: String, unit: String },
+    #[error("{0:?} is longer than this hub can count")]
+    TooLong(String),
+}
+
+/// Parses `N[ms|s|m|h|d]`.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let count: u64 = number
+        .parse()
+        .map_err(|_| DurationError::NotANumber(text.to_owned()))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(DurationError::Unit {
+                text: text.to_owned(),
+                unit: other.to_owned(),
+            });
+        }
+    };
+    let milliseconds = count
+        .checked_mul(unit_ms)
+        .filter(|ms| *ms <= i64::MAX as u64)
+        .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+    Ok(Duration::from_millis(milliseconds))
+}
+
+/// `parse_duration` in whole milliseconds, for arithmetic on Unix-millisecond times.
+pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
+    parse_duration(text).map(|d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unit_parses() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration(" 24h ").unwrap(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration_ms("2s").unwrap(), 2000);
+    }
+
+    #[test]
+    fn bad_durations_say_what_is_wrong() {
+        assert!(matches!(
+            parse_duration("h"),
+            Err(DurationError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("-5s"),
+            Err(DurationError::NotANumber(_))
+        ));
+        let unit = parse_duration("5y").unwrap_err();
+        assert!(unit.to_string().contains("ms, s, m, h or d"), "{unit}");
+        assert!(matches!(
+            parse_duration("99999999999999999999d"),
+            Err(DurationError::NotANumber(_) | DurationError::TooLong(_))
+        ));
+        assert!(matches!(
+            parse_duration("9999999999999999d"),
+            Err(DurationError::TooLong(_))
+        ));
+    }
+}

@@ -1,0 +1,367 @@
+//! The one HTTP/1.1 client every Flotilla program uses: the CLI and tests against the hub's
+//! admin API, agents for enrollment, root metadata and artifact ranges, the hub for trigger
+//! webhooks, and the demo against an agent's Unix socket. One connection per request (the
+//! callers make few, and a fresh connection never carries a stale keep-alive into a retry);
+//! answers are read with a size bound so a hostile or broken server cannot exhaust memory.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+pub use hyper::body::Body as HttpBody;
+pub use hyper::{HeaderMap, Method, StatusCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(
+        "{0:?} is not a URL this client speaks: use http://HOST:PORT[/PATH] or unix:/PATH/TO/SOCKET"
+    )]
+    BadUrl(String),
+    #[error("cannot reach {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("the request to {url} could not be sent: {cause}")]
+    BadRequest { url: String, cause: String },
+    #[error("the answer from {url} broke off: {cause}")]
+    Interrupted { url: String, cause: String },
+    #[error("the answer from {url} is larger than the {limit} bytes this client accepts")]
+    TooLarge { url: String, limit: usize },
+}
+
+/// Where requests go: a TCP authority, or a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `HOST:PORT`.
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// A parsed base URL: `http://HOST:PORT[/PREFIX]` or `unix:/PATH/TO/SOCKET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub endpoint: Endpoint,
+    /// Prepended to every request path; empty or starting with `/`, never ending with one.
+    pub prefix: String,
+    /// As given, for messages.
+    pub text: String,
+}
+
+impl BaseUrl {
+    pub fn parse(url: &str) -> Result<BaseUrl, HttpError> {
+        let bad = || HttpError::BadUrl(url.to_owned());
+        if let Some(path) = url.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad());
+            }
+            return Ok(BaseUrl {
+                endpoint: Endpoint::Unix(PathBuf::from(path)),
+                prefix: String::new(),
+                text: url.to_owned(),
+            });
+        }
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['?', '#', '@']) {
+            return Err(bad());
+        }
+        Ok(BaseUrl {
+            endpoint: Endpoint::Tcp(authority.to_owned()),
+            prefix: prefix.to_owned(),
+            text: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The `Host` header: the authority, or `localhost` over a Unix socket.
+    fn host(&self) -> &str {
+        match &self.endpoint {
+            Endpoint::Tcp(authority) => authority,
+            Endpoint::Unix(_) => "localhost",
+        }
+    }
+}
+
+/// A client of one base URL, with headers sent on every request (e.g. a bearer token).
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    base: BaseUrl,
+    headers: Vec<(String, String)>,
+}
+
+/// A whole answer, read within its bound.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The `error` field of a JSON error body (the hub and the agent both answer
+    /// `{"error": "..."}`), else the body as text.
+    pub fn error_message(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            error: String,
+        }
+        serde_json::from_slice::<ErrorBody>(&self.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned())
+    }
+}
+
+/// Answers larger than this are refused unless the caller asks for more.
+pub const DEFAULT_ANSWER_LIMIT: usize = 64 * 1024 * 1024;
+
+impl HttpClient {
+    pub fn new(url: &str) -> Result<HttpClient, HttpError> {
+        Ok(HttpClient {
+            base: BaseUrl::parse(url)?,
+            headers: Vec::new(),
+        })
+    }
+
+    /// The same client, sending `name: value` on every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> HttpClient {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn base(&self) -> &BaseUrl {
+        &self.base
+    }
+
+    /// The URL of `path` on this client's base, for messages and links.
+    pub fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.base.text)
+    }
+
+    /// Sends one request on a new connection and returns the answer with its body still
+    /// streaming (for downloads). `headers` are added to the client's own.
+    pub async fn send<B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: B,
+    ) -> Result<hyper::Response<Incoming>, HttpError>
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let url = self.url_of(path);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base.prefix))
+            .header("host", self.base.host());
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body).map_err(|e| HttpError::BadRequest {
+            url: url.clone(),
+            cause: e.to_string(),
+        })?;
+        let unreachable = |cause: String| HttpError::Unreachable {
+            url: url.clone(),
+            cause,
+        };
+        match &self.base.endpoint {
+            Endpoint::Tcp(authority) => {
+                let stream = tokio::net::TcpStream::connect(authority)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                exchange(TokioIo::new(stream), request)
+                    .await
+                    .map_err(unreachable)
+            }
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| unreachable(format!("{}: {e}", path.display())))?;
+                exchange(TokioIo::new(stream), request)
+                    .await
+                    .map_err(unreachable)
+            }
+        }
+    }
+
+    /// Sends one request and reads the whole answer, at most `limit` bytes of it.
+    pub async fn request<B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: B,
+        limit: usize,
+    ) -> Result<Answer, HttpError>
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = self.send(method, path, headers, body).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_bounded(response.into_body(), limit, &self.url_of(path)).await?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `request` with a body held in memory and the default answer limit.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer, HttpError> {
+        self.request(method, path, headers, Full::new(body), DEFAULT_ANSWER_LIMIT)
+            .await
+    }
+}
+
+async fn exchange<I, B>(
+    io: I,
+    request: hyper::Request<B>,
+) -> Result<hyper::Response<Incoming>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads a body to its end, refusing more than `limit` bytes.
+pub async fn read_bounded(mut body: Incoming, limit: usize, url: &str) -> Result<Bytes, HttpError> {
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| HttpError::Interrupted {
+            url: url.to_owned(),
+            cause: e.to_string(),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            return Err(HttpError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(collected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_parse_or_say_what_they_take() {
+        let tcp = BaseUrl::parse("http://127.0.0.1:7070/").unwrap();
+        assert_eq!(tcp.endpoint, Endpoint::Tcp("127.0.0.1:7070".into()));
+        assert_eq!(
+            (tcp.prefix.as_str(), tcp.text.as_str()),
+            ("", "http://127.0.0.1:7070")
+        );
+        let prefixed = BaseUrl::parse("http://hub:80/flotilla/").unwrap();
+        assert_eq!(prefixed.prefix, "/flotilla");
+        let unix = BaseUrl::parse("unix:/run/flotilla/agent.sock").unwrap();
+        assert_eq!(
+            unix.endpoint,
+            Endpoint::Unix("/run/flotilla/agent.sock".into())
+        );
+        assert_eq!(unix.host(), "localhost");
+        for bad in [
+            "",
+            "127.0.0.1:7070",
+            "ftp://x",
+            "http://",
+            "unix:",
+            "http://u@h:1",
+        ] {
+            let error = BaseUrl::parse(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("http://HOST:PORT"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_with_the_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let client = HttpClient::new(&format!("http://{address}")).unwrap();
+        let error = client
+            .call(Method::GET, "/healthz", &[], Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, HttpError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains(&address.to_string()), "{error}");
+    }
+
+    /// A server that answers a fixed body over a real socket.
+    async fn serve_once(body: Vec<u8>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = stream.read(&mut request).await.unwrap();
+            let head = format!(
+                "HTTP/1.1 418 I'm a teapot\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_within_their_bound() {
+        let address = serve_once(br#"{"error": "no tea"}"#.to_vec()).await;
+        let client = HttpClient::new(&format!("http://{address}")).unwrap();
+        let answer = client
+            .call(Method::GET, "/", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(answer.status.as_u16(), 418);
+        assert_eq!(answer.error_message(), "no tea");
+
+        let address = serve_once(vec![b'x'; 10_000]).await;
+        let client = HttpClient::new(&format!("http://{address}")).unwrap();
+        let error = client
+            .request(Method::GET, "/", &[], Full::new(Bytes::new()), 1000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, HttpError::TooLarge { limit: 1000, .. }),
+            "{error}"
+        );
+    }
+}

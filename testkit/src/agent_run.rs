@@ -1,0 +1,202 @@
+//! `AgentRun`: a real `flotilla-agent run` process with its own state folder, following a
+//! `HubProcess`, and requests to it over its Unix socket.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use flotilla_api::http::{HttpClient, Method};
+
+use crate::{HubProcess, workspace_binary};
+
+#[derive(Debug)]
+pub struct AgentRun {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub device_id: String,
+}
+
+impl AgentRun {
+    /// Writes agent.toml for `hub` with `token` and starts the agent; waits for its ready line.
+    pub fn start(hub: &HubProcess, token: &str) -> Result<AgentRun, String> {
+        Self::start_with(hub, token, "")
+    }
+
+    /// `start`, with more agent.toml (e.g. a `[telemetry]` table) appended.
+    pub fn start_with(hub: &HubProcess, token: &str, extra: &str) -> Result<AgentRun, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = format!(
+            "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n{extra}",
+            hub.url
+        );
+        std::fs::write(dir.path().join("agent.toml"), config).map_err(|e| e.to_string())?;
+        let mut agent = AgentRun {
+            child: None,
+            dir,
+            device_id: String::new(),
+        };
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// Starts (again) on the same state folder.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(workspace_binary("flotilla-agent"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("agent.toml"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                self.device_id = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("device="))
+                    .unwrap_or_default()
+                    .to_owned();
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(self.log())
+            }
+        }
+    }
+
+    /// Stops the agent the way a power cut would: SIGKILL.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// One HTTP/1.1 request over the agent's Unix socket: status and body.
+    pub fn socket_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let client = HttpClient::new(&format!(
+            "unix:{}",
+            self.dir.path().join("agent.sock").display()
+        ))
+        .map_err(|e| e.to_string())?;
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let body = bytes::Bytes::from(body.to_owned());
+        // Synchronous for the tests' convenience, callable from async tests too: the request
+        // runs on a runtime of its own, on a thread of its own.
+        let answer = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?
+                        .block_on(client.call(
+                            method,
+                            path,
+                            &[("content-type", "application/json")],
+                            body,
+                        ))
+                        .map_err(|e| e.to_string())
+                })
+                .join()
+                .map_err(|_| "the request thread panicked".to_owned())?
+        })?;
+        Ok((
+            answer.status.as_u16(),
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ))
+    }
+
+    /// Runs `model` on rows of 4 features (iris) over the socket; the served version.
+    pub fn infer_rows(&self, model: &str, rows: &[[f32; 4]]) -> Result<u64, String> {
+        let data: Vec<f32> = rows.iter().flatten().copied().collect();
+        let body = serde_json::json!({"inputs": [{"name": "float_input", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+        let (status, answer) = self.socket_request(
+            "POST",
+            &format!("/v2/models/{model}/infer"),
+            &body.to_string(),
+        )?;
+        if status != 200 {
+            return Err(format!("{status}: {answer}"));
+        }
+        let value: serde_json::Value = serde_json::from_str(&answer).map_err(|_| answer.clone())?;
+        value["model_version"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or(answer)
+    }
+
+    /// A counter or gauge from the agent's local `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self
+            .socket_request("GET", "/metrics", "")
+            .expect("the agent answers /metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("agent metrics have no {name}:\n{text}")) as u64
+    }
+
+    /// Runs the scaler model on `x` over the agent's Unix socket; `(version, y)` or the error.
+    pub fn scale(&self, model: &str, x: f32) -> Result<(u64, f64), String> {
+        let body =
+            format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[{x}]}}]}}"#);
+        let (_, answer) =
+            self.socket_request("POST", &format!("/v2/models/{model}/infer"), &body)?;
+        let value: serde_json::Value = serde_json::from_str(&answer).map_err(|_| answer.clone())?;
+        match (
+            value["model_version"].as_str(),
+            value["outputs"][0]["data"][0].as_f64(),
+        ) {
+            (Some(version), Some(y)) => Ok((version.parse().map_err(|_| answer.clone())?, y)),
+            _ => Err(value.to_string()),
+        }
+    }
+
+    /// Waits until the agent serves `model` at `version` (checked by inference).
+    pub fn wait_serving(&self, model: &str, version: u64) {
+        for _ in 0..600 {
+            if self.scale(model, 1.0).is_ok_and(|(v, _)| v == version) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "agent {} never served {model} version {version}:\n{}",
+            self.device_id,
+            self.log()
+        );
+    }
+}
+
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
