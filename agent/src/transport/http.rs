@@ -1,14 +1,18 @@
-//! HTTP to the hub: enrollment, and artifact downloads that resume from the bytes already
-//! on disk and never write more than the manifest says the artifact holds.
+//! HTTP to the hub: enrollment, root metadata, and artifact downloads that resume from the
+//! bytes already on disk and never write more than the manifest says the artifact holds.
+//! Built on the one HTTP client (`flotilla_api::http`); this module only knows which of the
+//! hub's endpoints a device calls and what their answers mean to it.
 
 use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
+use flotilla_api::http::{HttpClient, Method, StatusCode, read_bounded};
 use flotilla_proto::control::{EnrollRequest, EnrollResponse};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Empty};
+
+/// Answers of the hub's JSON endpoints are small: this bounds what a device reads.
+const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -29,69 +33,61 @@ pub enum HttpError {
 #[derive(Debug, Clone)]
 pub struct HubHttp {
     url: String,
-    authority: String,
+    client: HttpClient,
 }
 
 impl HubHttp {
     pub fn new(url: &str) -> Result<HubHttp, HttpError> {
-        let authority = url
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-            .ok_or_else(|| HttpError::BadUrl(url.to_owned()))?;
+        if !url.starts_with("http://") {
+            return Err(HttpError::BadUrl(url.to_owned()));
+        }
+        let client = HttpClient::new(url).map_err(|_| HttpError::BadUrl(url.to_owned()))?;
         Ok(HubHttp {
-            url: url.trim_end_matches('/').to_owned(),
-            authority: authority.to_owned(),
+            url: client.base().text.clone(),
+            client,
         })
     }
 
-    async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
-        let unreachable = |cause: String| HttpError::Unreachable {
+    fn unreachable(&self, cause: impl std::fmt::Display) -> HttpError {
+        HttpError::Unreachable {
             url: self.url.clone(),
-            cause,
-        };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(connection);
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))
+            cause: cause.to_string(),
+        }
     }
 
-    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.authority)
+    /// One request with a JSON or empty body; the whole (bounded) answer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<flotilla_api::http::Answer, HttpError> {
+        self.client
+            .request(
+                method,
+                path,
+                &[("content-type", "application/json")],
+                http_body_util::Full::new(body),
+                ANSWER_LIMIT,
+            )
+            .await
+            .map_err(|e| match e {
+                flotilla_api::http::HttpError::Unreachable { cause, .. }
+                | flotilla_api::http::HttpError::Interrupted { cause, .. }
+                | flotilla_api::http::HttpError::BadRequest { cause, .. } => {
+                    self.unreachable(cause)
+                }
+                other => HttpError::BadAnswer(other.to_string()),
+            })
     }
 
     pub async fn enroll(&self, enroll: &EnrollRequest) -> Result<EnrollResponse, HttpError> {
         let body = Bytes::from(serde_json::to_vec(enroll).expect("enroll request serializes"));
-        let request = self
-            .request(Method::POST, "/api/v1/enroll")
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .expect("valid request");
-        let response = self.send(request).await?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| HttpError::BadAnswer(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(refused(status, &body));
+        let answer = self.call(Method::POST, "/api/v1/enroll", body).await?;
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
         }
-        serde_json::from_slice(&body).map_err(|e| HttpError::BadAnswer(e.to_string()))
+        serde_json::from_slice(&answer.body).map_err(|e| HttpError::BadAnswer(e.to_string()))
     }
 
     /// Root metadata of `version`, or `None` when the hub has no such version yet.
@@ -99,25 +95,20 @@ impl HubHttp {
         &self,
         version: u64,
     ) -> Result<Option<flotilla_proto::trust::Envelope>, HttpError> {
-        let request = self
-            .request(Method::GET, &format!("/api/v1/roots/{version}"))
-            .body(Full::new(Bytes::new()))
-            .expect("valid request");
-        let response = self.send(request).await?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| HttpError::BadAnswer(e.to_string()))?
-            .to_bytes();
-        if status == StatusCode::NOT_FOUND {
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/roots/{version}"),
+                Bytes::new(),
+            )
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !status.is_success() {
-            return Err(refused(status, &body));
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
         }
-        serde_json::from_slice(&body)
+        serde_json::from_slice(&answer.body)
             .map(Some)
             .map_err(|e| HttpError::BadAnswer(e.to_string()))
     }
@@ -142,37 +133,37 @@ impl HubHttp {
         if have == expected_size {
             return Ok(());
         }
-        let mut request = self.request(Method::GET, &format!("/api/v1/artifacts/{sha256}"));
-        if have > 0 {
-            request = request.header("range", format!("bytes={have}-"));
-        }
+        let range = format!("bytes={have}-");
+        let headers: &[(&str, &str)] = if have > 0 { &[("range", &range)] } else { &[] };
         let response = self
+            .client
             .send(
-                request
-                    .body(Full::new(Bytes::new()))
-                    .expect("valid request"),
+                Method::GET,
+                &format!("/api/v1/artifacts/{sha256}"),
+                headers,
+                Empty::<Bytes>::new(),
             )
-            .await?;
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status == StatusCode::OK && have > 0 {
             // The server ignored the range: start over.
             file.set_len(0)?;
             have = 0;
         } else if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-            let body = response
-                .into_body()
-                .collect()
+            let body = read_bounded(response.into_body(), ANSWER_LIMIT, &self.url)
                 .await
-                .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(refused(status, &body));
+            return Err(refused(&flotilla_api::http::Answer {
+                status,
+                headers: Default::default(),
+                body,
+            }));
         }
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| HttpError::Unreachable {
-                url: self.url.clone(),
-                cause: format!("download interrupted: {e}"),
-            })?;
+            let frame =
+                frame.map_err(|e| self.unreachable(format!("download interrupted: {e}")))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -187,23 +178,18 @@ impl HubHttp {
         }
         file.sync_all()?;
         if have < expected_size {
-            return Err(HttpError::Unreachable {
-                url: self.url.clone(),
-                cause: format!("download ended at {have} of {expected_size} bytes"),
-            });
+            return Err(
+                self.unreachable(format!("download ended at {have} of {expected_size} bytes"))
+            );
         }
         Ok(())
     }
 }
 
-fn refused(status: StatusCode, body: &[u8]) -> HttpError {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+fn refused(answer: &flotilla_api::http::Answer) -> HttpError {
     HttpError::Refused {
-        status: status.as_u16(),
-        message,
+        status: answer.status.as_u16(),
+        message: answer.error_message(),
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_api::http::{HttpClient, Method};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
 use super::rule::{Command, Webhook, split_url};
@@ -84,35 +84,28 @@ async fn post(
     timestamp: i64,
 ) -> Result<u16, String> {
     let (authority, path) = split_url(&webhook.url)?;
-    let stream = tokio::net::TcpStream::connect(&authority)
-        .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(hyper::Method::POST)
-        .uri(path)
-        .header("host", &authority)
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("flotilla-hub/", env!("CARGO_PKG_VERSION")),
+    let client = HttpClient::new(&format!("http://{authority}")).map_err(|e| e.to_string())?;
+    let signature = signature(&webhook.secret, timestamp, body);
+    let timestamp = timestamp.to_string();
+    let response = client
+        .send(
+            Method::POST,
+            &path,
+            &[
+                ("content-type", "application/json"),
+                (
+                    "user-agent",
+                    concat!("flotilla-hub/", env!("CARGO_PKG_VERSION")),
+                ),
+                ("x-flotilla-event", "retraining-trigger"),
+                ("x-flotilla-delivery", run_id),
+                ("x-flotilla-timestamp", &timestamp),
+                ("x-flotilla-signature", &signature),
+            ],
+            Full::new(body.clone()),
         )
-        .header("x-flotilla-event", "retraining-trigger")
-        .header("x-flotilla-delivery", run_id)
-        .header("x-flotilla-timestamp", timestamp.to_string())
-        .header(
-            "x-flotilla-signature",
-            signature(&webhook.secret, timestamp, body),
-        )
-        .body(Full::new(body.clone()))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let response = sender
-        .send_request(request)
         .await
-        .map_err(|e| format!("request to {authority} failed: {e}"))?;
+        .map_err(|e| e.to_string())?;
     // The body is not read: the connection closes with the response.
     Ok(response.status().as_u16())
 }
