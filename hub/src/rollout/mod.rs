@@ -328,10 +328,13 @@ impl Rollouts {
                         .map(|t| t.device.clone())
                         .collect();
                     // Signing and storing thousands of desired states is blocking work.
-                    let publications = tokio::task::block_in_place(|| {
-                        self.fleet
-                            .deploy_to(&loaded.spec.model, loaded.version, &devices)
-                    })?;
+                    let (fleet, model, version) = (
+                        self.fleet.clone(),
+                        loaded.spec.model.clone(),
+                        loaded.version,
+                    );
+                    let publications =
+                        off_the_runtime(move || fleet.deploy_to(&model, version, &devices)).await?;
                     self.publish(&publications).await;
                 }
                 Action::RollBack => {
@@ -340,9 +343,9 @@ impl Rollouts {
                         .iter()
                         .map(|t| (t.device.clone(), t.previous))
                         .collect();
-                    let publications = tokio::task::block_in_place(|| {
-                        self.fleet.restore_previous(&loaded.spec.model, &previous)
-                    })?;
+                    let (fleet, model) = (self.fleet.clone(), loaded.spec.model.clone());
+                    let publications =
+                        off_the_runtime(move || fleet.restore_previous(&model, &previous)).await?;
                     self.publish(&publications).await;
                 }
                 Action::MoveAlias => {
@@ -585,6 +588,17 @@ impl Rollouts {
             created: loaded.created,
             updated: loaded.updated,
         })
+    }
+}
+
+/// Runs blocking fleet work on tokio's blocking pool (on any runtime flavour, paused test
+/// time included); a panic there goes on here.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
+) -> Result<T, FleetError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(failed) => std::panic::resume_unwind(failed.into_panic()),
     }
 }
 

@@ -3,8 +3,11 @@
 
 mod fleet;
 mod openapi;
+mod paused_rollouts;
+mod paused_triggers;
 mod registry;
 mod rollouts;
+mod simulated;
 mod support;
 mod telemetry;
 mod triggers;
