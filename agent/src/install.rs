@@ -1,4 +1,4 @@
-//! What the agent does to match its desired state, as pure decisions (DESIGN.md section 2),
+//! What the agent does to match its desired state, as pure decisions (docs/ARCHITECTURE.md),
 //! so each rule is tested without a hub, a disk or a clock: which desired state to follow
 //! and when to refresh the trusted root first, which models need an install, whether a
 //! manifest may be installed (an older version only as a named rollback target), the

@@ -1,4 +1,4 @@
-//! Trust decisions, pure (DESIGN.md section 4): whether a new root may replace the trusted
+//! Trust decisions, pure (docs/trust.md): whether a new root may replace the trusted
 //! one, and whether a model manifest may be installed. Inputs are the documents, what is
 //! already trusted and `now`; nothing here persists anything, so callers check first and
 //! store only what passed (the `tough` advisories' mistake was the other order).

@@ -1,4 +1,4 @@
-//! The control plane between hub and agents (DESIGN.md section 3): enrollment over HTTP,
+//! The control plane between hub and agents (docs/protocols.md): enrollment over HTTP,
 //! then MQTT topics under `flotilla/v1/`. Every message an agent or the hub publishes is an
 //! `Envelope` signed by the sender's key, so a broker without ACLs cannot let one party
 //! speak for another.

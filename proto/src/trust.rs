@@ -1,4 +1,4 @@
-//! Signed documents of Flotilla's trust model (DESIGN.md section 4), as they travel.
+//! Signed documents of Flotilla's trust model (docs/trust.md), as they travel.
 //!
 //! Every signed document is an [`Envelope`]: the payload is carried as the exact JSON text
 //! that was signed, so verification never depends on re-serializing anything. Signatures

@@ -116,7 +116,7 @@ impl Syncer {
     }
 
     /// Walks the hub's root metadata from the trusted version upwards, one version at a time,
-    /// each checked against the one before (DESIGN.md section 4) and stored only after it
+    /// each checked against the one before (docs/trust.md) and stored only after it
     /// passed. Returns whether the trusted root changed.
     pub async fn refresh_root(&self) -> bool {
         let mut changed = false;

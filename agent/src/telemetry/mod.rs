@@ -1,4 +1,4 @@
-//! On-device telemetry (DESIGN.md section 6): the inference path records into sharded window
+//! On-device telemetry (docs/drift.md): the inference path records into sharded window
 //! accumulators; every window (default 60 s, aligned to the clock) each model version's
 //! window is sealed into a signed, compressed batch and written to the spool; the uploader
 //! drains the spool over MQTT QoS 1.

@@ -67,7 +67,7 @@ pub struct HealthGates {
     #[serde(default = "default_latency_ratio")]
     pub latency_p99_ratio_max: f64,
     /// Input features of the new cohort drifting against the old cohort's: at most this many
-    /// (DESIGN.md thresholds decide which drift).
+    /// (the model's drift thresholds decide which drift).
     #[serde(default)]
     pub input_drift_features_max: usize,
     /// Prediction outputs drifting against the old cohort's: at most this many.

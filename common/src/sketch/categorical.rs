@@ -1,6 +1,6 @@
 //! A categorical feature's or class output's profile for one window: exact counts while
 //! there are at most 256 distinct values, then an Apache DataSketches frequent-items sketch
-//! plus an HLL sketch of the distinct count (DESIGN.md section 6). Merges are associative and
+//! plus an HLL sketch of the distinct count (docs/drift.md). Merges are associative and
 //! commutative: exact counts add; once either side is approximate the result is.
 
 use std::collections::BTreeMap;

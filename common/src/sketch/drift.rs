@@ -1,5 +1,5 @@
 //! Drift between two numeric profiles, from sketches alone: effect sizes, not p-values
-//! (DESIGN.md section 6). Definitions, so results can be checked against raw data:
+//! (docs/drift.md). Definitions, so results can be checked against raw data:
 //! - KS: the largest gap between the two CDFs (L∞).
 //! - Wasserstein/σ: ∫|F_ref − F_cur| dx, divided by the reference's standard deviation.
 //! - PSI, Jensen–Shannon distance (natural log, square root of the divergence) and Hellinger

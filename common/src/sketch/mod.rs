@@ -1,4 +1,4 @@
-//! Mergeable profiles of what a model sees, computed on devices (DESIGN.md section 6), and
+//! Mergeable profiles of what a model sees, computed on devices (docs/drift.md), and
 //! drift metrics between two profiles, computed without raw data. Pure: no I/O.
 
 mod categorical;

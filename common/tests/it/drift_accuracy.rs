@@ -141,7 +141,7 @@ fn check(device_k: u16, tolerance: (f64, f64, f64)) {
     let mut checked_verdicts = 0;
     for (name, column) in names.iter().zip(&columns) {
         let reference = sample(column, &mut rng, 0.0, 1.0);
-        // References are built from training data with the larger k (DESIGN.md section 6);
+        // References are built from training data with the larger k (docs/drift.md);
         // the device side uses k=200.
         let mut reference_profile = NumericProfile::new(REFERENCE_K);
         reference
