@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 mqtt_port=18830
 api=127.0.0.1:17070
-mqtt_flags=(--mqtt-listen "127.0.0.1:$mqtt_port")
+broker_setting="listen = \"127.0.0.1:$mqtt_port\""
 if [ "$broker" = mosquitto ]; then
   command -v mosquitto >/dev/null || { echo "error: install mosquitto (apt-get install mosquitto)" >&2; exit 1; }
   # No connection cap; big enough messages for telemetry windows; nothing on disk. The hub
@@ -39,15 +39,27 @@ if [ "$broker" = mosquitto ]; then
   mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
   pids+=($!)
   mosquitto_pid=$!
-  mqtt_flags=(--mqtt-url "mqtt://127.0.0.1:$mqtt_port")
+  broker_setting="url = \"mqtt://127.0.0.1:$mqtt_port\""
   sleep 1
 fi
 
 target/release/flotilla-hub init --data-dir "$work/hub" >"$work/init.txt"
 token=$(grep -o 'flo_op_[A-Za-z0-9_-]*' "$work/init.txt" | head -1)
-target/release/flotilla-hub serve --data-dir "$work/hub" --listen "$api" \
-  --quic-listen 127.0.0.1:17443 "${mqtt_flags[@]}" \
-  --drift-check-seconds 5 --drift-lookback-seconds 300 >"$work/hub.out" 2>"$work/hub.log" &
+cat >"$work/hub.toml" <<EOF
+listen = "$api"
+
+[broker]
+$broker_setting
+
+[quic]
+listen = "127.0.0.1:17443"
+
+[telemetry]
+drift_check_seconds = 5
+drift_lookback_seconds = 300
+EOF
+target/release/flotilla-hub serve --data-dir "$work/hub" --config "$work/hub.toml" \
+  >"$work/hub.out" 2>"$work/hub.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://$api/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 

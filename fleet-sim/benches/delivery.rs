@@ -44,7 +44,7 @@ fn main() {
             .unwrap();
         assert!(status.success(), "run deploy/setup.sh first");
     }
-    let mut hub = HubProcess::init(&[]);
+    let mut hub = HubProcess::init("");
     hub.log_level = "error".into();
     hub.serve();
     let port = |address: &str| address.rsplit(':').next().unwrap().parse::<u16>().unwrap();

@@ -33,7 +33,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().unwrap())
         .unwrap_or(1000);
-    let mut hub = HubProcess::init(&[]);
+    let mut hub = HubProcess::init("");
     hub.log_level = "error".into();
     hub.serve();
     let hub_pid = hub.pid();

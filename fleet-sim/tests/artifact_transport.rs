@@ -19,7 +19,7 @@ async fn serve(bytes: &[u8]) -> (tempfile::TempDir, SocketAddr, QuicIdentity, St
     std::fs::write(artifacts.join(&sha[..2]).join(&sha), bytes).unwrap();
     let identity = QuicIdentity::load_or_create(dir.path()).unwrap();
     let address = start(
-        "127.0.0.1:0".parse().unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
         &identity,
         artifacts,
         Arc::new(HubMetrics::default()),

@@ -3,9 +3,12 @@
 //! server (its contract is `flotilla-api`). `main.rs` (flotilla-hub) is a thin shell.
 
 pub mod api;
+pub mod config;
+pub mod config_reference;
 pub mod data_dir;
 pub mod fleet;
 pub mod metrics;
+pub mod periodic;
 pub mod registry;
 pub mod rollout;
 pub mod serve_command;

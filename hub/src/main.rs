@@ -1,9 +1,11 @@
-//! The `flotilla-hub` command: parses flags and hands over to the library.
+//! The `flotilla-hub` command: parses flags, sets up logging and hands over to the library.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use flotilla_hub::serve_command::{ServeArgs, create_token, init, run};
+use flotilla_hub::serve_command::{
+    ServeArgs, create_token, init, log_filter, moved_flag_hint, run,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,14 +25,24 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Run the hub.
-    Serve(Box<ServeArgs>),
+    /// Run the hub: what it does comes from a settings file (see `config default`), how the
+    /// process runs from these flags.
+    Serve(ServeArgs),
+    /// The settings file of `serve`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Admin tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// The root key, kept offline: export it, and rotate the signing key with it.
     #[command(subcommand)]
     Root(RootCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a complete hub.toml: every setting with its documentation and default.
+    Default,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,15 +83,37 @@ enum TokenCommand {
 }
 
 fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let args: Vec<String> = std::env::args().collect();
+            let hint = Some(&args)
+                .filter(|_| error.kind() == clap::error::ErrorKind::UnknownArgument)
+                .and_then(|args| moved_flag_hint(args));
+            if let Some(hint) = hint {
+                eprintln!("error: {hint}");
+                std::process::exit(2);
+            }
+            error.exit()
+        }
+    };
+    let log_level = match &cli.command {
+        Command::Serve(args) => args.log_level.as_deref(),
+        _ => None,
+    };
+    let filter = match log_filter(log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match Cli::parse().command {
+    let result = match cli.command {
         Command::Init { data_dir } => init(&data_dir),
         Command::Token(TokenCommand::Create {
             data_dir,
@@ -94,9 +128,13 @@ fn main() {
         Command::Root(RootCommand::Rotate { data_dir, root_key }) => {
             flotilla_hub::serve_command::rotate_offline(&data_dir, &root_key)
         }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", flotilla_hub::config_reference::default_toml());
+            Ok(())
+        }
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(*args))),
+            .and_then(|rt| rt.block_on(run(args))),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -1,18 +1,22 @@
-//! `flotilla-hub init | serve | token create`: start-up order and signal handling.
+//! `flotilla-hub init | serve | token create | root`: start-up order (settings, ONNX Runtime,
+//! listeners, then every part of the hub on them) and signal handling.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use flotilla_common::clock::{Clock, SharedClock, SystemClock};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
 
 use crate::api::{ApiState, serve};
+use crate::config::{ConfigSource, HubConfig, HubConfigError};
 use crate::data_dir::{DataDir, new_token, token_hash};
 use crate::fleet::Fleet;
-use crate::registry::Registry;
+use crate::periodic::{spawn_periodic, spawn_periodic_blocking};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{RegistryStore, Scope, TelemetryStore};
 use crate::telemetry::{
     DriftEvaluator, EvaluatorSettings, Telemetry, TelemetryIngest, start_ingest_thread,
@@ -26,58 +30,78 @@ pub struct ServeArgs {
     /// The hub's data folder (made by flotilla-hub init).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address of the admin API.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
+    /// The settings file (`flotilla-hub config default` prints one with every key).
+    /// Default: DATA_DIR/hub.toml when it exists, else the default settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. info, debug or flotilla_hub=debug,info (logs go to stderr).
+    /// Default: FLOTILLA_LOG, else info.
+    #[arg(long)]
+    pub log_level: Option<String>,
     /// Path of libonnxruntime.so.1.31.1, used to check pushed models.
+    /// Default: ORT_DYLIB_PATH, then the usual places.
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
-    /// Largest model file accepted, in bytes (default 2 GiB).
-    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
-    pub max_upload_bytes: u64,
-    /// Where the embedded MQTT broker listens.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub mqtt_listen: SocketAddr,
-    /// Use this external broker instead of the embedded one: mqtt://[USER:PASS@]HOST:PORT.
-    #[arg(long)]
-    pub mqtt_url: Option<String>,
-    /// The broker address devices are told at enrollment (default: the broker's own).
-    #[arg(long)]
-    pub advertise_mqtt: Option<String>,
-    /// Where the QUIC artifact endpoint listens (UDP).
-    #[arg(long, default_value = "127.0.0.1:7443")]
-    pub quic_listen: SocketAddr,
-    /// The QUIC address devices are told at enrollment (default: the endpoint's own).
-    #[arg(long)]
-    pub advertise_quic: Option<String>,
-    /// Serve artifacts over HTTP only.
-    #[arg(long)]
-    pub no_quic: bool,
-    /// The API URL devices are told at enrollment for downloads (default: http://LISTEN).
-    #[arg(long)]
-    pub advertise_url: Option<String>,
-    /// Seconds between fleet-wide drift evaluations (alerts and /metrics gauges).
-    #[arg(long, default_value_t = 60)]
-    pub drift_check_seconds: u64,
-    /// How far back (seconds) the fleet-wide drift evaluation looks.
-    #[arg(long, default_value_t = 600)]
-    pub drift_lookback_seconds: u64,
-    /// Telemetry frames queued for ingest before the hub stops reading from the broker.
-    #[arg(long, default_value_t = 8192)]
-    pub telemetry_queue: usize,
-    /// Bytes of telemetry frames queued for ingest, at most.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub telemetry_queue_bytes: u64,
-    /// Seconds between rollout controller steps (installs, gates, rate).
-    #[arg(long, default_value_t = 5)]
-    pub rollout_tick_seconds: u64,
-    /// Seconds between retraining trigger passes (each rule judges its own windows).
-    #[arg(long, default_value_t = 5)]
-    pub trigger_tick_seconds: u64,
-    /// Let trigger rules run commands on this host (as the hub's user). Off by default:
-    /// an operator token could otherwise run any program here.
-    #[arg(long)]
-    pub allow_trigger_commands: bool,
+}
+
+/// The log filter: `--log-level` when given (a bad one is an error), else FLOTILLA_LOG, else
+/// info (a bad FLOTILLA_LOG falls back to info, as it always has).
+pub fn log_filter(flag: Option<&str>) -> anyhow::Result<EnvFilter> {
+    match flag {
+        // The parse error's source repeats its text, so it is not chained.
+        Some(level) => EnvFilter::try_new(level).map_err(|error| {
+            anyhow::anyhow!(
+                "--log-level {level:?} is not a log filter ({error}); give e.g. info, debug or flotilla_hub=debug,info"
+            )
+        }),
+        None => Ok(EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| "info".into())),
+    }
+}
+
+/// The flags `serve` had before what the hub does moved into hub.toml, with the key each
+/// became, so an old command line gets told where its setting went.
+pub const MOVED_SERVE_FLAGS: &[(&str, &str)] = &[
+    ("--listen", "listen"),
+    ("--advertise-url", "advertise_url"),
+    ("--max-upload-bytes", "max_upload_bytes"),
+    ("--mqtt-listen", "[broker] listen"),
+    ("--mqtt-url", "[broker] url"),
+    ("--advertise-mqtt", "[broker] advertise"),
+    ("--quic-listen", "[quic] listen"),
+    ("--advertise-quic", "[quic] advertise"),
+    ("--no-quic", "[quic] enabled = false"),
+    ("--drift-check-seconds", "[telemetry] drift_check_seconds"),
+    (
+        "--drift-lookback-seconds",
+        "[telemetry] drift_lookback_seconds",
+    ),
+    ("--telemetry-queue", "[telemetry] queue_frames"),
+    ("--telemetry-queue-bytes", "[telemetry] queue_bytes"),
+    ("--rollout-tick-seconds", "[rollouts] tick_seconds"),
+    ("--trigger-tick-seconds", "[triggers] tick_seconds"),
+    (
+        "--allow-trigger-commands",
+        "[triggers] allow_commands = true",
+    ),
+];
+
+/// For a `flotilla-hub serve` command line that uses a flag which became a setting: what to
+/// write instead.
+pub fn moved_flag_hint(args: &[String]) -> Option<String> {
+    if args.get(1).map(String::as_str) != Some("serve") {
+        return None;
+    }
+    args.iter().skip(2).find_map(|arg| {
+        let flag = arg.split_once('=').map_or(arg.as_str(), |(flag, _)| flag);
+        MOVED_SERVE_FLAGS
+            .iter()
+            .find(|(moved, _)| *moved == flag)
+            .map(|(moved, key)| {
+                format!(
+                    "flotilla-hub serve no longer takes {moved}: write `{key}` in the settings file instead (--config FILE, or DATA_DIR/hub.toml); `flotilla-hub config default` prints every setting"
+                )
+            })
+    })
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -194,9 +218,19 @@ impl RunningHub {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, source) = HubConfig::for_serve(args.config.as_deref(), &args.data_dir)?;
+    match &source {
+        ConfigSource::File(path) => tracing::info!(file = %path.display(), "settings read"),
+        ConfigSource::Defaults => {
+            tracing::info!("no settings file (--config, or DATA_DIR/hub.toml): the defaults")
+        }
+    }
+    // Before binding anything: a hub that cannot check models should not start.
+    flotilla_runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let hub = start(args, SystemClock::shared()).await?;
+    let listeners = HubListeners::bind(&config).await?;
+    let hub = start(listeners, config, &args.data_dir, SystemClock::shared()).await?;
     println!("{}", hub.ready_line());
     tokio::select! {
         _ = terminate.recv() => {}
@@ -206,79 +240,122 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     hub.shutdown().await
 }
 
-/// Starts every part of a hub on an initialised data folder and returns once it serves.
-/// Every part reads time from `clock`.
-pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<RunningHub> {
-    let data_dir = DataDir::new(&args.data_dir);
-    let store: Arc<dyn RegistryStore> = Arc::new(data_dir.open_store()?);
-    let signing_key = data_dir.load_signing_key()?;
-    flotilla_runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
+/// The sockets a hub serves on, bound before `start` so an embedder can bind port 0 and
+/// know the port, or bind however it likes. The embedded MQTT broker is not among them:
+/// rumqttd binds its own address (`[broker] listen`) and cannot be handed a listener.
+#[derive(Debug)]
+pub struct HubListeners {
+    /// The admin API (HTTP).
+    pub api: tokio::net::TcpListener,
+    /// The QUIC artifact endpoint; None when `[quic] enabled = false`.
+    pub quic: Option<std::net::UdpSocket>,
+}
+
+impl HubListeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &HubConfig) -> anyhow::Result<HubListeners> {
+        let api = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (the setting listen); is another hub running there?",
+                    config.listen
+                )
+            })?;
+        let quic = if config.quic.enabled {
+            let socket = std::net::UdpSocket::bind(config.quic.listen).with_context(|| {
+                format!(
+                    "cannot listen for QUIC on {} (the setting [quic] listen); pick another port or set [quic] enabled = false",
+                    config.quic.listen
+                )
+            })?;
+            Some(socket)
+        } else {
+            None
+        };
+        Ok(HubListeners { api, quic })
+    }
+}
+
+/// How often manifests are looked at for re-signing: they live 30 days and are re-signed
+/// with 7 left, so hourly is ample.
+const RESIGN_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Starts every part of a hub on an initialised data folder, serving on `listeners` with
+/// `config`, and returns once it serves. Every part reads time from `clock`. The embedded
+/// broker (unless `[broker] url` names another) binds `[broker] listen` here.
+pub async fn start(
+    listeners: HubListeners,
+    config: HubConfig,
+    data_dir: &Path,
+    clock: SharedClock,
+) -> anyhow::Result<RunningHub> {
+    config.validate().map_err(HubConfigError::Invalid)?;
+    if config.quic.enabled != listeners.quic.is_some() {
+        anyhow::bail!(
+            "[quic] enabled is {} but {} QUIC socket was given; bind the listeners from the same settings (HubListeners::bind)",
+            config.quic.enabled,
+            if listeners.quic.is_some() { "a" } else { "no" }
+        );
+    }
+    let folder = DataDir::new(data_dir);
+    let store: Arc<dyn RegistryStore> = Arc::new(folder.open_store()?);
+    let signing_key = folder.load_signing_key()?;
     let registry = Arc::new(Registry::new(
-        data_dir.clone(),
+        folder.clone(),
         store,
         signing_key,
         clock.clone(),
     ));
     let resign = registry.clone();
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            ticker.tick().await;
-            let registry = resign.clone();
-            match tokio::task::spawn_blocking(move || registry.resign_expiring()).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(count)) => tracing::info!(count, "manifests re-signed before expiry"),
-                Ok(Err(error)) => tracing::error!(%error, "re-signing manifests failed"),
-                Err(error) => tracing::error!(%error, "re-signing task failed"),
-            }
+    spawn_periodic_blocking("re-signing manifests", RESIGN_CHECK_EVERY, move || {
+        let count = resign.resign_expiring()?;
+        if count > 0 {
+            tracing::info!(count, "manifests re-signed before expiry");
         }
+        Ok::<(), RegistryError>(())
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    let broker = match &args.mqtt_url {
+    let address = listeners.api.local_addr()?;
+    let broker = match &config.broker.url {
         Some(url) => BrokerAddress::parse(url).map_err(anyhow::Error::msg)?,
         None => {
-            start_embedded(args.mqtt_listen).map_err(anyhow::Error::msg)?;
+            start_embedded(config.broker.listen).map_err(anyhow::Error::msg)?;
             BrokerAddress {
-                host: args.mqtt_listen.ip().to_string(),
-                port: args.mqtt_listen.port(),
+                host: config.broker.listen.ip().to_string(),
+                port: config.broker.listen.port(),
                 credentials: None,
             }
         }
     };
-    let advertise_mqtt = args
-        .advertise_mqtt
+    let advertise_mqtt = config
+        .broker
+        .advertise
         .clone()
         .unwrap_or_else(|| format!("{}:{}", broker.host, broker.port));
-    let advertise_url = args
+    // Devices download from here, and trigger payloads link here: receivers are elsewhere.
+    let advertise_url = config
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
     let metrics = Arc::new(crate::metrics::HubMetrics::default());
-    let mut fleet = Fleet::new(registry.clone(), advertise_mqtt.clone(), advertise_url);
+    let mut fleet = Fleet::new(
+        registry.clone(),
+        advertise_mqtt.clone(),
+        advertise_url.clone(),
+    );
     let mut quic_advertised = None;
-    if !args.no_quic {
-        let identity =
-            QuicIdentity::load_or_create(&data_dir.keys()).map_err(anyhow::Error::msg)?;
-        let quic_address = crate::transport::quic::start(
-            args.quic_listen,
-            &identity,
-            data_dir.artifacts(),
-            metrics.clone(),
-        )
-        .map_err(anyhow::Error::msg)?;
-        let advertise_quic = args
-            .advertise_quic
-            .clone()
-            .unwrap_or_else(|| quic_address.to_string());
+    if let Some(socket) = listeners.quic {
+        let identity = QuicIdentity::load_or_create(&folder.keys()).map_err(anyhow::Error::msg)?;
+        let quic_address =
+            crate::transport::quic::start(socket, &identity, folder.artifacts(), metrics.clone())
+                .map_err(anyhow::Error::msg)?;
+        let advertise_quic = config.quic.advertise.unwrap_or(quic_address).to_string();
         quic_advertised = Some(advertise_quic.clone());
         fleet = fleet.with_quic(advertise_quic, identity.pin());
     }
     let fleet = Arc::new(fleet);
     let telemetry_store = Arc::new(
-        TelemetryStore::open(&args.data_dir.join("telemetry.db"))
+        TelemetryStore::open(&data_dir.join("telemetry.db"))
             .context("cannot open the telemetry database")?,
     );
     let telemetry = Arc::new(Telemetry::new(
@@ -291,14 +368,17 @@ pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<Runnin
         metrics.clone(),
         clock.clone(),
     ));
-    let telemetry_queue =
-        start_ingest_thread(ingest, args.telemetry_queue, args.telemetry_queue_bytes);
+    let telemetry_queue = start_ingest_thread(
+        ingest,
+        config.telemetry.queue_frames,
+        config.telemetry.queue_bytes,
+    );
     Arc::new(DriftEvaluator {
         telemetry: telemetry.clone(),
         metrics: metrics.clone(),
         settings: EvaluatorSettings {
-            interval: Duration::from_secs(args.drift_check_seconds.max(1)),
-            lookback: Duration::from_secs(args.drift_lookback_seconds.max(1)),
+            interval: Duration::from_secs(config.telemetry.drift_check_seconds),
+            lookback: Duration::from_secs(config.telemetry.drift_lookback_seconds),
         },
         clock: clock.clone(),
     })
@@ -317,35 +397,34 @@ pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<Runnin
         Some(mqtt.clone()),
     ));
     let controller = rollouts.clone();
-    let tick = Duration::from_secs(args.rollout_tick_seconds.max(1));
-    tokio::spawn(async move {
-        // Resumes every active rollout where its stored state left it.
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            controller.tick().await;
-        }
-    });
+    // Each step resumes every active rollout where its stored state left it.
+    spawn_periodic(
+        "rollout controller step",
+        Duration::from_secs(config.rollouts.tick_seconds),
+        move || {
+            let controller = controller.clone();
+            async move {
+                controller.tick().await;
+                Ok::<(), Infallible>(())
+            }
+        },
+    );
     let triggers = Arc::new(crate::triggers::Triggers::new(
         registry.clone(),
         telemetry.clone(),
-        // Payload links are for receivers elsewhere: the advertised URL when there is one.
-        args.advertise_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{address}")),
-        args.data_dir.join("triggers"),
-        args.allow_trigger_commands,
+        advertise_url,
+        data_dir.join("triggers"),
+        config.triggers.allow_commands,
     ));
     triggers.recover()?;
     triggers
         .clone()
-        .spawn(Duration::from_secs(args.trigger_tick_seconds.max(1)));
+        .spawn(Duration::from_secs(config.triggers.tick_seconds));
     let hub_metrics = metrics.clone();
     let state = ApiState {
         registry,
-        max_upload_bytes: args.max_upload_bytes,
-        upload_dir: args.data_dir.join("uploads"),
+        max_upload_bytes: config.max_upload_bytes,
+        upload_dir: data_dir.join("uploads"),
         fleet: Some(fleet),
         mqtt: Some(mqtt),
         metrics,
@@ -354,7 +433,7 @@ pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<Runnin
         triggers: Some(triggers),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async move {
+    let server = tokio::spawn(serve(listeners.api, state, async move {
         let _ = stopped.await;
     }));
     Ok(RunningHub {
@@ -365,4 +444,70 @@ pub async fn start(args: ServeArgs, clock: SharedClock) -> anyhow::Result<Runnin
         stop,
         server,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_serve_flag_is_told_its_setting() {
+        let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let hint = moved_flag_hint(&args(
+            "flotilla-hub serve --data-dir /d --mqtt-url mqtt://h:1",
+        ))
+        .unwrap();
+        assert!(
+            hint.contains("no longer takes --mqtt-url")
+                && hint.contains("`[broker] url`")
+                && hint.contains("flotilla-hub config default"),
+            "{hint}"
+        );
+        let hint = moved_flag_hint(&args("flotilla-hub serve --rollout-tick-seconds=1")).unwrap();
+        assert!(hint.contains("`[rollouts] tick_seconds`"), "{hint}");
+        assert_eq!(
+            moved_flag_hint(&args("flotilla-hub serve --data-dir /d --bogus")),
+            None
+        );
+        assert_eq!(moved_flag_hint(&args("flotilla-hub init --listen x")), None);
+    }
+
+    #[test]
+    fn every_moved_flag_names_a_real_setting() {
+        let reference = crate::config_reference::reference();
+        let keys: Vec<String> = reference
+            .top_level
+            .iter()
+            .map(|s| s.key.clone())
+            .chain(reference.tables.iter().flat_map(|t| {
+                t.settings
+                    .iter()
+                    .map(move |s| format!("[{}] {}", t.name, s.key))
+            }))
+            .collect();
+        for (flag, key) in MOVED_SERVE_FLAGS {
+            let key = key.split(" = ").next().unwrap();
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{flag} names {key}, not a setting"
+            );
+        }
+        assert_eq!(
+            MOVED_SERVE_FLAGS.len(),
+            16,
+            "ServeArgs had 18 flags; 2 stay flags"
+        );
+    }
+
+    #[test]
+    fn log_level_wins_over_the_environment_and_a_bad_one_is_refused() {
+        assert_eq!(log_filter(Some("debug")).unwrap().to_string(), "debug");
+        let message = log_filter(Some("flotilla_hub=loud"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("--log-level \"flotilla_hub=loud\" is not a log filter"),
+            "{message}"
+        );
+    }
 }

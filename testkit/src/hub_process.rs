@@ -1,5 +1,6 @@
 //! `HubProcess`: a real `flotilla-hub` initialised in a temp folder and served as a child
-//! process on loopback, with its tokens, and the `flotilla` CLI run against it.
+//! process on loopback (its settings in DATA_DIR/hub.toml), with its tokens, and the
+//! `flotilla` CLI run against it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,9 +27,11 @@ pub struct HubProcess {
     /// Ports to serve on: 0 (the first start picks, the ready line says which) until the
     /// first start, then those ports, so a restarted hub is where agents were told it is.
     ports: (u16, u16, u16),
-    /// Extra `serve` flags (an external broker, a config file).
-    pub serve_flags: Vec<String>,
-    /// `FLOTILLA_LOG` for the hub (default info).
+    /// Settings (hub.toml text) beyond the listen addresses this harness picks: an external
+    /// broker, faster ticks. Merged over those addresses (a key given here wins) into
+    /// DATA_DIR/hub.toml at every start.
+    pub config: String,
+    /// `--log-level` for the hub (default info).
     pub log_level: String,
 }
 
@@ -43,18 +46,18 @@ fn token_line(text: &str, label: &str) -> String {
 impl HubProcess {
     /// `flotilla-hub init` in a temp folder, then `serve` on loopback.
     pub fn start() -> HubProcess {
-        Self::start_with(&[])
+        Self::start_with("")
     }
 
-    /// `start`, with extra `serve` flags.
-    pub fn start_with(serve_flags: &[&str]) -> HubProcess {
-        let mut hub = Self::init(serve_flags);
+    /// `start`, with these settings (hub.toml text, e.g. "[rollouts]\ntick_seconds = 1\n").
+    pub fn start_with(config: &str) -> HubProcess {
+        let mut hub = Self::init(config);
         hub.serve();
         hub
     }
 
-    /// `flotilla-hub init` only; `serve` starts it.
-    pub fn init(serve_flags: &[&str]) -> HubProcess {
+    /// `flotilla-hub init` only, with these settings for `serve`, which starts it.
+    pub fn init(config: &str) -> HubProcess {
         let dir = tempfile::tempdir().expect("a temp folder");
         let output = Command::new(workspace_binary("flotilla-hub"))
             .args(["init", "--data-dir"])
@@ -77,9 +80,29 @@ impl HubProcess {
             operator_token: token_line(&text, "operator token"),
             read_token: token_line(&text, "read-only token"),
             dir,
-            serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
+            config: config.to_owned(),
             log_level: "info".into(),
         }
+    }
+
+    /// The settings file `serve` reads: `config` merged over this harness's addresses.
+    fn settings(&self) -> toml::Table {
+        let mut settings: toml::Table = toml::from_str(&self.config)
+            .unwrap_or_else(|e| panic!("HubProcess settings are not TOML: {e}\n{}", self.config));
+        let loopback = |port: u16| toml::Value::from(format!("127.0.0.1:{port}"));
+        settings
+            .entry("listen")
+            .or_insert_with(|| loopback(self.ports.0));
+        for (table, port) in [("broker", self.ports.1), ("quic", self.ports.2)] {
+            settings
+                .entry(table)
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("HubProcess settings: {table} is not a table"))
+                .entry("listen")
+                .or_insert_with(|| loopback(port));
+        }
+        settings
     }
 
     /// The port the embedded broker listens on (the ready line names the advertised one,
@@ -105,22 +128,18 @@ impl HubProcess {
         self.child.as_ref().expect("the hub runs").id()
     }
 
-    /// Starts `serve` (again) on the same data folder and ports.
+    /// Starts `serve` (again) on the same data folder and ports. The settings go to
+    /// DATA_DIR/hub.toml, which `serve` reads when given no `--config`.
     pub fn serve(&mut self) {
+        let settings = self.settings();
+        std::fs::write(
+            self.dir.path().join("hub.toml"),
+            toml::to_string(&settings).expect("settings serialise"),
+        )
+        .expect("hub.toml is written");
         let mut child = Command::new(workspace_binary("flotilla-hub"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.ports.0),
-                "--mqtt-listen",
-                &format!("127.0.0.1:{}", self.ports.1),
-                "--quic-listen",
-                &format!("127.0.0.1:{}", self.ports.2),
-                "--data-dir",
-            ])
+            .args(["serve", "--log-level", &self.log_level, "--data-dir"])
             .arg(self.dir.path())
-            .args(&self.serve_flags)
-            .env("FLOTILLA_LOG", &self.log_level)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("hub.log")).expect("a log file"))
             .spawn()
@@ -150,7 +169,18 @@ impl HubProcess {
                 .and_then(|p| p.parse::<u16>().ok())
         };
         self.ports.0 = port_of(&self.url).expect("the API URL has a port");
-        if let Some(quic) = self.quic.as_deref().and_then(port_of) {
+        // The ready line names the QUIC address devices are told: the endpoint's own unless
+        // the settings advertise another.
+        let advertised_quic = settings
+            .get("quic")
+            .and_then(|quic| quic.get("advertise"))
+            .is_some();
+        if let Some(quic) = self
+            .quic
+            .as_deref()
+            .and_then(port_of)
+            .filter(|_| !advertised_quic)
+        {
             self.ports.2 = quic;
         }
         self.child = Some(child);

@@ -11,8 +11,9 @@ use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_api::AdminClient;
 use flotilla_api::devices::EnrollmentTokenRequest;
 use flotilla_common::clock::SystemClock;
+use flotilla_hub::config::HubConfig;
 use flotilla_hub::data_dir::DataDir;
-use flotilla_hub::serve_command::{RunningHub, ServeArgs, start};
+use flotilla_hub::serve_command::{HubListeners, RunningHub, start};
 use flotilla_runtime::Engine;
 
 #[derive(Debug)]
@@ -27,6 +28,20 @@ pub struct TestHub {
 }
 
 impl TestHub {
+    /// The settings a `TestHub` serves with: steps every second (rollouts, triggers) so
+    /// tests and simulations move fast, trigger commands allowed (the demo's retraining job
+    /// is a command, and everything here is local), the drift evaluator as asked. The API
+    /// and QUIC addresses are bound by `start`, and the broker's port chosen there.
+    pub fn settings(drift_check_seconds: u64, drift_lookback_seconds: u64) -> HubConfig {
+        let mut config = HubConfig::default();
+        config.telemetry.drift_check_seconds = drift_check_seconds;
+        config.telemetry.drift_lookback_seconds = drift_lookback_seconds;
+        config.rollouts.tick_seconds = 1;
+        config.triggers.tick_seconds = 1;
+        config.triggers.allow_commands = true;
+        config
+    }
+
     /// Initialises a data folder in a temp dir and serves on loopback ports.
     pub async fn start(
         drift_check_seconds: u64,
@@ -36,30 +51,18 @@ impl TestHub {
         let data_dir = dir.path().to_owned();
         let clock = SystemClock::shared();
         let init = DataDir::new(&data_dir).init(clock.now_unix())?;
+        // What `flotilla-hub serve` checks before binding: pushes need ONNX Runtime.
+        flotilla_runtime::init_onnx_runtime(None)?;
+        let mut config = Self::settings(drift_check_seconds, drift_lookback_seconds);
         // The embedded broker binds its own address: the one port chosen here.
         let broker: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
-        let args = ServeArgs {
-            data_dir: data_dir.clone(),
-            listen: "127.0.0.1:0".parse()?,
-            ort_lib: None,
-            max_upload_bytes: 2 * 1024 * 1024 * 1024,
-            mqtt_listen: broker,
-            mqtt_url: None,
-            advertise_mqtt: None,
-            quic_listen: "127.0.0.1:0".parse()?,
-            advertise_quic: None,
-            no_quic: false,
-            advertise_url: None,
-            drift_check_seconds,
-            drift_lookback_seconds,
-            telemetry_queue: 8192,
-            telemetry_queue_bytes: 64 * 1024 * 1024,
-            rollout_tick_seconds: 1,
-            trigger_tick_seconds: 1,
-            // The demo's retraining job is a command; tests and simulations are local.
-            allow_trigger_commands: true,
+        config.broker.listen = broker;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listeners = HubListeners {
+            api: tokio::net::TcpListener::bind(loopback).await?,
+            quic: Some(std::net::UdpSocket::bind(loopback)?),
         };
-        let hub = start(args, clock).await?;
+        let hub = start(listeners, config, &data_dir, clock).await?;
         Ok(TestHub {
             hub,
             operator_token: init.operator_token,

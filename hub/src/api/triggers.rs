@@ -68,7 +68,7 @@ pub(super) async fn get_rule(
     request_body = TriggerRule,
     responses(
         (status = 200, description = "The rule as stored, secret hidden", body = TriggerRule),
-        (status = 400, description = "An invalid rule (the reason says which field), or a command without --allow-trigger-commands", body = ErrorBody),
+        (status = 400, description = "An invalid rule (the reason says which field), or a command on a hub without `[triggers] allow_commands = true`", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
         OperatorErrors))]
 pub(super) async fn put_rule(

@@ -217,19 +217,9 @@ impl DriftEvaluator {
 
     /// Runs `evaluate` every interval on the blocking pool.
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(self.settings.interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let evaluator = self.clone();
-                let now_ms = self.clock.now_ms();
-                match tokio::task::spawn_blocking(move || evaluator.evaluate(now_ms)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "drift evaluation failed"),
-                    Err(error) => tracing::error!(%error, "drift evaluation panicked"),
-                }
-            }
+        let interval = self.settings.interval;
+        crate::periodic::spawn_periodic_blocking("drift evaluation", interval, move || {
+            self.evaluate(self.clock.now_ms()).map(|_| ())
         })
     }
 }

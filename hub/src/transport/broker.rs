@@ -1,5 +1,5 @@
 //! The embedded MQTT broker (rumqttd), for fleets up to ~10,000 devices on one machine.
-//! Beyond that, run an external broker (Mosquitto, EMQX) and give the hub `--mqtt-url`.
+//! Beyond that, run an external broker (Mosquitto, EMQX) and set `[broker] url` in hub.toml.
 
 use std::net::SocketAddr;
 
@@ -9,8 +9,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// rumqttd's router has panicked past its connection cap (rumqtt#991); set it deliberately.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
-/// Starts rumqttd listening on `listen` (MQTT 3.1.1) in its own threads. rumqttd has no
-/// shutdown: the broker lives as long as the process.
+/// Starts rumqttd listening on `listen` (MQTT 3.1.1) in its own threads. rumqttd binds the
+/// address itself (its configuration takes an address, not a listener), so unlike the API and
+/// QUIC it cannot be handed a bound socket. rumqttd has no shutdown: the broker lives as long
+/// as the process.
 pub fn start_embedded(listen: SocketAddr) -> Result<(), String> {
     let config = serde_json::json!({
         "id": 0,

@@ -67,9 +67,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts serving artifacts from `artifacts` (the content-addressed folder) on `listen`.
+/// Starts serving artifacts from `artifacts` (the content-addressed folder) on `socket`,
+/// already bound by the caller (so tests bind port 0 and know the port before serving).
 pub fn start(
-    listen: SocketAddr,
+    socket: std::net::UdpSocket,
     identity: &QuicIdentity,
     artifacts: PathBuf,
     metrics: Arc<HubMetrics>,
@@ -88,9 +89,16 @@ pub fn start(
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let endpoint = quinn::Endpoint::server(config, listen)
-        .map_err(|e| format!("cannot listen for QUIC on {listen}: {e}"))?;
-    let address = endpoint.local_addr().map_err(|e| e.to_string())?;
+    let address = socket
+        .local_addr()
+        .map_err(|e| format!("the QUIC socket has no address: {e}"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| format!("cannot serve QUIC on {address}: {e}"))?;
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let (artifacts, metrics) = (artifacts.clone(), metrics.clone());

@@ -43,7 +43,7 @@ pub enum TriggerError {
     #[error("{0}")]
     Suppressed(Suppressed),
     #[error(
-        "this hub runs no commands for triggers: whoever may set a rule could run any program as the hub's user; start flotilla-hub serve with --allow-trigger-commands to allow it, or use a webhook"
+        "this hub runs no commands for triggers: whoever may set a rule could run any program as the hub's user; set `[triggers] allow_commands = true` in the hub's config file (hub.toml) to allow it, or use a webhook"
     )]
     CommandsNotAllowed,
     #[error(transparent)]
@@ -94,7 +94,7 @@ pub struct Triggers {
     hub_url: String,
     /// Where the payload files of command runs are written.
     work_dir: PathBuf,
-    /// Whether rules may run commands (`--allow-trigger-commands`).
+    /// Whether rules may run commands (`[triggers] allow_commands`).
     allow_commands: bool,
     progress: Mutex<BTreeMap<String, RuleProgress>>,
     /// Deciding and recording a run happen under this lock, so two evaluations (or an
@@ -673,19 +673,8 @@ impl Triggers {
 
     /// Evaluates every `tick` on the blocking pool.
     pub fn spawn(self: Arc<Self>, tick: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(tick);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let triggers = self.clone();
-                let now_ms = self.registry.now_ms();
-                match tokio::task::spawn_blocking(move || triggers.evaluate(now_ms)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "trigger evaluation failed"),
-                    Err(error) => tracing::error!(%error, "trigger evaluation panicked"),
-                }
-            }
+        crate::periodic::spawn_periodic_blocking("trigger evaluation", tick, move || {
+            self.evaluate(self.registry.now_ms()).map(|_| ())
         })
     }
 }

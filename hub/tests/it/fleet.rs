@@ -186,7 +186,7 @@ async fn enrollment_tokens_work_once() {
 async fn the_same_flow_through_an_external_mosquitto_broker() {
     let mosquitto = Mosquitto::start();
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let hub = HubProcess::start_with(&["--mqtt-url", &url]);
+    let hub = HubProcess::start_with(&format!("[broker]\nurl = \"{url}\"\n"));
     push(&hub, "scaler_v1.onnx").await;
     push(&hub, "scaler_v2.onnx").await;
     let mut agents = Vec::new();
@@ -397,7 +397,7 @@ async fn a_hub_restart_mid_deployment_converges() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_udp_blocked_downloads_fall_back_to_http_ranges() {
     let nowhere = format!("127.0.0.1:{}", free_udp_port());
-    let hub = HubProcess::start_with(&["--advertise-quic", &nowhere]);
+    let hub = HubProcess::start_with(&format!("[quic]\nadvertise = \"{nowhere}\"\n"));
     push(&hub, "scaler_v1.onnx").await;
     let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
     deploy(&hub, "1", "").await;

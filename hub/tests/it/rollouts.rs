@@ -57,7 +57,7 @@ async fn refused(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollouts_refuse_bad_input_survive_restarts_promote_and_roll_back() {
-    let mut hub = HubProcess::start_with(&["--rollout-tick-seconds", "1"]);
+    let mut hub = HubProcess::start_with("[rollouts]\ntick_seconds = 1\n");
     push(&hub, "scaler_v1.onnx").await;
     push(&hub, "scaler_v2.onnx").await;
     let mut agents = Vec::new();
@@ -243,7 +243,7 @@ async fn rollouts_refuse_bad_input_survive_restarts_promote_and_roll_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_quality_gate_rejects_worse_candidates_and_rolls_out_better_ones() {
-    let hub = HubProcess::start_with(&["--rollout-tick-seconds", "1"]);
+    let hub = HubProcess::start_with("[rollouts]\ntick_seconds = 1\n");
     let token = hub.operator_token.clone();
     let cli = |args: &[&str]| hub.cli(Some(&token), args);
     let iris = |name: &str| fixture(name).to_string_lossy().into_owned();

@@ -167,12 +167,9 @@ pub(crate) const FAST_WINDOWS: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
-    let hub = HubProcess::start_with(&[
-        "--drift-check-seconds",
-        "1",
-        "--drift-lookback-seconds",
-        "120",
-    ]);
+    let hub = HubProcess::start_with(
+        "[telemetry]\ndrift_check_seconds = 1\ndrift_lookback_seconds = 120\n",
+    );
     push_iris_with_reference(&hub);
     python_datasketches_reads_the_reference(&hub).await;
     let a = AgentRun::start_with(&hub, &enroll_token(&hub, "site=a").await, FAST_WINDOWS).unwrap();
@@ -407,7 +404,10 @@ async fn python_datasketches_reads_the_reference(hub: &HubProcess) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_cut_off_under_traffic_delivers_every_window_exactly_once() {
     let proxy = TcpProxy::start();
-    let hub = HubProcess::start_with(&["--advertise-mqtt", &format!("127.0.0.1:{}", proxy.port)]);
+    let hub = HubProcess::start_with(&format!(
+        "[broker]\nadvertise = \"127.0.0.1:{}\"\n",
+        proxy.port
+    ));
     proxy.connect_to(hub.broker_port());
     push_iris_with_reference(&hub);
     let agent = AgentRun::start_with(

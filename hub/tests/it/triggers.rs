@@ -216,7 +216,7 @@ async fn a_failing_webhook_gets_the_same_signed_delivery_until_it_accepts_it() {
             .unwrap_err(),
     );
     assert_eq!(status, 404, "{message}");
-    // Without --allow-trigger-commands a rule cannot run programs on the hub's host.
+    // Without `[triggers] allow_commands = true` a rule cannot run programs on the hub's host.
     let (status, message) = status_of(
         put(
             json!({"action": {"command": {"argv": ["/bin/true"]}}}),
@@ -226,7 +226,10 @@ async fn a_failing_webhook_gets_the_same_signed_delivery_until_it_accepts_it() {
         .unwrap_err(),
     );
     assert_eq!(status, 400, "{message}");
-    assert!(message.contains("--allow-trigger-commands"), "{message}");
+    assert!(
+        message.contains("[triggers] allow_commands = true"),
+        "{message}"
+    );
     let (status, _) = status_of(
         hub.reader()
             .json(
@@ -406,7 +409,7 @@ async fn a_hanging_webhook_times_out_and_the_hub_keeps_answering() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fleet_drift_fires_the_command_once_per_cooldown() {
-    let hub = HubProcess::start_with(&["--trigger-tick-seconds", "1", "--allow-trigger-commands"]);
+    let hub = HubProcess::start_with("[triggers]\ntick_seconds = 1\nallow_commands = true\n");
     push_iris_with_reference(&hub);
     set_production(&hub, 1).await;
     let a = AgentRun::start_with(&hub, &enroll_token(&hub, "site=a").await, FAST_WINDOWS).unwrap();
