@@ -1,5 +1,7 @@
 //! Shared by the agent's benchmarks: HTTP load over keep-alive connections (Unix socket or
-//! TCP), rounds and their medians, and the machine line.
+//! TCP), rounds and their medians, and the machine line. The load generator holds its own
+//! keep-alive connections (hyper directly): measuring a server needs reused connections,
+//! which the one HTTP client of our programs (a connection per request) does not keep.
 
 #![allow(dead_code)]
 
@@ -172,18 +174,4 @@ pub async fn http_round(case: &HttpCase, concurrency: usize, seconds: f64) -> Ro
     }
 }
 
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
+pub use flotilla_testkit::measure::machine;

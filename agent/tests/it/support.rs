@@ -1,5 +1,5 @@
-//! Test support: the real agent binary started on temp dirs, and a small HTTP/1.1 client that
-//! speaks to it over its Unix socket or loopback TCP.
+//! Test support: the real agent binary started on temp dirs, and requests to it over its
+//! Unix socket or loopback TCP.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,9 +9,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use flotilla_api::http::{HttpClient, Method};
+use http_body_util::Full;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +63,8 @@ impl Response {
     }
 }
 
-/// Sends one request on a new connection.
+/// Sends one request on a new connection, with the one HTTP client every Flotilla program
+/// uses.
 pub async fn send(
     endpoint: &Endpoint,
     method: &str,
@@ -72,47 +72,27 @@ pub async fn send(
     headers: &[(&str, String)],
     body: Vec<u8>,
 ) -> Response {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
-    for (name, value) in headers {
-        builder = builder.header(*name, value);
-    }
-    let request = builder.body(Full::new(Bytes::from(body))).unwrap();
-    let response = match endpoint {
-        Endpoint::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await.unwrap();
-            exchange(TokioIo::new(stream), request).await
-        }
-        Endpoint::Tcp(address) => {
-            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            exchange(TokioIo::new(stream), request).await
-        }
+    let base = match endpoint {
+        Endpoint::Unix(path) => format!("unix:{}", path.display()),
+        Endpoint::Tcp(address) => format!("http://{address}"),
     };
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
+    let client = HttpClient::new(&base).unwrap();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let answer = client
+        .request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            path,
+            &headers,
+            Full::new(Bytes::from(body)),
+            1 << 30,
+        )
         .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
+        .unwrap();
     Response {
-        status,
-        headers,
-        body,
+        status: answer.status.as_u16(),
+        headers: answer.headers,
+        body: answer.body.to_vec(),
     }
-}
-
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> hyper::Response<hyper::body::Incoming>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(connection);
-    sender.send_request(request).await.unwrap()
 }
 
 pub async fn get(endpoint: &Endpoint, path: &str) -> Response {
