@@ -11,6 +11,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 deploy/setup.sh
-cargo build --release --locked -p flotilla-agent -p flotilla-hub -p flotilla-sim
+cargo build --release --locked -p flotilla-agent -p flotilla-hub -p flotilla-cli -p flotilla-sim
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$repo/.cache/onnxruntime/libonnxruntime.so.1.31.1}
 exec target/release/flotilla-sim demo "$@"

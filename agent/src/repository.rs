@@ -80,6 +80,17 @@ pub struct ReloadReport {
     pub loaded: Vec<(String, u64)>,
     pub unloaded: Vec<(String, u64)>,
     pub errors: Vec<String>,
+    /// The versions on disk that do not load, with why: this reload's failures and those
+    /// remembered from earlier reloads of the same file content.
+    pub failed: Vec<FailedLoad>,
+}
+
+/// A model version whose file does not load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedLoad {
+    pub model: String,
+    pub version: u64,
+    pub reason: String,
 }
 
 #[derive(Debug)]
@@ -310,13 +321,19 @@ impl ModelRepository {
                     continue;
                 }
                 let key = (source.name.clone(), version);
-                if self
+                let remembered = self
                     .failed
                     .lock()
                     .expect("failed-load lock")
                     .get(&key)
-                    .is_some_and(|(f, _)| *f == fingerprint)
-                {
+                    .filter(|(f, _)| *f == fingerprint)
+                    .map(|(_, reason)| reason.clone());
+                if let Some(remembered) = remembered {
+                    report.failed.push(FailedLoad {
+                        model: source.name.clone(),
+                        version,
+                        reason: remembered,
+                    });
                     if let Some(entry) = current.get(&version) {
                         updated.insert(version, entry.clone());
                     }
@@ -347,6 +364,11 @@ impl ModelRepository {
                             .lock()
                             .expect("failed-load lock")
                             .insert(key, (fingerprint, message.clone()));
+                        report.failed.push(FailedLoad {
+                            model: source.name.clone(),
+                            version,
+                            reason: message.clone(),
+                        });
                         report.errors.push(message);
                         if let Some(entry) = current.get(&version) {
                             updated.insert(version, entry.clone());
@@ -434,5 +456,54 @@ fn fingerprint(metadata: &std::fs::Metadata) -> Fingerprint {
     Fingerprint {
         len: metadata.len(),
         modified: metadata.modified().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    /// A failure is reported for its own version only: version 10 failing says nothing about
+    /// version 1 (an install checks its own version's failure by number, not by text).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_failures_name_their_model_and_version() {
+        flotilla_runtime::init_onnx_runtime(None).expect("ONNX Runtime (deploy/setup.sh)");
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = dir.path().join("iris");
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/iris_classifier.onnx");
+        for (version, bytes) in [
+            (1, std::fs::read(&fixture).unwrap()),
+            (10, b"not a model".to_vec()),
+        ] {
+            std::fs::create_dir_all(model_dir.join(version.to_string())).unwrap();
+            std::fs::write(
+                model_dir.join(version.to_string()).join(VERSION_FILE_NAME),
+                bytes,
+            )
+            .unwrap();
+        }
+        let repository = ModelRepository::load(&[]).unwrap();
+        repository.add_source(&ModelConfig {
+            name: "iris".into(),
+            path: model_dir,
+            sessions: Some(1),
+            intra_op_threads: Some(1),
+            queue_depth: None,
+            engine: Default::default(),
+        });
+        let report = repository.reload(Some("iris")).await;
+        assert_eq!(report.loaded, [("iris".to_owned(), 1)]);
+        assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            (report.failed[0].model.as_str(), report.failed[0].version),
+            ("iris", 10)
+        );
+        // The same content again: remembered, not loaded again, still reported.
+        let again = repository.reload(Some("iris")).await;
+        assert_eq!(again.failed.len(), 1);
+        assert_eq!(again.failed[0].version, 10);
+        assert!(again.errors.is_empty(), "{:?}", again.errors);
     }
 }

@@ -151,12 +151,14 @@ impl AgentCore {
             .map_err(|e| CoreInferError::Failed(e.to_string()))
     }
 
-    /// Stops the way `kill -9` would: no window sealed, no goodbye to the broker (which then
+    /// Stops the way `kill -9` would: the open window is not sealed (a seal already under way
+    /// finishes, as a committed SQLite write would), no goodbye to the broker (which then
     /// publishes the last will). What was spooled stays for the next start on the same
     /// state folder. For fleet-sim's crash faults.
     pub async fn crash(self) {
         self.sync.abort();
-        self.telemetry.stop();
+        let telemetry = self.telemetry;
+        let _ = tokio::task::spawn_blocking(move || telemetry.halt()).await;
         self.mqtt.drop_connection();
         self.server.shutdown();
         self.server.wait().await;

@@ -19,6 +19,9 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("the hub's answer does not fit the API: {0}")]
     BadAnswer(String),
+    /// Refused before it was sent: the hub could not take it as meant.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -39,10 +42,18 @@ impl From<HttpError> for ClientError {
                 ClientError::Unreachable { url, cause }
             }
             HttpError::Interrupted { url, cause } => ClientError::Unreachable { url, cause },
+            HttpError::Timeout { url, limit } => ClientError::Unreachable {
+                cause: format!("no answer within {} s", limit.as_secs()),
+                url,
+            },
             too_large @ HttpError::TooLarge { .. } => ClientError::BadAnswer(too_large.to_string()),
         }
     }
 }
+
+/// How long the hub may take to answer a call (uploads excepted): its slowest answers, drift
+/// reports over long time ranges, take seconds.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -80,7 +91,7 @@ impl AdminClient {
         if !url.starts_with("http://") {
             return Err(ClientError::BadUrl(url.to_owned()));
         }
-        let mut http = HttpClient::new(url)?;
+        let mut http = HttpClient::new(url)?.with_answer_timeout(Some(ANSWER_TIMEOUT));
         if let Some(token) = token {
             http = http.with_header("authorization", &format!("Bearer {token}"));
         }
@@ -168,8 +179,11 @@ impl AdminClient {
             sent: 0,
             progress: Box::new(progress),
         };
+        // An upload takes as long as the file and the link make it: no time limit.
         let answer = self
             .http
+            .clone()
+            .with_answer_timeout(None)
             .request(
                 Method::POST,
                 path,
@@ -181,8 +195,55 @@ impl AdminClient {
         decode(&answer)
     }
 
-    /// A GET of a body that is not JSON (an export, Prometheus text); errors still carry
-    /// the hub's message.
+    /// A GET whose answer is written to `out` as it arrives, however large (an export);
+    /// returns the bytes written. Errors still carry the hub's message.
+    pub(crate) async fn get_streamed(
+        &self,
+        path: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        use http_body_util::BodyExt;
+        let response = self
+            .http
+            .send(
+                Method::GET,
+                path,
+                &[],
+                http_body_util::Empty::<Bytes>::new(),
+            )
+            .await?;
+        let url = self.http.url_of(path);
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = crate::http::read_bounded(response.into_body(), 1 << 20, &url).await?;
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message: Answer {
+                    status,
+                    headers: Default::default(),
+                    body,
+                }
+                .error_message(),
+            });
+        }
+        let mut body = response.into_body();
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                cause: format!("the answer broke off: {e}"),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data)
+                    .map_err(|e| ClientError::BadAnswer(format!("cannot write the answer: {e}")))?;
+                written += data.len() as u64;
+            }
+        }
+        Ok(written)
+    }
+
+    /// A GET of a body that is not JSON (Prometheus text); errors still carry the hub's
+    /// message.
     pub(crate) async fn get_bytes(&self, path: &str) -> Result<Answer, ClientError> {
         let answer = self
             .send(Method::GET, path, "application/json", Bytes::new())

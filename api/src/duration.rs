@@ -43,6 +43,73 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_millis(milliseconds))
 }
 
+/// A duration as a query parameter or a document field: written `15m`, parsed once on the
+/// way in (a bad one is refused there, with the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationText(pub Duration);
+
+impl DurationText {
+    pub fn parse(text: &str) -> Result<DurationText, DurationError> {
+        parse_duration(text).map(DurationText)
+    }
+
+    pub fn as_millis(&self) -> i64 {
+        self.0.as_millis() as i64
+    }
+}
+
+impl std::fmt::Display for DurationText {
+    /// The shortest exact form: `90s` stays `90s`, `2m` stays `2m`, `250ms` stays `250ms`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms > 0 && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl std::str::FromStr for DurationText {
+    type Err = DurationError;
+    fn from_str(text: &str) -> Result<DurationText, DurationError> {
+        DurationText::parse(text)
+    }
+}
+
+impl serde::Serialize for DurationText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DurationText::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for DurationText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A duration: N followed by ms, s, m, h or d (a bare N is seconds)",
+            ))
+            .examples(["15m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DurationText {}
+
 /// `parse_duration` in whole milliseconds, for arithmetic on Unix-millisecond times.
 pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
     parse_duration(text).map(|d| d.as_millis() as i64)
@@ -67,6 +134,22 @@ mod tests {
             Duration::from_secs(7 * 86_400)
         );
         assert_eq!(parse_duration_ms("2s").unwrap(), 2000);
+    }
+
+    #[test]
+    fn duration_text_round_trips_in_its_shortest_form() {
+        for (text, shown) in [
+            ("90s", "90s"),
+            ("120", "2m"),
+            ("1500ms", "1500ms"),
+            ("7d", "7d"),
+        ] {
+            let parsed: DurationText = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(parsed.to_string(), shown);
+            assert_eq!(DurationText::parse(shown).unwrap(), parsed);
+        }
+        let bad = serde_json::from_value::<DurationText>(serde_json::json!("5y")).unwrap_err();
+        assert!(bad.to_string().contains("ms, s, m, h or d"), "{bad}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! answers are read with a size bound so a hostile or broken server cannot exhaust memory.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +29,8 @@ pub enum HttpError {
     Interrupted { url: String, cause: String },
     #[error("the answer from {url} is larger than the {limit} bytes this client accepts")]
     TooLarge { url: String, limit: usize },
+    #[error("{url} did not answer within {} s", limit.as_secs_f64())]
+    Timeout { url: String, limit: Duration },
 }
 
 /// Where requests go: a TCP authority, or a Unix socket.
@@ -66,11 +69,23 @@ impl BaseUrl {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
         };
-        if authority.is_empty() || authority.contains(['?', '#', '@']) {
+        if authority.is_empty()
+            || authority.contains(['?', '#', '@'])
+            || authority.contains(char::is_whitespace)
+        {
             return Err(bad());
         }
+        // HTTP's port when none is given (`[::1]:8080` has one; `[::1]` does not).
+        let has_port = authority
+            .rfind(':')
+            .is_some_and(|colon| !authority[colon..].contains(']'));
+        let authority = if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
         Ok(BaseUrl {
-            endpoint: Endpoint::Tcp(authority.to_owned()),
+            endpoint: Endpoint::Tcp(authority),
             prefix: prefix.to_owned(),
             text: url.trim_end_matches('/').to_owned(),
         })
@@ -90,6 +105,11 @@ impl BaseUrl {
 pub struct HttpClient {
     base: BaseUrl,
     headers: Vec<(String, String)>,
+    /// How long a connection may take to open.
+    connect_timeout: Duration,
+    /// How long a request may take until its answer's head arrives (the request body's
+    /// upload included), and `request` until the whole answer is read; `None`: no limit.
+    answer_timeout: Option<Duration>,
 }
 
 /// A whole answer, read within its bound.
@@ -104,25 +124,35 @@ impl Answer {
     /// The `error` field of a JSON error body (the hub and the agent both answer
     /// `{"error": "..."}`), else the body as text.
     pub fn error_message(&self) -> String {
-        #[derive(serde::Deserialize)]
-        struct ErrorBody {
-            error: String,
-        }
-        serde_json::from_slice::<ErrorBody>(&self.body)
+        serde_json::from_slice::<crate::ErrorBody>(&self.body)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned())
     }
 }
 
+/// How long opening a connection may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers larger than this are refused unless the caller asks for more.
 pub const DEFAULT_ANSWER_LIMIT: usize = 64 * 1024 * 1024;
 
 impl HttpClient {
+    /// A client of `url` that gives up on a connection after 10 s and waits for answers
+    /// as long as they take (`with_answer_timeout` bounds that).
     pub fn new(url: &str) -> Result<HttpClient, HttpError> {
         Ok(HttpClient {
             base: BaseUrl::parse(url)?,
             headers: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            answer_timeout: None,
         })
+    }
+
+    /// The same client, giving up on an answer after `timeout` (`None`: never), so a server
+    /// that accepts a connection and never answers cannot hang the caller.
+    pub fn with_answer_timeout(mut self, timeout: Option<Duration>) -> HttpClient {
+        self.answer_timeout = timeout;
+        self
     }
 
     /// The same client, sending `name: value` on every request.
@@ -155,9 +185,13 @@ impl HttpClient {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let url = self.url_of(path);
+        let target = match format!("{}{path}", self.base.prefix) {
+            empty if empty.is_empty() => "/".to_owned(),
+            target => target,
+        };
         let mut request = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base.prefix))
+            .uri(target)
             .header("host", self.base.host());
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -173,22 +207,50 @@ impl HttpClient {
             url: url.clone(),
             cause,
         };
-        match &self.base.endpoint {
-            Endpoint::Tcp(authority) => {
-                let stream = tokio::net::TcpStream::connect(authority)
+        let connect_timeout = self.connect_timeout;
+        let no_connection = || {
+            unreachable(format!(
+                "no connection within {} s",
+                connect_timeout.as_secs()
+            ))
+        };
+        let exchanged = async {
+            match &self.base.endpoint {
+                Endpoint::Tcp(authority) => {
+                    let stream = tokio::time::timeout(
+                        connect_timeout,
+                        tokio::net::TcpStream::connect(authority),
+                    )
                     .await
+                    .map_err(|_| no_connection())?
                     .map_err(|e| unreachable(e.to_string()))?;
-                exchange(TokioIo::new(stream), request)
+                    exchange(TokioIo::new(stream), request)
+                        .await
+                        .map_err(unreachable)
+                }
+                Endpoint::Unix(path) => {
+                    let stream = tokio::time::timeout(
+                        connect_timeout,
+                        tokio::net::UnixStream::connect(path),
+                    )
                     .await
-                    .map_err(unreachable)
-            }
-            Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
+                    .map_err(|_| no_connection())?
                     .map_err(|e| unreachable(format!("{}: {e}", path.display())))?;
-                exchange(TokioIo::new(stream), request)
+                    exchange(TokioIo::new(stream), request)
+                        .await
+                        .map_err(unreachable)
+                }
+            }
+        };
+        match self.answer_timeout {
+            None => exchanged.await,
+            Some(limit) => {
+                tokio::time::timeout(limit, exchanged)
                     .await
-                    .map_err(unreachable)
+                    .map_err(|_| HttpError::Timeout {
+                        url: url.clone(),
+                        limit,
+                    })?
             }
         }
     }
@@ -207,10 +269,25 @@ impl HttpClient {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let response = self.send(method, path, headers, body).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_bounded(response.into_body(), limit, &self.url_of(path)).await?;
+        let url = self.url_of(path);
+        let whole = async {
+            let response = self.send(method, path, headers, body).await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = read_bounded(response.into_body(), limit, &url).await?;
+            Ok::<_, HttpError>((status, headers, body))
+        };
+        let (status, headers, body) = match self.answer_timeout {
+            None => whole.await?,
+            Some(limit) => {
+                tokio::time::timeout(limit, whole)
+                    .await
+                    .map_err(|_| HttpError::Timeout {
+                        url: url.clone(),
+                        limit,
+                    })??
+            }
+        };
         Ok(Answer {
             status,
             headers,
@@ -287,6 +364,13 @@ mod tests {
         );
         let prefixed = BaseUrl::parse("http://hub:80/flotilla/").unwrap();
         assert_eq!(prefixed.prefix, "/flotilla");
+        let hook = BaseUrl::parse("http://hooks.local/a/b?c=1").unwrap();
+        assert_eq!(hook.endpoint, Endpoint::Tcp("hooks.local:80".into()));
+        assert_eq!(hook.prefix, "/a/b?c=1");
+        let v6 = BaseUrl::parse("http://[::1]").unwrap();
+        assert_eq!(v6.endpoint, Endpoint::Tcp("[::1]:80".into()));
+        let v6 = BaseUrl::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!(v6.endpoint, Endpoint::Tcp("[::1]:8080".into()));
         let unix = BaseUrl::parse("unix:/run/flotilla/agent.sock").unwrap();
         assert_eq!(
             unix.endpoint,
@@ -300,6 +384,8 @@ mod tests {
             "http://",
             "unix:",
             "http://u@h:1",
+            "http:///x",
+            "http://a b",
         ] {
             let error = BaseUrl::parse(bad).unwrap_err();
             assert!(
@@ -340,6 +426,29 @@ mod tests {
             stream.write_all(&body).await.unwrap();
         });
         address
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Accepts, reads the request, never answers.
+        tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let client = HttpClient::new(&format!("http://{address}"))
+            .unwrap()
+            .with_answer_timeout(Some(Duration::from_millis(200)));
+        let error = client
+            .call(Method::GET, "/", &[], Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, HttpError::Timeout { .. }), "{error}");
+        assert!(
+            error.to_string().contains("did not answer within 0.2 s"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

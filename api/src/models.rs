@@ -96,6 +96,30 @@ fn names(value: &str) -> Vec<String> {
 }
 
 impl PushRequest {
+    /// Whether the request survives its query string: names travel as comma-separated
+    /// lists, so a name with a comma (a CSV header `"x,1"`) would split into two.
+    pub fn check(&self) -> Result<(), PushQueryError> {
+        let lists = [
+            ("feature", self.feature_names.as_deref().unwrap_or_default()),
+            ("categorical feature", &self.categorical[..]),
+            (
+                "prediction output",
+                self.prediction_outputs.as_deref().unwrap_or_default(),
+            ),
+        ];
+        for (what, names) in lists {
+            if let Some(name) = names
+                .iter()
+                .find(|n| n.contains(',') || n.trim().is_empty())
+            {
+                return Err(PushQueryError(format!(
+                    "{what} name {name:?} cannot be sent: names may not be empty or contain commas (rename the column)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The query string (`?...`, empty for nothing).
     pub fn to_query(&self) -> String {
         let mut parts = Vec::new();
@@ -294,6 +318,9 @@ impl AdminClient {
         request: &PushRequest,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<PushAnswer, ClientError> {
+        request
+            .check()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         self.upload_with_progress(
             &format!("{}/versions{}", model_path(model), request.to_query()),
             file,
@@ -370,28 +397,22 @@ mod tests {
             categorical: vec!["y".into()],
         };
         let query = request.to_query();
-        // What a server decodes: split on & and =, then percent-decode each side.
-        let decoded: BTreeMap<String, String> = query
-            .trim_start_matches('?')
-            .split('&')
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap();
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect();
+        let decoded = server_decode(&query);
         let back = PushRequest::from_query(&decoded).unwrap();
-        // A comma inside a feature name cannot survive a comma-separated list.
+        // A comma inside a feature name cannot survive a comma-separated list: such a
+        // request is refused before it is sent.
         assert_eq!(
             back.feature_names,
             Some(vec!["x".into(), "1".into(), "y".into()])
         );
-        assert_eq!(
-            PushRequest {
-                feature_names: request.feature_names.clone(),
-                ..back
-            },
-            request
-        );
+        assert!(request.check().unwrap_err().0.contains("\"x,1\""));
+        let fine = PushRequest {
+            feature_names: Some(vec!["x".into(), "y".into()]),
+            ..request
+        };
+        fine.check().unwrap();
+        let decoded = server_decode(&fine.to_query());
+        assert_eq!(PushRequest::from_query(&decoded).unwrap(), fine);
         let unknown = BTreeMap::from([("colour".to_owned(), "red".to_owned())]);
         assert!(
             PushRequest::from_query(&unknown)
@@ -406,6 +427,18 @@ mod tests {
                 .0
                 .contains("not a number")
         );
+    }
+
+    /// What a server decodes: split on & and =, then percent-decode each side.
+    fn server_decode(query: &str) -> BTreeMap<String, String> {
+        query
+            .trim_start_matches('?')
+            .split('&')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap();
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
     }
 
     fn percent_decode(text: &str) -> String {

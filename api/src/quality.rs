@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct QualityPolicy {
     /// Each `METRIC OP VALUE` where OP is one of `>= <= > < ==` and VALUE a number or
-    /// `production.METRIC`, optionally `+ N`, `- N` or `* N`.
-    pub rules: Vec<String>,
+    /// `production.METRIC`, optionally `+ N`, `- N` or `* N`. Parsed when the policy is read,
+    /// so a policy with a bad rule never gets in.
+    #[schema(value_type = Vec<String>, example = json!(["auc >= production.auc + 0.005"]))]
+    pub rules: Vec<Rule>,
     /// The alias candidates are compared with.
     #[serde(default = "default_baseline")]
     pub baseline_alias: String,
@@ -134,12 +136,35 @@ pub struct QualityVerdict {
     pub outcomes: Vec<RuleOutcome>,
 }
 
-/// Checks every rule of a policy; the first bad one is refused with its reason.
-pub fn parse_policy(policy: &QualityPolicy) -> Result<Vec<Rule>, String> {
-    if policy.rules.is_empty() {
-        return Err("a quality gate needs at least one rule".into());
+impl QualityPolicy {
+    /// What parsing cannot say: a gate needs at least one rule.
+    pub fn check(&self) -> Result<(), String> {
+        if self.rules.is_empty() {
+            return Err("a quality gate needs at least one rule".into());
+        }
+        Ok(())
     }
-    policy.rules.iter().map(|r| Rule::parse(r)).collect()
+}
+
+/// A rule travels as its text, and is parsed (and refused with its reason) on the way in.
+impl Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rule, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Rule::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Rule {
+    /// The rule as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// Evaluates the rules. A missing candidate metric fails its rule; with no baseline version
@@ -269,6 +294,22 @@ mod tests {
     }
 
     #[test]
+    fn policies_travel_with_their_rules_as_text_and_refuse_bad_ones_on_the_way_in() {
+        let policy: QualityPolicy =
+            serde_json::from_str(r#"{"rules": ["auc >= production.auc + 0.005"]}"#).unwrap();
+        assert_eq!(policy.rules[0].text(), "auc >= production.auc + 0.005");
+        assert_eq!(policy.baseline_alias, "production");
+        assert_eq!(
+            serde_json::to_value(&policy).unwrap()["rules"],
+            serde_json::json!(["auc >= production.auc + 0.005"])
+        );
+        let bad = serde_json::from_str::<QualityPolicy>(r#"{"rules": ["auc => 0.9"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("not one of"), "{bad}");
+    }
+
+    #[test]
     fn bad_rules_are_refused_with_the_reason() {
         for (text, reason) in [
             ("auc", "not METRIC OP VALUE"),
@@ -281,11 +322,12 @@ mod tests {
             assert!(error.contains(reason), "{text}: {error}");
         }
         assert!(
-            parse_policy(&QualityPolicy {
+            QualityPolicy {
                 rules: vec![],
                 baseline_alias: "production".into(),
                 auto_rollout: None
-            })
+            }
+            .check()
             .is_err()
         );
     }

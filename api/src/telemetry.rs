@@ -9,6 +9,7 @@ use flotilla_common::sketch::DriftThresholds;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{AdminClient, ClientError, escape, query};
+use crate::duration::DurationText;
 use crate::http::Method;
 
 /// Which windows of which devices a drift or health report covers. `since`/`until` are
@@ -25,15 +26,61 @@ pub struct SliceParams {
     pub selector: Option<crate::LabelSelector>,
     /// Only these devices, comma-separated ids.
     pub devices: Option<String>,
-    /// Windows that ended within this long ago.
-    pub since: Option<String>,
+    /// Windows that ended within this long ago (`90s`, `15m`, `1h`, `7d`).
+    #[param(value_type = Option<String>)]
+    pub since: Option<DurationText>,
     /// Windows that ended at least this long ago.
-    pub until: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub until: Option<DurationText>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     /// Drift only: `reference` (the version's training data, default) or `version:N` (the
-    /// same slice on version N).
-    pub against: Option<String>,
+    /// same slice on version N, a number or an alias).
+    #[param(value_type = Option<String>)]
+    pub against: Option<Against>,
+}
+
+/// What a drift report compares its slice with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Against {
+    /// The version's reference profile (its training data).
+    Reference,
+    /// The same slice on another version (a number or an alias).
+    Version(String),
+}
+
+impl Against {
+    pub fn parse(text: &str) -> Result<Against, String> {
+        match text {
+            "reference" => Ok(Against::Reference),
+            other => match other.strip_prefix("version:") {
+                Some(v) if !v.is_empty() => Ok(Against::Version(v.to_owned())),
+                _ => Err(format!("against {other:?} is not reference or version:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Against {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Against::Reference => f.write_str("reference"),
+            Against::Version(v) => write!(f, "version:{v}"),
+        }
+    }
+}
+
+impl Serialize for Against {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Against {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Against::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl SliceParams {
@@ -42,11 +89,11 @@ impl SliceParams {
             ("version", self.version.clone()),
             ("selector", self.selector.as_ref().map(|s| s.to_string())),
             ("devices", self.devices.clone()),
-            ("since", self.since.clone()),
-            ("until", self.until.clone()),
+            ("since", self.since.map(|d| d.to_string())),
+            ("until", self.until.map(|d| d.to_string())),
             ("since_ms", self.since_ms.map(|v| v.to_string())),
             ("until_ms", self.until_ms.map(|v| v.to_string())),
-            ("against", self.against.clone()),
+            ("against", self.against.as_ref().map(|a| a.to_string())),
         ])
     }
 }
@@ -449,21 +496,24 @@ impl AdminClient {
         })
     }
 
-    /// Captured samples of a version, in `format`.
-    pub async fn captures(
+    /// Captured samples of a version, in `format`, written to `out` as they arrive (an
+    /// export can be larger than memory should hold); returns the bytes written.
+    pub async fn export_captures(
         &self,
         model: &str,
         version: &str,
         format: CaptureFormat,
-    ) -> Result<Bytes, ClientError> {
-        Ok(self
-            .get_bytes(&format!(
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        self.get_streamed(
+            &format!(
                 "{}/captures?format={}",
                 version_path(model, version),
                 format.name()
-            ))
-            .await?
-            .body)
+            ),
+            out,
+        )
+        .await
     }
 
     /// `GET /api/v1/events`.
@@ -506,7 +556,7 @@ mod tests {
         let slice = SliceParams {
             version: Some("production".into()),
             selector: Some(crate::LabelSelector::parse("region=eu").unwrap()),
-            since: Some("15m".into()),
+            since: Some(DurationText::parse("15m").unwrap()),
             ..SliceParams::default()
         };
         assert_eq!(

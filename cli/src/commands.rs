@@ -11,7 +11,7 @@ use flotilla_api::AdminClient;
 use flotilla_api::devices::{DeployRequest, EnrollmentTokenRequest};
 use flotilla_api::duration::parse_duration;
 use flotilla_api::models::{PushAnswer, PushRequest, QualityGateResult, VersionOrAlias};
-use flotilla_api::quality::QualityPolicy;
+use flotilla_api::quality::{QualityPolicy, Rule};
 use flotilla_api::rollouts::RolloutSpec;
 use flotilla_api::selector::parse_labels;
 use flotilla_api::telemetry::ReferenceStored;
@@ -540,6 +540,11 @@ async fn model(client: &AdminClient, command: ModelCommand, json: bool) -> anyho
                 }
                 None => None,
             };
+            let rules = rules
+                .iter()
+                .map(|r| Rule::parse(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let policy = QualityPolicy {
                 rules,
                 baseline_alias: baseline,

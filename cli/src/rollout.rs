@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use flotilla_api::AdminClient;
+use flotilla_api::duration::DurationText;
 use flotilla_api::rollouts::{GateVerdict, RolloutAction, RolloutSpec, RolloutView};
 
 use crate::commands::print_json;
@@ -27,9 +28,10 @@ pub enum RolloutCommand {
         /// Target devices, k=v[,k=v]; empty for every device.
         #[arg(long)]
         selector: Option<String>,
-        /// Minimum seconds each wave runs before its gates may pass it.
+        /// Minimum time each wave runs before its gates may pass it: 90s, 10m, 1h (a bare
+        /// number is seconds).
         #[arg(long)]
-        soak: Option<u64>,
+        soak: Option<DurationText>,
         /// `rollback` (default) or `pause` when a wave fails.
         #[arg(long)]
         on_failure: Option<String>,
@@ -103,7 +105,7 @@ fn spec_from(command: &RolloutCommand) -> anyhow::Result<RolloutSpec> {
         spec.selector = flotilla_api::LabelSelector::parse(s)?;
     }
     if let Some(s) = soak {
-        spec.soak_seconds = *s;
+        spec.soak_seconds = s.0.as_secs();
     }
     if let Some(f) = on_failure {
         spec.on_failure = serde_json::from_value(serde_json::Value::String(f.clone()))

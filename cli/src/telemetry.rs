@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use flotilla_api::AdminClient;
+use flotilla_api::duration::DurationText;
 use flotilla_api::telemetry::{
-    CaptureFormat, EventQuery, FeatureDrift, ModelThresholds, SliceParams,
+    Against, CaptureFormat, EventQuery, FeatureDrift, ModelThresholds, SliceParams,
 };
 use flotilla_common::sketch::{Profile, REFERENCE_K};
 use flotilla_common::telemetry::{NamedProfile, profile_table, read_table};
@@ -189,9 +190,9 @@ pub async fn drift(client: &AdminClient, command: DriftCommand, json: bool) -> a
                 version,
                 selector: selector(labels)?,
                 devices,
-                since,
-                until,
-                against: Some(against),
+                since: since.as_deref().map(DurationText::parse).transpose()?,
+                until: until.as_deref().map(DurationText::parse).transpose()?,
+                against: Some(Against::parse(&against).map_err(anyhow::Error::msg)?),
                 ..SliceParams::default()
             };
             let report = client.drift_report(&model, &slice).await?;
@@ -262,7 +263,7 @@ pub async fn health(
     json: bool,
 ) -> anyhow::Result<()> {
     let slice = SliceParams {
-        since,
+        since: since.as_deref().map(DurationText::parse).transpose()?,
         selector: selector(labels)?,
         ..SliceParams::default()
     };
@@ -348,9 +349,18 @@ pub async fn capture(client: &AdminClient, command: CaptureCommand) -> anyhow::R
             _ => CaptureFormat::Ndjson,
         },
     };
-    let body = client.captures(&model, &version, format).await?;
-    std::fs::write(&out, &body).with_context(|| format!("cannot write {}", out.display()))?;
-    let lines = body.iter().filter(|b| **b == b'\n').count();
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut counted = LineCounter {
+        out: std::io::BufWriter::new(file),
+        lines: 0,
+    };
+    client
+        .export_captures(&model, &version, format, &mut counted)
+        .await?;
+    std::io::Write::flush(&mut counted.out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let lines = counted.lines;
     println!(
         "wrote {} ({} lines, {})",
         out.display(),
@@ -358,4 +368,22 @@ pub async fn capture(client: &AdminClient, command: CaptureCommand) -> anyhow::R
         format.name()
     );
     Ok(())
+}
+
+/// Writes through to `out`, counting lines on the way.
+struct LineCounter<W: std::io::Write> {
+    out: W,
+    lines: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for LineCounter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(bytes)?;
+        self.lines += bytes[..written].iter().filter(|b| **b == b'\n').count();
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }

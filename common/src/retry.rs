@@ -1,10 +1,11 @@
 //! Retrying with jittered exponential backoff, written once: the agent's enrollment and
-//! artifact downloads and the hub's webhook deliveries all retry the same way, so a fleet
-//! that lost its hub at one moment does not come back at one moment, and each caller only
-//! says which errors are worth another attempt.
+//! artifact downloads, the hub's trigger actions and its telemetry store all retry the same
+//! way, so a fleet that lost its hub at one moment does not come back at one moment, and
+//! each caller only says which errors are worth another attempt.
 //!
-//! Waits are `tokio::time::sleep`, so tests on paused time (`start_paused = true`) run
-//! minutes of backoff at once. Nothing is logged here: the caller's `classify` sees every
+//! `retry` waits with `tokio::time::sleep`, so tests on paused time (`start_paused = true`)
+//! run minutes of backoff at once; `retry_blocking` is the same loop for a thread of its own
+//! (the hub's ingest thread). Nothing is logged here: the caller's `classify` sees every
 //! failure with the wait that follows it and logs what it needs.
 
 use std::future::Future;
@@ -76,15 +77,51 @@ where
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        let retry_in = policy
-            .allows_another_attempt(number.saturating_add(1))
-            .then(|| policy.delay_before_retry(number, random_jitter()));
-        let decision = classify(&error, FailedAttempt { number, retry_in });
-        match (decision, retry_in) {
-            (RetryDecision::Retry, Some(delay)) => tokio::time::sleep(delay).await,
-            _ => return Err(error),
+        match next_wait(policy, &error, number, &mut classify) {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(error),
         }
         number = number.saturating_add(1);
+    }
+}
+
+/// `retry` for blocking code on a thread of its own: the same policy and decisions, waits
+/// with `std::thread::sleep`.
+pub fn retry_blocking<T, E>(
+    policy: &RetryPolicy,
+    mut operation: impl FnMut(u32) -> Result<T, E>,
+    mut classify: impl FnMut(&E, FailedAttempt) -> RetryDecision,
+) -> Result<T, E> {
+    let mut number = 0u32;
+    loop {
+        let error = match operation(number) {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        match next_wait(policy, &error, number, &mut classify) {
+            Some(delay) => std::thread::sleep(delay),
+            None => return Err(error),
+        }
+        number = number.saturating_add(1);
+    }
+}
+
+/// The wait before the next attempt after failure `number`, or `None` to give up.
+fn next_wait<E>(
+    policy: &RetryPolicy,
+    error: &E,
+    number: u32,
+    classify: &mut impl FnMut(&E, FailedAttempt) -> RetryDecision,
+) -> Option<Duration> {
+    let retry_in = policy
+        .allows_another_attempt(number.saturating_add(1))
+        .then(|| policy.delay_before_retry(number, random_jitter()));
+    match (
+        classify(error, FailedAttempt { number, retry_in }),
+        retry_in,
+    ) {
+        (RetryDecision::Retry, Some(delay)) => Some(delay),
+        _ => None,
     }
 }
 
@@ -113,6 +150,38 @@ mod tests {
             Failure::Transient(_) => RetryDecision::Retry,
             Failure::Final(_) => RetryDecision::Stop,
         }
+    }
+
+    #[test]
+    fn the_blocking_loop_retries_until_success_or_a_final_error() {
+        let quick = RetryPolicy {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            attempts: Some(5),
+        };
+        let mut calls = 0;
+        let value = retry_blocking(
+            &quick,
+            |n| {
+                calls += 1;
+                if n < 2 {
+                    Err(Failure::Transient(n))
+                } else {
+                    Ok(n)
+                }
+            },
+            transient_unless_final,
+        );
+        assert_eq!((value, calls), (Ok(2), 3));
+        let stopped: Result<u32, Failure> =
+            retry_blocking(&quick, |n| Err(Failure::Final(n)), transient_unless_final);
+        assert_eq!(stopped, Err(Failure::Final(0)));
+        let exhausted: Result<u32, Failure> = retry_blocking(
+            &quick,
+            |n| Err(Failure::Transient(n)),
+            transient_unless_final,
+        );
+        assert_eq!(exhausted, Err(Failure::Transient(4)));
     }
 
     #[test]

@@ -293,6 +293,17 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         step: 0,
     };
     let timeout = options.step_timeout;
+    for (binary, package) in [
+        (&options.flotilla_cli, "flotilla-cli"),
+        (&options.agent_exe, "flotilla-agent"),
+    ] {
+        if !binary.is_file() {
+            anyhow::bail!(
+                "{} is missing: build it first (cargo build --release -p {package}; deploy/demo.sh builds every binary the demo runs)",
+                binary.display()
+            );
+        }
+    }
     let mut scenario = Scenario::load(&options.scenario)?;
     if let Some(devices) = options.devices {
         let devices = devices.max(scenario.cohorts.len());

@@ -16,7 +16,7 @@ use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_co
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
 use flotilla_api::AdminClient;
-use flotilla_common::clock::SystemClock;
+use flotilla_common::clock::{Clock, SystemClock};
 use flotilla_proto::inference::TensorData;
 use flotilla_runtime::NamedTensor;
 use serde::{Deserialize, Serialize};
@@ -152,7 +152,13 @@ impl Device {
         let Some(core) = self.core.write().await.take() else {
             return 0;
         };
-        let status = &core.telemetry.status;
+        // Read after the core is dead: a window being sealed at the moment of the crash is
+        // then either counted sealed (it is in the spool) or still open (lost), never both.
+        let (status, recorder) = (
+            core.telemetry.status.clone(),
+            core.telemetry.recorder.clone(),
+        );
+        core.crash().await;
         self.earlier_sealed.fetch_add(
             status.windows_sealed.load(Ordering::Relaxed),
             Ordering::Relaxed,
@@ -161,9 +167,7 @@ impl Device {
             status.windows_acknowledged.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        let open = core.telemetry.recorder.pending_requests();
-        core.crash().await;
-        open
+        recorder.pending_requests()
     }
 
     async fn restart(&self) -> anyhow::Result<()> {
@@ -421,6 +425,11 @@ impl Fleet {
             else {
                 continue;
             };
+            // Telemetry windows close on whole multiples of the window on every device at
+            // once; a crash just after a seal would find the open windows empty and show
+            // nothing of what a crash loses, so it waits for the middle of the window.
+            let window_ms = self.scenario.window_seconds.max(1) as i64 * 1000;
+            tokio::time::sleep(wait_for_mid_window(SystemClock.now_ms(), window_ms)).await;
             let (mut lost, mut crashed) = (0, 0);
             for device in self.devices.iter().filter(|d| d.cohort == cohort) {
                 lost += device.crash().await;
@@ -496,6 +505,16 @@ impl Fleet {
     }
 }
 
+/// How long from `now_ms` until the middle half of a window of `window_ms` (windows start on
+/// whole multiples of it).
+fn wait_for_mid_window(now_ms: i64, window_ms: i64) -> Duration {
+    let phase = now_ms.rem_euclid(window_ms);
+    if (window_ms / 4..=window_ms * 3 / 4).contains(&phase) {
+        return Duration::ZERO;
+    }
+    Duration::from_millis((window_ms / 2 - phase).rem_euclid(window_ms) as u64)
+}
+
 fn new_device(index: usize, cohort: usize, core: AgentCore, config: RunConfig) -> Arc<Device> {
     Arc::new(Device {
         index,
@@ -505,4 +524,19 @@ fn new_device(index: usize, cohort: usize, core: AgentCore, config: RunConfig) -
         earlier_sealed: AtomicU64::new(0),
         earlier_acknowledged: AtomicU64::new(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crashes_wait_for_the_middle_of_the_window() {
+        let w = 2000;
+        assert_eq!(wait_for_mid_window(10_000, w), Duration::from_millis(1000));
+        assert_eq!(wait_for_mid_window(10_005, w), Duration::from_millis(995));
+        assert_eq!(wait_for_mid_window(10_500, w), Duration::ZERO);
+        assert_eq!(wait_for_mid_window(11_200, w), Duration::ZERO);
+        assert_eq!(wait_for_mid_window(11_900, w), Duration::from_millis(1100));
+    }
 }

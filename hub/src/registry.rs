@@ -248,10 +248,13 @@ impl Registry {
                 size,
             });
         }
+        let spool = upload.path().display().to_string();
         let signature = inspect_model(upload.path()).map_err(|e| match e {
             // The path is a temporary spool file: its name would only confuse.
-            LoadError::Invalid { message, .. } => RegistryError::NotLoadable(message),
-            other => RegistryError::NotLoadable(other.to_string()),
+            LoadError::Invalid { message, .. } => {
+                RegistryError::NotLoadable(message.replace(&spool, "the upload"))
+            }
+            other => RegistryError::NotLoadable(other.to_string().replace(&spool, "the upload")),
         })?;
         let inputs: Vec<_> = signature.inputs.iter().map(|s| s.metadata()).collect();
         let outputs: Vec<_> = signature.outputs.iter().map(|s| s.metadata()).collect();

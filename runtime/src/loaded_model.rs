@@ -226,7 +226,9 @@ impl LoadedModel {
 /// Blocking.
 pub fn inspect_model(path: &Path) -> Result<ModelSignature, LoadError> {
     let environment = init_onnx_runtime(None)?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    // Readable at all? (ONNX Runtime's own message for a missing file is less clear.) The
+    // file itself is read by ONNX Runtime, never held whole here: pushes go up to 2 GiB.
+    std::fs::File::open(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -234,8 +236,18 @@ pub fn inspect_model(path: &Path) -> Result<ModelSignature, LoadError> {
         path: path.to_owned(),
         message,
     };
-    let session = new_session(environment, &bytes, 1).map_err(|e| invalid(e.to_string()))?;
+    let session = session_from_file(environment, path).map_err(|e| invalid(e.to_string()))?;
     ModelSignature::from_session(&session).map_err(invalid)
+}
+
+fn session_from_file(
+    environment: &ort::environment::Environment,
+    path: &Path,
+) -> ort::Result<Session> {
+    let mut builder = Session::builder(environment)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?;
+    builder.commit_from_file(path)
 }
 
 fn new_session(

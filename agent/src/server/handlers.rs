@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use flotilla_common::clock::Stopwatch;
 use flotilla_proto::inference::{INFERENCE_HEADER_CONTENT_LENGTH, ModelMetadata, ServerMetadata};
-use tokio::time::Instant;
 
 use std::sync::Arc;
 
@@ -145,7 +145,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let _in_flight = state.metrics.start_request();
     let name = &params["model"];
     let mut version_label = String::new();

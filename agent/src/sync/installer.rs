@@ -117,12 +117,12 @@ impl Syncer {
                     &self.settings,
                 ));
                 let report = self.repository.reload(Some(&entry.name)).await;
-                if let Some(error) = report
-                    .errors
+                if let Some(failed) = report
+                    .failed
                     .iter()
-                    .find(|e| e.contains(&format!("version {}", entry.version)))
+                    .find(|f| f.model == entry.name && f.version == entry.version)
                 {
-                    return Err(InstallError::Load(error.clone()));
+                    return Err(InstallError::Load(failed.reason.clone()));
                 }
                 self.repository
                     .get(&entry.name, Some(&entry.version.to_string()))

@@ -208,6 +208,9 @@ struct WindowCloser {
     spooled: Arc<Notify>,
     capture: HashMap<String, CaptureLimits>,
     status: Arc<TelemetryStatus>,
+    /// Held while a window is sealed; true once the core is halted, after which nothing is
+    /// sealed (a seal still queued when the core was killed must not run after it).
+    halted: std::sync::Mutex<bool>,
 }
 
 impl WindowCloser {
@@ -234,6 +237,10 @@ impl WindowCloser {
 
     /// Seals what was recorded since the last close as the window `[start, end)`.
     fn close(&self, start_ms: i64, end_ms: i64) -> usize {
+        let halted = self.halted.lock().unwrap_or_else(|e| e.into_inner());
+        if *halted {
+            return 0;
+        }
         let counters = self.spool.counters();
         let mut sealed = 0;
         for (model, version, window) in self.recorder.take() {
@@ -351,6 +358,7 @@ impl Telemetry {
             spooled: Arc::new(Notify::new()),
             capture,
             status: status.clone(),
+            halted: std::sync::Mutex::new(false),
         });
         Telemetry {
             recorder,
@@ -431,6 +439,14 @@ impl Telemetry {
         for task in &self.tasks {
             task.abort();
         }
+    }
+
+    /// Stops as `kill -9` would: a window being sealed right now finishes (it is in the
+    /// spool, as a committed SQLite write would be), and nothing is sealed afterwards, so
+    /// what is left in the recorder is exactly what the crash lost. Blocks while a seal runs.
+    pub fn halt(&self) {
+        self.stop();
+        *self.closer.halted.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }
 

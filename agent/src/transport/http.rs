@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Empty};
 
 /// Answers of the hub's JSON endpoints are small: this bounds what a device reads.
 const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
+/// How long the hub may take to answer (a download's head; a whole JSON answer).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -41,7 +43,11 @@ impl HubHttp {
         if !url.starts_with("http://") {
             return Err(HttpError::BadUrl(url.to_owned()));
         }
-        let client = HttpClient::new(url).map_err(|_| HttpError::BadUrl(url.to_owned()))?;
+        // A hub that accepts connections and never answers must not hang enrollment or a
+        // download: its answers' heads (and whole JSON answers) come within this time.
+        let client = HttpClient::new(url)
+            .map_err(|_| HttpError::BadUrl(url.to_owned()))?
+            .with_answer_timeout(Some(ANSWER_TIMEOUT));
         Ok(HubHttp {
             url: client.base().text.clone(),
             client,
@@ -76,6 +82,9 @@ impl HubHttp {
                 | flotilla_api::http::HttpError::Interrupted { cause, .. }
                 | flotilla_api::http::HttpError::BadRequest { cause, .. } => {
                     self.unreachable(cause)
+                }
+                timeout @ flotilla_api::http::HttpError::Timeout { .. } => {
+                    self.unreachable(timeout)
                 }
                 other => HttpError::BadAnswer(other.to_string()),
             })

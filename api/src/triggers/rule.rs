@@ -81,7 +81,9 @@ pub struct Webhook {
     pub timeout_seconds: f64,
     #[serde(default = "default_webhook_attempts")]
     pub max_attempts: u32,
-    /// Wait before the second attempt; doubled for each later one, at most 5 minutes.
+    /// Wait before the second attempt; doubled for each later one, at most 5 minutes, each
+    /// wait drawn between half and all of that (jitter, so receivers that failed together
+    /// are not retried together).
     #[serde(default = "default_backoff_seconds")]
     pub backoff_seconds: f64,
 }
@@ -270,7 +272,7 @@ impl Webhook {
                 self.url
             )));
         }
-        split_url(&self.url).map_err(RuleError::Invalid)?;
+        check_url(&self.url).map_err(RuleError::Invalid)?;
         if self.secret.chars().count() < 16 {
             return Err(RuleError::Invalid(
                 "webhook.secret must be at least 16 characters (it keys the HMAC signature)".into(),
@@ -301,37 +303,12 @@ impl Command {
     }
 }
 
-/// `http://HOST[:PORT][/PATH]` as (`HOST:PORT`, `/PATH`).
-pub fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("webhook URL {url:?} is not http://HOST[:PORT][/PATH]"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return Err(format!(
-            "webhook URL {url:?} is not http://HOST[:PORT][/PATH]"
-        ));
-    }
-    let has_port = match authority.rfind(':') {
-        Some(i) => !authority[i..].contains(']'),
-        None => false,
-    };
-    let authority = if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.to_owned()))
-}
-
-/// The wait before attempt `attempt` (2 = the first retry): `backoff`, doubled per attempt
-/// after that, at most `MAX_BACKOFF_SECONDS`.
-pub fn backoff_before(attempt: u32, backoff_seconds: f64) -> f64 {
-    let doublings = attempt.saturating_sub(2).min(30);
-    (backoff_seconds * f64::from(1u32 << doublings)).min(MAX_BACKOFF_SECONDS)
+/// Checks a webhook URL, `http://HOST[:PORT][/PATH]` (port 80 when none is given), with the
+/// parser the HTTP client itself uses.
+fn check_url(url: &str) -> Result<(), String> {
+    crate::http::BaseUrl::parse(url)
+        .map(|_| ())
+        .map_err(|_| format!("webhook URL {url:?} is not http://HOST[:PORT][/PATH]"))
 }
 
 #[cfg(test)]
@@ -421,27 +398,20 @@ mod tests {
     }
 
     #[test]
-    fn urls_split_into_authority_and_path() {
-        assert_eq!(
-            split_url("http://127.0.0.1:9000/a/b?c=1").unwrap(),
-            ("127.0.0.1:9000".into(), "/a/b?c=1".into())
-        );
-        assert_eq!(
-            split_url("http://hooks.local").unwrap(),
-            ("hooks.local:80".into(), "/".into())
-        );
-        assert_eq!(
-            split_url("http://[::1]:8080/x").unwrap(),
-            ("[::1]:8080".into(), "/x".into())
-        );
-        assert!(split_url("http:///x").is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_from_the_first_retry_and_is_capped() {
-        let waits: Vec<f64> = (2..=6).map(|a| backoff_before(a, 2.0)).collect();
-        assert_eq!(waits, [2.0, 4.0, 8.0, 16.0, 32.0]);
-        assert_eq!(backoff_before(40, 2.0), MAX_BACKOFF_SECONDS);
+    fn webhook_urls_are_checked_by_the_http_clients_parser() {
+        for good in [
+            "http://127.0.0.1:9000/a/b?c=1",
+            "http://hooks.local",
+            "http://[::1]:8080/x",
+        ] {
+            assert!(check_url(good).is_ok(), "{good}");
+        }
+        for bad in ["http:///x", "https://x", "http://u@x"] {
+            assert!(
+                check_url(bad).unwrap_err().contains("is not http://"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use flotilla_api::models::{
     AliasAnswer, AliasChange, AliasRequest, ModelDetail, ModelSummary, PushAnswer, PushRequest,
     QualityGateResult, RetireAnswer, VersionView,
 };
-use flotilla_api::quality::{QualityPolicy, evaluate, parse_policy};
+use flotilla_api::quality::{QualityPolicy, evaluate};
 use flotilla_proto::trust::Envelope;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
@@ -292,14 +292,13 @@ async fn apply_quality_gate(
         };
         let policy: QualityPolicy = serde_json::from_str(&text)
             .map_err(|e| ApiError::internal(format!("stored quality gate: {e}")))?;
-        let rules = parse_policy(&policy).map_err(ApiError::internal)?;
         let candidate = registry.resolve(&model_name, &version.to_string())?;
         let baseline = match store.aliases(&model_name)?.get(&policy.baseline_alias) {
             Some(v) if *v != version => store.version(&model_name, *v)?,
             _ => None,
         };
         let verdict = evaluate(
-            &rules,
+            &policy.rules,
             &candidate.metrics,
             baseline.as_ref().map(|b| (b.version, &b.metrics)),
         );
@@ -365,7 +364,7 @@ pub(super) async fn put_quality_gate(
 ) -> Result<Json<QualityPolicy>, ApiError> {
     caller.require(Scope::Operator)?;
     check_name(&model)?;
-    parse_policy(&policy).map_err(ApiError::bad_request)?;
+    policy.check().map_err(ApiError::bad_request)?;
     if let Some(template) = &policy.auto_rollout {
         template
             .for_version(&model, 1)

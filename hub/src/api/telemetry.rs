@@ -9,10 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_api::ErrorBody;
-use flotilla_api::duration::parse_duration_ms;
 use flotilla_api::telemetry::{
-    CaptureFormat, CaptureQuery, DriftReport, Event, EventQuery, Events, FeatureSummary,
-    HealthReport, ModelThresholds, ReferenceStored, ReferenceSummary, SliceParams,
+    Against as AgainstParam, CaptureFormat, CaptureQuery, DriftReport, Event, EventQuery, Events,
+    FeatureSummary, HealthReport, ModelThresholds, ReferenceStored, ReferenceSummary, SliceParams,
 };
 use flotilla_common::sketch::Profile;
 
@@ -46,11 +45,6 @@ fn slice_query(
     params: &SliceParams,
 ) -> Result<SliceQuery, ApiError> {
     let now_ms = state.registry.now_ms();
-    let ago = |text: &str| {
-        parse_duration_ms(text)
-            .map(|ms| now_ms.saturating_sub(ms))
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-    };
     let mut query = SliceQuery {
         model: model.to_owned(),
         selector: params.selector.clone().unwrap_or_default(),
@@ -70,11 +64,11 @@ fn slice_query(
                 .collect::<BTreeSet<_>>(),
         );
     }
-    if let Some(since) = &params.since {
-        query.since_ms = Some(ago(since)?);
+    if let Some(since) = params.since {
+        query.since_ms = Some(now_ms.saturating_sub(since.as_millis()));
     }
-    if let Some(until) = &params.until {
-        query.until_ms = Some(ago(until)?);
+    if let Some(until) = params.until {
+        query.until_ms = Some(now_ms.saturating_sub(until.as_millis()));
     }
     Ok(query)
 }
@@ -112,16 +106,11 @@ pub(super) async fn drift(
                 newest.ok_or_else(|| ApiError::not_found(format!("unknown model {model:?}")))?,
             );
         }
-        let against = match params.against.as_deref() {
-            None | Some("reference") => Against::Reference,
-            Some(other) => match other.strip_prefix("version:") {
-                Some(v) => Against::Version(state.registry.resolve(&model, v)?.version),
-                None => {
-                    return Err(ApiError::bad_request(format!(
-                        "against {other:?} is not reference or version:N"
-                    )));
-                }
-            },
+        let against = match &params.against {
+            None | Some(AgainstParam::Reference) => Against::Reference,
+            Some(AgainstParam::Version(v)) => {
+                Against::Version(state.registry.resolve(&model, v)?.version)
+            }
         };
         Ok(Json(telemetry.drift_report(&query, &against)?))
     })

@@ -2,6 +2,7 @@
 //! against the model version it names, deduplicate by batch id, store. Runs on its own thread
 //! fed by a bounded queue, and writes many windows per transaction.
 
+use flotilla_common::retry::{RetryDecision, RetryPolicy, retry_blocking};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,14 @@ use flotilla_proto::trust::{Envelope, ModelManifest, PublicKey};
 
 use crate::metrics::HubMetrics;
 use crate::store::{NewWindow, RegistryStore, TelemetryStore};
+
+/// Storing a run of windows: seven attempts, waits from 50 ms doubling to 2 s (the ingest
+/// thread waits; the queue in front of it holds what arrives meanwhile).
+const STORE_RETRY: RetryPolicy = RetryPolicy {
+    base: std::time::Duration::from_millis(50),
+    max: std::time::Duration::from_secs(2),
+    attempts: Some(7),
+};
 
 /// Windows older than this are refused: replays of old traffic, or clocks far off.
 pub const MAX_WINDOW_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -305,17 +314,16 @@ impl TelemetryIngest {
         }
         // A busy or briefly failing database is retried: these windows were acknowledged to
         // their devices already, so giving up loses them.
-        let mut attempt = 0;
-        let stored = loop {
-            match self.telemetry.insert_windows(&windows) {
-                Err(error) if attempt < 6 => {
-                    tracing::warn!(%error, attempt, "cannot store telemetry yet; retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
-                    attempt += 1;
+        let stored = retry_blocking(
+            &STORE_RETRY,
+            |_| self.telemetry.insert_windows(&windows),
+            |error, attempt| {
+                if let Some(wait) = attempt.retry_in {
+                    tracing::warn!(%error, attempt = attempt.number, retry_in_ms = wait.as_millis() as u64, "cannot store telemetry yet; retrying");
                 }
-                other => break other,
-            }
-        };
+                RetryDecision::Retry
+            },
+        );
         match stored {
             Ok(fresh) => {
                 outcome.stored = fresh.iter().filter(|f| **f).count() as u64;

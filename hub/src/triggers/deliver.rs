@@ -10,7 +10,7 @@ use flotilla_api::http::{HttpClient, Method};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-use super::rule::{Command, Webhook, split_url};
+use super::rule::{Command, Webhook};
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
@@ -83,14 +83,13 @@ async fn post(
     body: &Bytes,
     timestamp: i64,
 ) -> Result<u16, String> {
-    let (authority, path) = split_url(&webhook.url)?;
-    let client = HttpClient::new(&format!("http://{authority}")).map_err(|e| e.to_string())?;
+    let client = HttpClient::new(&webhook.url).map_err(|e| e.to_string())?;
     let signature = signature(&webhook.secret, timestamp, body);
     let timestamp = timestamp.to_string();
     let response = client
         .send(
             Method::POST,
-            &path,
+            "",
             &[
                 ("content-type", "application/json"),
                 (

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use flotilla_api::triggers::{
     CapturedDataLinks, ReportOrError, RunStatus, TriggerPayload, TriggerRun,
 };
+use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
 
 use crate::registry::{Registry, RegistryError};
 use crate::store::{StoreError, TriggerRunRecord};
@@ -580,42 +581,66 @@ impl Triggers {
             ("FLOTILLA_REASON", reason.as_str().to_owned()),
             ("FLOTILLA_HUB_URL", self.hub_url.clone()),
         ];
-        for attempt in 1..=max_attempts {
-            if attempt > 1 {
-                tokio::time::sleep(Duration::from_secs_f64(rule::backoff_before(
-                    attempt, backoff,
-                )))
-                .await;
-            }
-            let result = match (&action.webhook, &action.command) {
-                (Some(webhook), _) => {
-                    let timestamp = self.registry.now();
-                    deliver::call_webhook(webhook, &run_id, &body, timestamp).await
+        let policy = RetryPolicy {
+            base: Duration::from_secs_f64(backoff),
+            max: Duration::from_secs_f64(rule::MAX_BACKOFF_SECONDS),
+            attempts: Some(max_attempts.max(1)),
+        };
+        // Each attempt that will be followed by another is recorded as `retrying` before
+        // the wait, so the run's status says so while it waits.
+        let attempts_made = std::sync::atomic::AtomicU32::new(0);
+        let result = retry(
+            &policy,
+            |number| {
+                let (action, trigger_file, env, body, run_id) =
+                    (&action, &trigger_file, &env, &body, &run_id);
+                let attempts_made = &attempts_made;
+                let this = &self;
+                async move {
+                    let attempt = number + 1;
+                    attempts_made.store(attempt, std::sync::atomic::Ordering::SeqCst);
+                    let outcome = match (&action.webhook, &action.command) {
+                        (Some(webhook), _) => {
+                            let timestamp = this.registry.now();
+                            deliver::call_webhook(webhook, run_id, body, timestamp).await
+                        }
+                        // A rule stored before the hub was restarted without commands allowed.
+                        (_, Some(_)) if !this.allow_commands => {
+                            Attempt::GiveUp(TriggerError::CommandsNotAllowed.to_string())
+                        }
+                        (_, Some(command)) => {
+                            deliver::run_command(command, trigger_file, env).await
+                        }
+                        _ => Attempt::GiveUp("the rule has no action".into()),
+                    };
+                    match outcome {
+                        Attempt::Succeeded(said) => Ok(said),
+                        Attempt::Retry(said) if policy.allows_another_attempt(attempt) => {
+                            tracing::warn!(run = %run_id, attempt, %said, "trigger attempt failed; retrying");
+                            this.record(run_id, "retrying", attempt, said.clone()).await;
+                            Err(Attempt::Retry(said))
+                        }
+                        failed => Err(failed),
+                    }
                 }
-                // A rule stored before the hub was restarted without the flag.
-                (_, Some(_)) if !self.allow_commands => {
-                    Attempt::GiveUp(TriggerError::CommandsNotAllowed.to_string())
-                }
-                (_, Some(command)) => deliver::run_command(command, &trigger_file, &env).await,
-                _ => Attempt::GiveUp("the rule has no action".into()),
-            };
-            let (status, outcome) = match result {
-                Attempt::Succeeded(said) => ("succeeded", said),
-                Attempt::GiveUp(said) => ("failed", said),
-                Attempt::Retry(said) if attempt == max_attempts => (
-                    "failed",
-                    format!("{said} (attempt {attempt} of {max_attempts}; no attempts left)"),
-                ),
-                Attempt::Retry(said) => {
-                    tracing::warn!(run = %run_id, attempt, %said, "trigger attempt failed; retrying");
-                    self.record(&run_id, "retrying", attempt, said).await;
-                    continue;
-                }
-            };
-            self.finish(&run_id, &model, version, status, attempt, outcome)
-                .await;
-            return;
-        }
+            },
+            |failed, _| match failed {
+                Attempt::Retry(_) => RetryDecision::Retry,
+                _ => RetryDecision::Stop,
+            },
+        )
+        .await;
+        let attempts = attempts_made.load(std::sync::atomic::Ordering::SeqCst);
+        let (status, outcome) = match result {
+            Ok(said) => ("succeeded", said),
+            Err(Attempt::Retry(said)) => (
+                "failed",
+                format!("{said} (attempt {attempts} of {max_attempts}; no attempts left)"),
+            ),
+            Err(Attempt::GiveUp(said) | Attempt::Succeeded(said)) => ("failed", said),
+        };
+        self.finish(&run_id, &model, version, status, attempts, outcome)
+            .await;
     }
 
     async fn record(&self, run_id: &str, status: &str, attempts: u32, outcome: String) {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hyper::Method;
+use flotilla_api::http::Method;
 use serde_json::json;
 
 use crate::support::*;

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_api::http::Method;
 use flotilla_common::signing::SigningKey;
 use flotilla_common::sketch::{CategoricalProfile, DEVICE_K, NumericProfile, Profile};
 use flotilla_common::telemetry::{NamedProfile, WindowBatch, seal_frame};
 use flotilla_proto::control::EnrollRequest;
-use hyper::Method;
 use serde_json::json;
 
 use crate::support::*;

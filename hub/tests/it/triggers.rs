@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_api::ClientError;
+use flotilla_api::http::Method;
 use flotilla_hub::triggers::deliver::hmac_sha256;
-use hyper::Method;
 use serde_json::json;
 
 use crate::support::*;
