@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
 use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
-use flotilla_common::signing::SigningKey;
+use flotilla_common::signing::{SigningKey, prove_enrollment};
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
 use tokio::signal::unix::{SignalKind, signal};
@@ -193,12 +193,14 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         Some(enrollment) => enrollment,
         None => {
             let token = config.enrollment_token.clone().context("this device is not enrolled: set enrollment_token in the config (flotilla enroll-token create makes one)")?;
-            let request = EnrollRequest {
+            let mut request = EnrollRequest {
                 token,
                 public_key: key.public_key(),
                 hardware: detected_hardware(&config.hardware),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                proof: String::new(),
             };
+            prove_enrollment(&mut request, &key);
             let enrollment = retry(
                 &ENROLLMENT_RETRY,
                 |_| http.enroll(&request),

@@ -1,6 +1,7 @@
 //! ed25519 keys and envelopes: signing documents and checking a threshold of signatures.
 
 use ed25519_dalek::{Signature, Signer, Verifier};
+use flotilla_proto::control::{ENROLL_PROOF_PAYLOAD_TYPE, EnrollRequest};
 use flotilla_proto::trust::{Envelope, EnvelopeSignature, PublicKey};
 use sha2::{Digest, Sha256};
 
@@ -141,6 +142,24 @@ pub fn verify_bytes(key: &PublicKey, message: &[u8], signature_hex: &str) -> boo
         .is_ok()
 }
 
+/// Signs an enrollment request with the key it enrolls (its proof of possession).
+pub fn prove_enrollment(request: &mut EnrollRequest, key: &SigningKey) {
+    let message = pre_authentication_encoding(
+        ENROLL_PROOF_PAYLOAD_TYPE,
+        request.proof_payload().as_bytes(),
+    );
+    request.proof = key.sign_bytes(&message);
+}
+
+/// Whether an enrollment request is signed by the key it enrolls.
+pub fn enrollment_is_proven(request: &EnrollRequest) -> bool {
+    let message = pre_authentication_encoding(
+        ENROLL_PROOF_PAYLOAD_TYPE,
+        request.proof_payload().as_bytes(),
+    );
+    verify_bytes(&request.public_key, &message, &request.proof)
+}
+
 /// Checks that at least `threshold` distinct keys among `trusted` signed the envelope as a
 /// document of `payload_type`. Signatures by unknown keys or that do not verify are ignored
 /// (they do not count); a key that signs twice counts once.
@@ -207,6 +226,38 @@ mod tests {
             verify_envelope(&envelope, "u", &trusted, 1),
             Err(SigningError::WrongPayloadType { .. })
         ));
+    }
+
+    #[test]
+    fn an_enrollment_is_proven_only_by_its_own_key_and_unchanged_claims() {
+        let key = SigningKey::generate().unwrap();
+        let mut request = EnrollRequest {
+            token: "flo_enroll_x".into(),
+            public_key: key.public_key(),
+            hardware: [("cpu".to_owned(), "x86_64".to_owned())].into(),
+            agent_version: "1".into(),
+            proof: String::new(),
+        };
+        assert!(!enrollment_is_proven(&request));
+        prove_enrollment(&mut request, &key);
+        assert!(enrollment_is_proven(&request));
+        // Another key cannot prove this public key.
+        let mut forged = request.clone();
+        prove_enrollment(&mut forged, &SigningKey::generate().unwrap());
+        assert!(!enrollment_is_proven(&forged));
+        // Every claim is bound: a new token or hardware breaks the proof.
+        let changes: [fn(&mut EnrollRequest); 3] = [
+            |r| r.token = "flo_enroll_y".into(),
+            |r| {
+                r.hardware.insert("cpu".into(), "arm".into());
+            },
+            |r| r.agent_version = "2".into(),
+        ];
+        for change in changes {
+            let mut changed = request.clone();
+            change(&mut changed);
+            assert!(!enrollment_is_proven(&changed));
+        }
     }
 
     #[test]

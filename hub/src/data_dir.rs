@@ -74,6 +74,39 @@ impl DataDir {
     pub fn artifact(&self, sha256: &str) -> PathBuf {
         self.artifacts().join(&sha256[..2]).join(sha256)
     }
+    /// Where pushes are spooled while they arrive.
+    pub fn uploads(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
+    /// Removes what pushes left in `uploads/` when the hub was killed mid-upload. Only
+    /// the serving hub writes there, so at start-up nothing in it is in flight. Returns how
+    /// many files went.
+    pub fn clear_abandoned_uploads(&self) -> Result<usize, DataDirError> {
+        let folder = self.uploads();
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(DataDirError::Write {
+                    path: folder,
+                    source,
+                });
+            }
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| DataDirError::Write {
+                    path: folder.clone(),
+                    source,
+                })?
+                .path();
+            std::fs::remove_file(&path).map_err(|source| DataDirError::Write { path, source })?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
 
     /// Creates the store, a root key and a signing key, root metadata version 1 signed by
     /// the root key, and one operator and one read-only admin token.

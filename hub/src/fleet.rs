@@ -6,7 +6,7 @@ use flotilla_api::LabelSelector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flotilla_common::signing::{sign_envelope, verifying_key};
+use flotilla_common::signing::{enrollment_is_proven, sign_envelope, verifying_key};
 use flotilla_proto::control::{
     DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, EnrollRequest, EnrollResponse,
 };
@@ -33,6 +33,10 @@ pub enum FleetError {
     TokenExpired,
     #[error("device public key is not valid: {0}")]
     BadKey(String),
+    #[error(
+        "the enrollment is not signed by the key it enrolls: the device must prove it holds the private key (an agent does this itself; a hand-made request needs a proof)"
+    )]
+    NoProofOfPossession,
     #[error("no enrolled device matches selector {0:?}")]
     NoDevices(String),
     #[error(transparent)]
@@ -108,6 +112,11 @@ impl Fleet {
 
     pub fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, FleetError> {
         verifying_key(&request.public_key).map_err(|e| FleetError::BadKey(e.to_string()))?;
+        // Checked before the token is spent: a request without the private key changes
+        // nothing, not even the token.
+        if !enrollment_is_proven(request) {
+            return Err(FleetError::NoProofOfPossession);
+        }
         let now = self.registry.now();
         let device_id = device_id_for(&request.public_key.key_id);
         let labels = match self.store().consume_enrollment_token(

@@ -300,6 +300,13 @@ pub async fn start(
     }
     let folder = DataDir::new(data_dir);
     let store: Arc<dyn RegistryStore> = Arc::new(folder.open_store()?);
+    let abandoned = folder.clear_abandoned_uploads()?;
+    if abandoned > 0 {
+        tracing::info!(
+            files = abandoned,
+            "removed uploads a killed hub left behind"
+        );
+    }
     let signing_key = folder.load_signing_key()?;
     let registry = Arc::new(Registry::new(
         folder.clone(),
@@ -424,7 +431,7 @@ pub async fn start(
     let state = ApiState {
         registry,
         max_upload_bytes: config.max_upload_bytes,
-        upload_dir: data_dir.join("uploads"),
+        upload_dir: folder.uploads(),
         fleet: Some(fleet),
         mqtt: Some(mqtt),
         metrics,

@@ -43,7 +43,11 @@ pub mod topics {
     }
 }
 
-/// `POST /api/v1/enroll`: a device presents a one-time token and its own public key.
+/// Payload type of an enrollment's proof of possession, signed by the enrolling key.
+pub const ENROLL_PROOF_PAYLOAD_TYPE: &str = "application/vnd.flotilla.enroll-proof+json";
+
+/// `POST /api/v1/enroll`: a device presents a one-time token and its own public key, and
+/// proves it holds the private half by signing the request (`proof`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
@@ -52,6 +56,24 @@ pub struct EnrollRequest {
     #[serde(default)]
     pub hardware: BTreeMap<String, String>,
     pub agent_version: String,
+    /// Hex ed25519 signature by `public_key` over the DSSE encoding of `proof_payload()`
+    /// as `application/vnd.flotilla.enroll-proof+json`: without the private key, a stolen
+    /// token and a known public key cannot enroll (or re-enroll) that device.
+    pub proof: String,
+}
+
+impl EnrollRequest {
+    /// What the proof signs: the token and every claim, so none can be swapped after
+    /// signing, and a proof made with one token is worthless with another.
+    pub fn proof_payload(&self) -> String {
+        serde_json::json!({
+            "token": self.token,
+            "public_key": self.public_key,
+            "hardware": self.hardware,
+            "agent_version": self.agent_version,
+        })
+        .to_string()
+    }
 }
 
 /// What an enrolled device needs to talk to the hub.

@@ -22,10 +22,14 @@ use crate::fleet::FleetError;
 use crate::metrics::HubMetrics;
 use crate::store::{DeviceRecord, Scope};
 
+/// A token is a credential: one that outlives a year is a leak waiting to happen, and the
+/// bound keeps `now + ttl` far from overflowing.
+const MAX_ENROLLMENT_TOKEN_TTL_SECONDS: i64 = 366 * 24 * 3600;
+
 impl From<FleetError> for ApiError {
     fn from(error: FleetError) -> ApiError {
         let status = match &error {
-            FleetError::UnknownToken => StatusCode::UNAUTHORIZED,
+            FleetError::UnknownToken | FleetError::NoProofOfPossession => StatusCode::UNAUTHORIZED,
             FleetError::TokenUsed | FleetError::TokenExpired => StatusCode::FORBIDDEN,
             FleetError::BadKey(_) => StatusCode::BAD_REQUEST,
             FleetError::NoDevices(_) => StatusCode::NOT_FOUND,
@@ -51,7 +55,7 @@ fn fleet(state: &ApiState) -> Result<std::sync::Arc<crate::fleet::Fleet>, ApiErr
     request_body = EnrollmentTokenRequest,
     responses(
         (status = 200, body = EnrollmentToken),
-        (status = 400, description = "ttl_seconds is not positive, or the body is not the request", body = ErrorBody),
+        (status = 400, description = "ttl_seconds is not between 1 and a year, or the body is not the request", body = ErrorBody),
         OperatorErrors))]
 pub(super) async fn create_enrollment_token(
     State(state): State<ApiState>,
@@ -59,8 +63,11 @@ pub(super) async fn create_enrollment_token(
     ApiJson(request): ApiJson<EnrollmentTokenRequest>,
 ) -> Result<Json<EnrollmentToken>, ApiError> {
     caller.require(Scope::Operator)?;
-    if request.ttl_seconds <= 0 {
-        return Err(ApiError::bad_request("ttl_seconds must be positive"));
+    if !(1..=MAX_ENROLLMENT_TOKEN_TTL_SECONDS).contains(&request.ttl_seconds) {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between 1 and {MAX_ENROLLMENT_TOKEN_TTL_SECONDS} (a year), not {}",
+            request.ttl_seconds
+        )));
     }
     let registry = state.registry.clone();
     blocking(move || {
@@ -94,7 +101,7 @@ pub(super) async fn create_enrollment_token(
     responses(
         (status = 200, description = "Enrolled: what the device needs to follow the hub", body = EnrollResponse),
         (status = 400, description = "The public key is not valid, or the body is not the request", body = ErrorBody),
-        (status = 401, description = "Unknown enrollment token", body = ErrorBody),
+        (status = 401, description = "Unknown enrollment token, or the request is not signed by the key it enrolls", body = ErrorBody),
         (status = 403, description = "The token was used or has expired", body = ErrorBody),
         (status = 500, description = "The hub failed", body = ErrorBody)))]
 pub(super) async fn enroll(

@@ -2,6 +2,7 @@
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
 mod fleet;
+mod hostile;
 mod openapi;
 mod paused_rollouts;
 mod paused_triggers;

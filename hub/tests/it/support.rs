@@ -1,6 +1,12 @@
 //! Test support: the shared test kit's real processes, and the few helpers these tests
 //! phrase their own way.
 
+use std::collections::BTreeMap;
+
+use flotilla_api::http::Method;
+use flotilla_common::signing::{SigningKey, prove_enrollment};
+use flotilla_proto::control::EnrollRequest;
+
 pub use flotilla_testkit::{
     AgentRun, HubProcess, Mosquitto, RawApi, TcpProxy, fixture, stderr_of_failure, stdout,
 };
@@ -17,4 +23,32 @@ pub fn free_udp_port() -> u16 {
 /// A one-time enrollment token with `labels` (k=v,k=v), valid ten minutes.
 pub async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
     hub.enroll_token(labels).await
+}
+
+/// A device enrolled by the test itself (with its proof of possession), so it can sign
+/// messages of every kind: its id and key.
+pub async fn enrolled_device(hub: &HubProcess, labels: &str) -> (String, SigningKey) {
+    let key = SigningKey::generate().unwrap();
+    let mut request = EnrollRequest {
+        token: enroll_token(hub, labels).await,
+        public_key: key.public_key(),
+        hardware: BTreeMap::new(),
+        agent_version: "test".into(),
+        proof: String::new(),
+    };
+    prove_enrollment(&mut request, &key);
+    let answer = anonymous_client(hub)
+        .json(
+            Method::POST,
+            "/api/v1/enroll",
+            Some(serde_json::to_value(&request).unwrap()),
+        )
+        .await
+        .unwrap();
+    (answer["device_id"].as_str().unwrap().to_owned(), key)
+}
+
+/// A client with no admin token, as a device or a stranger is.
+pub fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
+    flotilla_api::AdminClient::new(&hub.url, None).unwrap()
 }

