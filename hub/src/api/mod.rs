@@ -111,6 +111,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /openapi.json lists them")
         })
+        .layer(axum::middleware::map_response(error::json_error_bodies))
         .with_state(state)
 }
 

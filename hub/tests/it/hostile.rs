@@ -147,3 +147,75 @@ async fn a_push_cut_by_kill_9_leaves_nothing_behind_after_a_restart() {
         .unwrap();
     assert_eq!(models, json!([]), "nothing was registered");
 }
+
+#[tokio::test]
+async fn every_refusal_the_framework_makes_is_a_json_error() {
+    let hub = HubProcess::start();
+    let client = hub.operator();
+    let cases: [(Method, &str, &str, Vec<u8>, u16, &str); 6] = [
+        (
+            Method::DELETE,
+            "/api/v1/models",
+            "application/json",
+            vec![],
+            405,
+            "does not take that method",
+        ),
+        (
+            Method::POST,
+            "/api/v1/enroll",
+            "text/plain",
+            b"{}".to_vec(),
+            415,
+            "Content-Type",
+        ),
+        (
+            Method::POST,
+            "/api/v1/enroll",
+            "application/json",
+            b"{\"token\":".to_vec(),
+            400,
+            "the request body",
+        ),
+        (
+            Method::POST,
+            "/api/v1/enroll",
+            "application/json",
+            b"[1,2]".to_vec(),
+            400,
+            "the request body",
+        ),
+        (
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            "application/json",
+            vec![b' '; 3 << 20],
+            413,
+            "length limit",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nothing-here",
+            "application/json",
+            vec![],
+            404,
+            "no such endpoint",
+        ),
+    ];
+    for (method, path, content_type, body, status, says) in cases {
+        let (answer_status, answer) = client
+            .request(method.clone(), path, content_type, body.into())
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {answer:?}"));
+        assert_eq!(answer_status.as_u16(), status, "{method} {path}: {error}");
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{method} {path}: {message}");
+    }
+    // The hub kept serving through all of it.
+    hub.reader()
+        .json(Method::GET, "/api/v1/models", None)
+        .await
+        .unwrap();
+}
