@@ -24,7 +24,7 @@ use crate::store::AgentStore;
 use crate::sync::{InstallFolders, InstalledModelSettings, Syncer};
 use crate::telemetry::Telemetry;
 use crate::transport::http::{HttpError, HubHttp};
-use crate::transport::mqtt::AgentMqtt;
+use crate::transport::mqtt::{AgentMqtt, StatusOrigin};
 use flotilla_runtime::init_onnx_runtime;
 
 /// `run`'s settings: the one agent config (`serve` loads the same struct). The name stays
@@ -265,7 +265,10 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         config.mqtt.as_deref().unwrap_or(&enrollment.mqtt),
         &enrollment.device_id,
         key.clone(),
-        clock.now_unix(),
+        StatusOrigin {
+            connected_at: clock.now_unix(),
+            generation: store.next_status_generation()?,
+        },
         desired_tx,
         acks_tx,
         Duration::from_secs(config.heartbeat_seconds),

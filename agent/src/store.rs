@@ -92,6 +92,14 @@ impl AgentStore {
         self.set(&[("root", root)])
     }
 
+    /// One more than the last call's, kept across restarts: each process's status epochs
+    /// start above every earlier one's (the hub refuses a status older than it has).
+    pub fn next_status_generation(&self) -> Result<u64, AgentStoreError> {
+        let next = self.get::<u64>("status_generation")?.unwrap_or(0) + 1;
+        self.set(&[("status_generation", &next)])?;
+        Ok(next)
+    }
+
     pub fn desired_sequence(&self) -> Result<u64, AgentStoreError> {
         Ok(self.get("desired_sequence")?.unwrap_or(0))
     }

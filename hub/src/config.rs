@@ -55,6 +55,9 @@ pub struct HubConfig {
     /// Retraining triggers (docs/triggers.md).
     #[serde(default)]
     pub triggers: TriggerSettings,
+    /// The device inventory.
+    #[serde(default)]
+    pub devices: DeviceSettings,
 }
 
 /// `[broker]`.
@@ -142,6 +145,17 @@ pub struct TriggerSettings {
     pub allow_commands: bool,
 }
 
+/// `[devices]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// A device the hub has heard nothing from (status, heartbeat, report) for this many
+    /// seconds is marked offline, even if its last will never arrived. Agents send a
+    /// heartbeat every 30 seconds by default: keep this a few heartbeats long.
+    #[serde(default = "default_offline_after_seconds")]
+    pub offline_after_seconds: u64,
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7070))
 }
@@ -175,6 +189,9 @@ fn default_rollout_tick_seconds() -> u64 {
 fn default_trigger_tick_seconds() -> u64 {
     5
 }
+fn default_offline_after_seconds() -> u64 {
+    120
+}
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -187,6 +204,15 @@ impl Default for HubConfig {
             telemetry: TelemetrySettings::default(),
             rollouts: RolloutSettings::default(),
             triggers: TriggerSettings::default(),
+            devices: DeviceSettings::default(),
+        }
+    }
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            offline_after_seconds: default_offline_after_seconds(),
         }
     }
 }
@@ -423,6 +449,12 @@ impl HubConfig {
             "tick_seconds",
             self.triggers.tick_seconds,
             MAX_TICK_SECONDS,
+        );
+        seconds(
+            "devices",
+            "offline_after_seconds",
+            self.devices.offline_after_seconds,
+            MAX_LOOKBACK_SECONDS,
         );
         if !(1..=MAX_QUEUE_FRAMES).contains(&telemetry.queue_frames) {
             problem(

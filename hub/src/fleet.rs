@@ -170,6 +170,28 @@ impl Fleet {
         })
     }
 
+    /// Marks offline every online device the hub has heard nothing from for `silence`: a
+    /// device that died without its last will reaching the hub (or whose status was
+    /// replayed) does not stay online. Each is audited; their ids.
+    pub fn mark_silent_devices_offline(
+        &self,
+        silence: std::time::Duration,
+    ) -> Result<Vec<String>, FleetError> {
+        let now = self.registry.now();
+        let ids = self
+            .store()
+            .mark_silent_devices_offline(now - silence.as_secs() as i64)?;
+        for id in &ids {
+            self.store().audit(
+                now,
+                "hub",
+                "device.offline",
+                &format!("{id}: nothing heard for {} s", silence.as_secs()),
+            )?;
+        }
+        Ok(ids)
+    }
+
     /// Sets `model` at `version_or_alias` as desired on every device matching `selector`;
     /// returns the signed desired states to publish.
     pub fn deploy(

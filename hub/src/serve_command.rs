@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{ApiState, serve};
 use crate::config::{ConfigSource, HubConfig, HubConfigError};
 use crate::data_dir::{DataDir, new_token, token_hash};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 use crate::periodic::{spawn_periodic, spawn_periodic_blocking};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RegistryStore, Scope, TelemetryStore};
@@ -361,6 +361,19 @@ pub async fn start(
         fleet = fleet.with_quic(advertise_quic, identity.pin());
     }
     let fleet = Arc::new(fleet);
+    let offline_after = Duration::from_secs(config.devices.offline_after_seconds);
+    let silent = fleet.clone();
+    spawn_periodic_blocking(
+        "marking silent devices offline",
+        (offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        move || {
+            let ids = silent.mark_silent_devices_offline(offline_after)?;
+            if !ids.is_empty() {
+                tracing::info!(devices = ?ids, "marked offline: nothing heard from them for {} s", offline_after.as_secs());
+            }
+            Ok::<(), FleetError>(())
+        },
+    );
     let telemetry_store = Arc::new(
         TelemetryStore::open(&data_dir.join("telemetry.db"))
             .context("cannot open the telemetry database")?,

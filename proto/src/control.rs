@@ -173,13 +173,33 @@ pub struct ReportedState {
 }
 
 /// Online/offline, published retained (offline as the MQTT last will).
+///
+/// Freshness is bound into the signature: `(epoch, beat)` only ever grows on a device, so
+/// the hub refuses a replayed status (an old `online` that would make a dead device look
+/// alive, an old last will that would mark a live one offline).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceStatus {
     pub device_id: String,
     pub online: bool,
-    /// When the connection this status belongs to was made.
+    /// When the agent process that sent this started following the hub (unix seconds).
     pub connected_at: i64,
+    /// The connection this status belongs to: larger for every new connection, across
+    /// restarts too (the agent persists where it got to).
+    pub epoch: u64,
+    /// Within a connection: 0 for the status at connect, one more for each heartbeat, and
+    /// `FINAL_BEAT` for the last will, after which nothing of that connection is taken.
+    pub beat: u64,
+}
+
+/// The beat of a last will: the end of its connection.
+pub const FINAL_BEAT: u64 = i64::MAX as u64;
+
+impl DeviceStatus {
+    /// The order statuses of one device are taken in.
+    pub fn freshness(&self) -> (u64, u64) {
+        (self.epoch, self.beat)
+    }
 }
 
 #[cfg(test)]

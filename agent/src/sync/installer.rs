@@ -266,7 +266,7 @@ mod tests {
     use crate::store::AgentStore;
     use crate::sync::{InjectedFaults, InstallFolders, InstalledModelSettings};
     use crate::transport::http::HubHttp;
-    use crate::transport::mqtt::AgentMqtt;
+    use crate::transport::mqtt::{AgentMqtt, StatusOrigin};
 
     const NOW: i64 = 1_800_000_000;
 
@@ -335,7 +335,10 @@ mod tests {
             "127.0.0.1:1",
             "dev-1",
             device_key.clone(),
-            NOW,
+            StatusOrigin {
+                connected_at: NOW,
+                generation: 1,
+            },
             desired,
             acks,
             Duration::ZERO,

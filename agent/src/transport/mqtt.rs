@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use flotilla_common::backoff::{backoff_delay, random_jitter};
 use flotilla_common::signing::{SigningKey, sign_envelope};
-use flotilla_proto::control::{DeviceStatus, STATUS_PAYLOAD_TYPE, topics};
+use flotilla_proto::control::{DeviceStatus, FINAL_BEAT, STATUS_PAYLOAD_TYPE, topics};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -75,18 +75,84 @@ async fn publish_tagged(
     result
 }
 
-fn status_payload(device_id: &str, online: bool, connected_at: i64, key: &SigningKey) -> Vec<u8> {
-    let status = DeviceStatus {
-        device_id: device_id.to_owned(),
-        online,
-        connected_at,
-    };
-    let envelope = sign_envelope(
-        STATUS_PAYLOAD_TYPE,
-        serde_json::to_string(&status).expect("status serializes"),
-        &[key],
-    );
-    serde_json::to_vec(&envelope).expect("envelope serializes")
+/// Where this process's statuses start: a generation the agent's store hands out once per
+/// process start, so the epochs of one run all lie above every earlier run's.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusOrigin {
+    /// Unix seconds when the process started following the hub.
+    pub connected_at: i64,
+    /// One more than the last process's (`AgentStore::next_status_generation`).
+    pub generation: u64,
+}
+
+/// The signed statuses of one device, in the order the hub takes them: each connection a
+/// new epoch, each status within it a higher beat, the last will its final beat.
+#[derive(Debug)]
+struct StatusSigner {
+    device_id: String,
+    key: Arc<SigningKey>,
+    connected_at: i64,
+    /// (epoch, next beat).
+    position: Mutex<(u64, u64)>,
+}
+
+impl StatusSigner {
+    fn new(device_id: &str, key: Arc<SigningKey>, origin: StatusOrigin) -> StatusSigner {
+        StatusSigner {
+            device_id: device_id.to_owned(),
+            key,
+            connected_at: origin.connected_at,
+            // 2^32 connections a process before epochs could meet the next run's.
+            position: Mutex::new((origin.generation << 32, 0)),
+        }
+    }
+
+    /// The next `online` status of the current connection.
+    fn online(&self) -> Vec<u8> {
+        let (epoch, beat) = {
+            let mut position = self.position.lock().unwrap_or_else(|e| e.into_inner());
+            position.1 += 1;
+            (position.0, position.1 - 1)
+        };
+        self.signed(true, epoch, beat)
+    }
+
+    /// The last will of the current connection.
+    fn last_will(&self) -> Vec<u8> {
+        let epoch = self.position.lock().unwrap_or_else(|e| e.into_inner()).0;
+        self.signed(false, epoch, FINAL_BEAT)
+    }
+
+    /// Moves on to a new connection.
+    fn next_connection(&self) {
+        let mut position = self.position.lock().unwrap_or_else(|e| e.into_inner());
+        *position = (position.0 + 1, 0);
+    }
+
+    fn signed(&self, online: bool, epoch: u64, beat: u64) -> Vec<u8> {
+        let status = DeviceStatus {
+            device_id: self.device_id.clone(),
+            online,
+            connected_at: self.connected_at,
+            epoch,
+            beat,
+        };
+        let envelope = sign_envelope(
+            STATUS_PAYLOAD_TYPE,
+            serde_json::to_string(&status).expect("status serializes"),
+            &[&self.key],
+        );
+        serde_json::to_vec(&envelope).expect("envelope serializes")
+    }
+
+    fn last_will_message(&self) -> LastWill {
+        LastWill::new(
+            topics::status(&self.device_id),
+            self.last_will(),
+            QoS::AtLeastOnce,
+            true,
+        )
+    }
 }
 
 impl AgentMqtt {
@@ -96,7 +162,7 @@ impl AgentMqtt {
         broker: &str,
         device_id: &str,
         key: Arc<SigningKey>,
-        now: i64,
+        origin: StatusOrigin,
         desired: mpsc::Sender<Vec<u8>>,
         acks: mpsc::UnboundedSender<i64>,
         heartbeat: Duration,
@@ -110,14 +176,10 @@ impl AgentMqtt {
         let mut options = MqttOptions::new(device_id, host, port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
-        options.set_last_will(LastWill::new(
-            topics::status(device_id),
-            status_payload(device_id, false, now, &key),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        let statuses = Arc::new(StatusSigner::new(device_id, key, origin));
+        options.set_last_will(statuses.last_will_message());
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let key_for_heartbeat = key.clone();
+        let statuses_for_heartbeat = statuses.clone();
         let device = device_id.to_owned();
         let client_for_loop = client.clone();
         let tracker = Arc::new(Mutex::new(AckTracker::default()));
@@ -155,7 +217,8 @@ impl AgentMqtt {
                         session_up = true;
                         let _ = connected_tx.send(true);
                         tracing::info!("connected to the hub's MQTT broker");
-                        let (client, key, device) = (client.clone(), key.clone(), device.clone());
+                        let (client, statuses, device) =
+                            (client.clone(), statuses.clone(), device.clone());
                         let (tracker, send_order) =
                             (tracker_for_loop.clone(), order_for_loop.clone());
                         let report = report_for_loop
@@ -169,7 +232,7 @@ impl AgentMqtt {
                             {
                                 tracing::warn!(%error, "cannot subscribe to desired state");
                             }
-                            let online = status_payload(&device, true, now, &key);
+                            let online = statuses.online();
                             if let Err(error) = publish_tagged(
                                 &client,
                                 &tracker,
@@ -219,6 +282,13 @@ impl AgentMqtt {
                             t.queued.clear();
                             t.in_flight.clear();
                         }
+                        // The next connection is a new epoch with its own last will, so the
+                        // will of this one (which the broker may be sending now) can never
+                        // be taken after the next connection's `online`.
+                        statuses.next_connection();
+                        eventloop
+                            .mqtt_options
+                            .set_last_will(statuses.last_will_message());
                         let delay = backoff_delay(
                             failures,
                             Duration::from_millis(200),
@@ -242,14 +312,14 @@ impl AgentMqtt {
             last_report,
             heartbeat: Arc::new(Mutex::new(None)),
         };
-        mqtt.start_heartbeat(heartbeat, key_for_heartbeat, now);
+        mqtt.start_heartbeat(heartbeat, statuses_for_heartbeat);
         Ok(mqtt)
     }
 
     /// Publishes the signed online status every `interval` while connected, so the hub's
     /// "last seen" stays current between reports (skipped while offline: a queued heartbeat
     /// would only be discarded with the session).
-    fn start_heartbeat(&self, interval: Duration, key: Arc<SigningKey>, connected_at: i64) {
+    fn start_heartbeat(&self, interval: Duration, statuses: Arc<StatusSigner>) {
         if interval.is_zero() {
             return;
         }
@@ -263,7 +333,7 @@ impl AgentMqtt {
                 if !*mqtt.connected.borrow() {
                     continue;
                 }
-                let status = status_payload(&mqtt.device_id, true, connected_at, &key);
+                let status = statuses.online();
                 if let Err(error) = publish_tagged(
                     &mqtt.client,
                     &mqtt.tracker,
@@ -354,5 +424,48 @@ impl AgentMqtt {
     /// Whether the broker connection is up, and changes to it.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn freshness(payload: &[u8]) -> ((u64, u64), bool) {
+        let envelope: flotilla_proto::trust::Envelope = serde_json::from_slice(payload).unwrap();
+        let status: DeviceStatus = serde_json::from_str(&envelope.payload).unwrap();
+        (status.freshness(), status.online)
+    }
+
+    #[test]
+    fn statuses_only_ever_grow_across_connections_and_runs() {
+        let key = Arc::new(SigningKey::generate().unwrap());
+        let origin = StatusOrigin {
+            connected_at: 1,
+            generation: 7,
+        };
+        let signer = StatusSigner::new("dev-1", key.clone(), origin);
+        let mut sent = vec![];
+        for _ in 0..3 {
+            sent.push(freshness(&signer.online()));
+            sent.push(freshness(&signer.online()));
+            sent.push(freshness(&signer.last_will()));
+            signer.next_connection();
+        }
+        // The next run starts above all of this one.
+        let next_run = StatusSigner::new(
+            "dev-1",
+            key,
+            StatusOrigin {
+                connected_at: 2,
+                generation: 8,
+            },
+        );
+        sent.push(freshness(&next_run.online()));
+        for pair in sent.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{sent:?}");
+        }
+        assert!(sent.iter().step_by(3).all(|(_, online)| *online));
+        assert!(!sent[2].1, "the will says offline");
     }
 }

@@ -131,4 +131,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX trigger_runs_by_model ON trigger_runs (model, fired_at);
     "#,
+    // 6: status freshness: the newest (epoch, beat) taken from each device, so a replayed
+    // status is refused.
+    r#"
+    ALTER TABLE devices ADD COLUMN status_epoch INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE devices ADD COLUMN status_beat INTEGER NOT NULL DEFAULT -1;
+    "#,
 ];

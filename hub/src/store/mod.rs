@@ -206,6 +206,18 @@ pub struct TriggerRunRecord {
     pub payload: String,
 }
 
+/// What became of a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusTaken {
+    Recorded,
+    /// The same status again (a QoS 1 redelivery, or the retained copy after a restart).
+    Duplicate,
+    /// Older than one taken already: a replay, or a late message of an ended connection.
+    Stale {
+        newest: (u64, u64),
+    },
+}
+
 /// The registry's persistent state, whatever database holds it.
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Registers a version unless the same content is already registered for the model.
@@ -280,7 +292,17 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         outcomes: &[InstallOutcome],
         at: i64,
     ) -> Result<(), StoreError>;
-    fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError>;
+    /// Takes a verified status if it is newer (by `freshness`, (epoch, beat)) than every
+    /// status taken from the device before; says why not otherwise.
+    fn record_status(
+        &self,
+        id: &str,
+        online: bool,
+        freshness: (u64, u64),
+        at: i64,
+    ) -> Result<StatusTaken, StoreError>;
+    /// Marks offline every online device last seen before `silent_since`; their ids.
+    fn mark_silent_devices_offline(&self, silent_since: i64) -> Result<Vec<String>, StoreError>;
     fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;
     fn set_desired(&self, id: &str, desired: &DesiredRecord) -> Result<(), StoreError>;
 

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::migrations::MIGRATIONS;
 use super::{
     AliasChange, AuditEntry, DesiredRecord, DeviceRecord, EnrollmentCheck, ModelSummary,
-    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StoreError, TriggerRunRecord,
-    VersionRecord,
+    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StatusTaken, StoreError,
+    TriggerRunRecord, VersionRecord,
 };
 
 #[derive(Debug)]
@@ -543,13 +543,50 @@ impl RegistryStore for SqliteStore {
         })
     }
 
-    fn record_status(&self, id: &str, online: bool, at: i64) -> Result<(), StoreError> {
+    fn record_status(
+        &self,
+        id: &str,
+        online: bool,
+        freshness: (u64, u64),
+        at: i64,
+    ) -> Result<StatusTaken, StoreError> {
+        // Both halves fit i64: epochs are a generation shifted by 32, beats stop at
+        // FINAL_BEAT (i64::MAX).
+        let (epoch, beat) = (freshness.0 as i64, freshness.1 as i64);
         self.with(|connection| {
-            connection.execute(
-                "UPDATE devices SET online = ?2, last_seen = ?3 WHERE id = ?1",
-                params![id, online as i64, at],
+            let changed = connection.execute(
+                "UPDATE devices SET online = ?2, last_seen = ?3, status_epoch = ?4, status_beat = ?5 WHERE id = ?1 AND (status_epoch < ?4 OR (status_epoch = ?4 AND status_beat < ?5))",
+                params![id, online as i64, at, epoch, beat],
             )?;
-            Ok(())
+            if changed > 0 {
+                return Ok(StatusTaken::Recorded);
+            }
+            let newest: Option<(i64, i64)> = connection
+                .query_row(
+                    "SELECT status_epoch, status_beat FROM devices WHERE id = ?1",
+                    params![id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            Ok(match newest {
+                Some(newest) if newest == (epoch, beat) => StatusTaken::Duplicate,
+                Some((e, b)) => StatusTaken::Stale {
+                    newest: (e.max(0) as u64, b.max(0) as u64),
+                },
+                None => StatusTaken::Stale { newest: (0, 0) },
+            })
+        })
+    }
+
+    fn mark_silent_devices_offline(&self, silent_since: i64) -> Result<Vec<String>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "UPDATE devices SET online = 0 WHERE online = 1 AND (last_seen IS NULL OR last_seen < ?1) RETURNING id",
+            )?;
+            let ids = statement
+                .query_map(params![silent_since], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
         })
     }
 

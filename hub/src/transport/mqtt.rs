@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::fleet::{Fleet, Publication};
 use crate::metrics::HubMetrics;
-use crate::store::RegistryStore;
+use crate::store::{RegistryStore, StatusTaken};
 
 #[derive(Debug, Clone)]
 pub struct HubMqtt {
@@ -258,9 +258,16 @@ pub fn ingest(
                 status.device_id
             ));
         }
-        store
-            .record_status(device_id, status.online, now)
-            .map_err(|e| e.to_string())
+        match store
+            .record_status(device_id, status.online, status.freshness(), now)
+            .map_err(|e| e.to_string())?
+        {
+            StatusTaken::Recorded | StatusTaken::Duplicate => Ok(()),
+            StatusTaken::Stale { newest } => Err(format!(
+                "stale status (epoch {}, beat {}) from device {device_id}: it has sent (epoch {}, beat {}) already; a replay, or a late message of a connection that ended",
+                status.epoch, status.beat, newest.0, newest.1
+            )),
+        }
     } else {
         Err("not a topic the hub takes in".into())
     }

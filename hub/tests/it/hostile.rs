@@ -152,7 +152,9 @@ async fn a_push_cut_by_kill_9_leaves_nothing_behind_after_a_restart() {
 async fn every_refusal_the_framework_makes_is_a_json_error() {
     let hub = HubProcess::start();
     let client = hub.operator();
-    let cases: [(Method, &str, &str, Vec<u8>, u16, &str); 6] = [
+    // (method, path, content type, body, status, what the message says)
+    type Case = (Method, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    let cases: [Case; 6] = [
         (
             Method::DELETE,
             "/api/v1/models",
@@ -218,4 +220,140 @@ async fn every_refusal_the_framework_makes_is_a_json_error() {
         .json(Method::GET, "/api/v1/models", None)
         .await
         .unwrap();
+}
+
+/// Publishes signed statuses as the device (or as someone replaying what it sent).
+struct StatusSender {
+    client: rumqttc::AsyncClient,
+    device_id: String,
+    key: SigningKey,
+}
+
+impl StatusSender {
+    fn connect(hub: &HubProcess, device_id: &str, key: SigningKey) -> StatusSender {
+        let mut options = rumqttc::MqttOptions::new("replayer", "127.0.0.1", hub.mqtt_port());
+        options.set_keep_alive(std::time::Duration::from_secs(5));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        StatusSender {
+            client,
+            device_id: device_id.to_owned(),
+            key,
+        }
+    }
+
+    fn signed(&self, online: bool, epoch: u64, beat: u64) -> Vec<u8> {
+        use flotilla_common::signing::sign_envelope;
+        use flotilla_proto::control::{DeviceStatus, STATUS_PAYLOAD_TYPE};
+        let status = DeviceStatus {
+            device_id: self.device_id.clone(),
+            online,
+            connected_at: 0,
+            epoch,
+            beat,
+        };
+        serde_json::to_vec(&sign_envelope(
+            STATUS_PAYLOAD_TYPE,
+            serde_json::to_string(&status).unwrap(),
+            &[&self.key],
+        ))
+        .unwrap()
+    }
+
+    async fn send(&self, payload: Vec<u8>) {
+        use flotilla_proto::control::topics;
+        self.client
+            .publish(
+                topics::status(&self.device_id),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn online(hub: &HubProcess, device_id: &str) -> bool {
+    hub.reader()
+        .json(Method::GET, &format!("/api/v1/devices/{device_id}"), None)
+        .await
+        .unwrap()["online"]
+        .as_bool()
+        .unwrap()
+}
+
+/// Waits until the hub has taken in `count` more device messages (accepted or refused).
+async fn wait_taken_in(hub: &HubProcess, before: u64, count: u64) -> u64 {
+    for _ in 0..200 {
+        let metrics =
+            String::from_utf8(hub.reader().get_raw("/metrics").await.unwrap().to_vec()).unwrap();
+        let total: u64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("flotilla_hub_device_messages_accepted_total ")
+                    || l.starts_with("flotilla_hub_device_messages_rejected_total ")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if total >= before + count {
+            return total;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the hub did not take in {count} messages");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_statuses_are_refused_and_silent_devices_go_offline() {
+    use flotilla_proto::control::FINAL_BEAT;
+    let hub = HubProcess::start_with("[devices]\noffline_after_seconds = 3\n");
+    let (device_id, key) = enrolled_device(&hub, "site=lab").await;
+    let sender = StatusSender::connect(&hub, &device_id, key);
+    let first = 1u64 << 32;
+    let (online_1, will_1) = (
+        sender.signed(true, first, 0),
+        sender.signed(false, first, FINAL_BEAT),
+    );
+    let online_2 = sender.signed(true, first + 1, 0);
+
+    let mut taken = wait_taken_in(&hub, 0, 0).await;
+    let steps: [(&Vec<u8>, bool, &str); 5] = [
+        (&online_1, true, "the device connects"),
+        (&will_1, false, "its connection ends (the last will)"),
+        (&online_1, false, "a replayed online does not revive it"),
+        (&online_2, true, "its next connection"),
+        (&will_1, true, "a replayed last will does not kill it"),
+    ];
+    for (payload, expect_online, what) in steps {
+        sender.send(payload.clone()).await;
+        taken = wait_taken_in(&hub, taken, 1).await;
+        assert_eq!(online(&hub, &device_id).await, expect_online, "{what}");
+    }
+    assert!(hub.log().contains("stale status"), "{}", hub.log());
+
+    // Nothing more from the device: it goes offline without a last will.
+    let mut went_offline = false;
+    for _ in 0..100 {
+        if !online(&hub, &device_id).await {
+            went_offline = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(went_offline, "a silent device is marked offline");
+    let audit = hub
+        .reader()
+        .json(Method::GET, "/api/v1/audit", None)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.offline"
+                && e["detail"].as_str().unwrap().contains(&device_id)),
+        "{audit:#}"
+    );
 }
