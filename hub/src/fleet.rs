@@ -52,17 +52,26 @@ pub fn device_id_for(key_id: &str) -> String {
     format!("dev-{}", &key_id[..key_id.len().min(16)])
 }
 
-/// The next desired model list: `new` replaces any entry for the same model; it is marked a
-/// rollback when it moves to an older version than was desired.
-pub fn next_desired_models(current: &[DesiredModel], mut new: DesiredModel) -> Vec<DesiredModel> {
+/// The next desired model list: `new` replaces any entry for the same model. It is marked a
+/// rollback when it is older than the model's newest registered version: a device trusts
+/// the highest version it ever installed, which may be above what is desired now (after a
+/// move from 4 back to 1, version 3 is still older than the 4 it trusts), and the flag in a
+/// desired state the hub signs is what lets the device go below that. Only the hub's
+/// signing key can set it, so it gives an attacker nothing.
+pub fn next_desired_models(
+    current: &[DesiredModel],
+    mut new: DesiredModel,
+    newest_registered: u64,
+) -> Vec<DesiredModel> {
     let mut models: Vec<DesiredModel> = current
         .iter()
         .filter(|m| m.name != new.name)
         .cloned()
         .collect();
-    new.rollback = current
-        .iter()
-        .any(|m| m.name == new.name && new.version < m.version);
+    new.rollback = new.version < newest_registered
+        || current
+            .iter()
+            .any(|m| m.name == new.name && new.version < m.version);
     models.push(new);
     models.sort_by(|a, b| a.name.cmp(&b.name));
     models
@@ -220,6 +229,7 @@ impl Fleet {
         if devices.is_empty() {
             return Err(FleetError::NoDevices(selector.to_string()));
         }
+        let newest = self.newest_version(model)?;
         let now = self.registry.now();
         let mut publications = Vec::with_capacity(devices.len());
         for device in devices {
@@ -230,7 +240,7 @@ impl Fleet {
                 rollback: false,
             };
             publications.push(self.update_desired(&device.id, now, |current| {
-                next_desired_models(current, entry)
+                next_desired_models(current, entry, newest)
             })?);
         }
         self.store().audit(
@@ -256,6 +266,7 @@ impl Fleet {
         let record = self.registry.resolve(model, &version.to_string())?;
         let manifest: Envelope = serde_json::from_str(&record.manifest)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let newest = self.newest_version(model)?;
         let now = self.registry.now();
         let mut publications = Vec::with_capacity(device_ids.len());
         for device_id in device_ids {
@@ -266,7 +277,7 @@ impl Fleet {
                 rollback: false,
             };
             publications.push(self.update_desired(device_id, now, |current| {
-                next_desired_models(current, entry)
+                next_desired_models(current, entry, newest)
             })?);
         }
         Ok(publications)
@@ -279,6 +290,7 @@ impl Fleet {
         model: &str,
         previous: &[(String, Option<u64>)],
     ) -> Result<Vec<Publication>, FleetError> {
+        let newest = self.newest_version(model)?;
         let now = self.registry.now();
         let mut manifests: BTreeMap<u64, Envelope> = BTreeMap::new();
         let mut publications = Vec::with_capacity(previous.len());
@@ -300,7 +312,7 @@ impl Fleet {
                         rollback: false,
                     };
                     self.update_desired(device_id, now, |current| {
-                        next_desired_models(current, entry)
+                        next_desired_models(current, entry, newest)
                     })?
                 }
                 None => self.update_desired(device_id, now, |current| {
@@ -314,6 +326,18 @@ impl Fleet {
             publications.push(publication);
         }
         Ok(publications)
+    }
+
+    /// The highest version of `model` ever registered (retired ones count: a device may
+    /// have installed one before it was retired).
+    fn newest_version(&self, model: &str) -> Result<u64, FleetError> {
+        Ok(self
+            .store()
+            .versions(model)?
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0))
     }
 
     /// The version of `model` a device's desired state names now.
@@ -439,17 +463,23 @@ mod tests {
     #[test]
     fn a_new_entry_replaces_its_model_and_going_back_is_a_rollback() {
         let current = vec![entry("a", 3), entry("b", 1)];
-        let next = next_desired_models(&current, entry("a", 4));
+        let next = next_desired_models(&current, entry("a", 4), 4);
         assert_eq!(
             next.iter()
                 .map(|m| (m.name.as_str(), m.version, m.rollback))
                 .collect::<Vec<_>>(),
             [("a", 4, false), ("b", 1, false)]
         );
-        let back = next_desired_models(&next, entry("a", 2));
-        assert_eq!((back[0].version, back[0].rollback), (2, true));
-        let added = next_desired_models(&current, entry("c", 1));
+        let back = next_desired_models(&next, entry("a", 1), 4);
+        assert_eq!((back[0].version, back[0].rollback), (1, true));
+        // Forward from 1 to 3 is still below the 4 the device trusts: a rollback too.
+        let forward = next_desired_models(&back, entry("a", 3), 4);
+        assert_eq!((forward[0].version, forward[0].rollback), (3, true));
+        let newest = next_desired_models(&forward, entry("a", 4), 4);
+        assert!(!newest[0].rollback);
+        let added = next_desired_models(&current, entry("c", 1), 1);
         assert_eq!(added.len(), 3);
+        assert!(!added[2].rollback);
     }
 
     #[test]

@@ -113,6 +113,58 @@ async fn push_deploy_upgrade_rollback_and_survive_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_rollback_any_live_version_can_be_deployed() {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    for doc in ["scaler, third push", "scaler, fourth push"] {
+        hub.operator()
+            .upload(
+                "/api/v1/models/scaler/versions",
+                fixture_with_doc_string("scaler_v1.onnx", doc).into(),
+            )
+            .await
+            .unwrap();
+    }
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    // 4, back to 1, then forward to 3: still older than the 4 the device trusts, and taken
+    // because the hub marks it a rollback.
+    for version in [4, 1, 3] {
+        deploy(&hub, &version.to_string(), "").await;
+        agent.wait_serving("scaler", version);
+        wait_reported(&hub, &agent.device_id, |d| {
+            d["serving"]["scaler"] == version && d["last_outcomes"][0]["state"] == "installed"
+        })
+        .await;
+    }
+    // A retired version stays out of reach.
+    hub.operator()
+        .json(
+            Method::POST,
+            "/api/v1/models/scaler/versions/2/retire",
+            None,
+        )
+        .await
+        .unwrap();
+    let refused = hub
+        .operator()
+        .json(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"model": "scaler", "version": "2", "selector": ""})),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(flotilla_api::ClientError::Api { status: 409, .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(agent.scale("scaler", 3.0).unwrap(), (3, 3.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_artifact_is_refused_and_the_running_version_keeps_serving() {
     let hub = HubProcess::start();
     push(&hub, "scaler_v1.onnx").await;

@@ -153,7 +153,14 @@ async fn every_refusal_the_framework_makes_is_a_json_error() {
     let hub = HubProcess::start();
     let client = hub.operator();
     // (method, path, content type, body, status, what the message says)
-    type Case = (Method, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    type Case = (
+        Method,
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
     let cases: [Case; 6] = [
         (
             Method::DELETE,

@@ -52,3 +52,14 @@ pub async fn enrolled_device(hub: &HubProcess, labels: &str) -> (String, Signing
 pub fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
     flotilla_api::AdminClient::new(&hub.url, None).unwrap()
 }
+
+/// A fixture with a doc string appended: a model that behaves the same with other bytes
+/// (so the registry takes it as a new version).
+pub fn fixture_with_doc_string(name: &str, doc: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(fixture(name)).unwrap();
+    assert!(doc.len() < 128, "one-byte length");
+    bytes.push(0x32); // field 6 (doc_string), length-delimited
+    bytes.push(doc.len() as u8);
+    bytes.extend_from_slice(doc.as_bytes());
+    bytes
+}

@@ -294,7 +294,14 @@ async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
     // Version 2 on site b only; its cohort compared with version 1's cohort over the same
     // time: b sends shifted traffic to 2, a unshifted traffic to 1.
     let v2 = hub.data_dir().join("iris_v2.onnx");
-    std::fs::write(&v2, iris_with_another_doc_string()).unwrap();
+    std::fs::write(
+        &v2,
+        fixture_with_doc_string(
+            "iris_classifier.onnx",
+            "iris logistic regression, second push",
+        ),
+    )
+    .unwrap();
     let out = hub.cli(
         Some(&hub.operator_token),
         &[
@@ -346,14 +353,6 @@ async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
 
 /// The iris model with a different doc string: another artifact, the same behaviour (a
 /// protobuf field appended to a message replaces the earlier value).
-fn iris_with_another_doc_string() -> Vec<u8> {
-    let mut bytes = std::fs::read(fixture("iris_classifier.onnx")).unwrap();
-    let doc = b"iris logistic regression, second push";
-    bytes.push(0x32); // field 6 (doc_string), length-delimited
-    bytes.push(doc.len() as u8);
-    bytes.extend_from_slice(doc);
-    bytes
-}
 
 /// The reference sketch the hub exports is the DataSketches binary format: Python's
 /// `datasketches` (installed in .cache/venv by deploy/setup.sh) reads it.
