@@ -26,8 +26,18 @@ pub enum SequenceDecision {
     IgnoreOlder,
 }
 
-/// Follow unless older: sequences only grow, so an older one is stale.
-pub fn sequence_decision(offered: u64, followed: u64) -> SequenceDecision {
+/// Where a desired state stands among the ones a device may follow: by the root metadata
+/// version that signed it, then its sequence. A rotation of the signing key raises the root
+/// version, so the hub's first desired state after it outranks any sequence a leaked key
+/// forged before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct DesiredOrder {
+    pub root_version: u64,
+    pub sequence: u64,
+}
+
+/// Follow unless older: the order only grows, so an older one is stale.
+pub fn sequence_decision(offered: DesiredOrder, followed: DesiredOrder) -> SequenceDecision {
     if offered < followed {
         SequenceDecision::IgnoreOlder
     } else {
@@ -36,10 +46,14 @@ pub fn sequence_decision(offered: u64, followed: u64) -> SequenceDecision {
 }
 
 /// Whether a refused desired state calls for fetching newer root metadata and checking it
-/// once more: only a signature failure does, since the hub may have rotated its signing
-/// keys to ones the trusted root does not name yet. Every other refusal would repeat.
+/// once more: a signature failure (the hub may have rotated its signing keys to ones the
+/// trusted root does not name yet) or a state naming a newer root does. Every other refusal
+/// would repeat.
 pub fn refresh_root_after_refusal(refusal: &DesiredStateError) -> bool {
-    matches!(refusal, DesiredStateError::Signature(_))
+    matches!(
+        refusal,
+        DesiredStateError::Signature(_) | DesiredStateError::RootAhead { .. }
+    )
 }
 
 /// The desired entries the agent does not serve yet at the desired version. Nothing else
@@ -353,14 +367,37 @@ mod tests {
 
     #[test]
     fn a_desired_state_is_followed_unless_older_than_the_one_followed() {
-        assert_eq!(sequence_decision(5, 4), SequenceDecision::Follow);
+        let at = |root_version, sequence| DesiredOrder {
+            root_version,
+            sequence,
+        };
         assert_eq!(
-            sequence_decision(4, 4),
+            sequence_decision(at(1, 5), at(1, 4)),
+            SequenceDecision::Follow
+        );
+        assert_eq!(
+            sequence_decision(at(1, 4), at(1, 4)),
             SequenceDecision::Follow,
             "a redelivery is followed again"
         );
-        assert_eq!(sequence_decision(3, 4), SequenceDecision::IgnoreOlder);
-        assert_eq!(sequence_decision(0, 0), SequenceDecision::Follow);
+        assert_eq!(
+            sequence_decision(at(1, 3), at(1, 4)),
+            SequenceDecision::IgnoreOlder
+        );
+        assert_eq!(
+            sequence_decision(at(0, 0), at(0, 0)),
+            SequenceDecision::Follow
+        );
+        // A leaked key forged sequence 10^12 under root 1; the hub rotated to root 2 and
+        // goes on from its own sequence 9.
+        assert_eq!(
+            sequence_decision(at(2, 9), at(1, 1_000_000_000_000)),
+            SequenceDecision::Follow
+        );
+        assert_eq!(
+            sequence_decision(at(1, 1_000_000_000_001), at(2, 9)),
+            SequenceDecision::IgnoreOlder
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use flotilla_common::trust::TrustedVersion;
 use flotilla_proto::control::{EnrollResponse, InstallOutcome};
+
+use crate::install::DesiredOrder;
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +102,18 @@ impl AgentStore {
         Ok(next)
     }
 
-    pub fn desired_sequence(&self) -> Result<u64, AgentStoreError> {
-        Ok(self.get("desired_sequence")?.unwrap_or(0))
+    /// The newest desired state followed: its root version and sequence.
+    pub fn desired_order(&self) -> Result<DesiredOrder, AgentStoreError> {
+        Ok(DesiredOrder {
+            root_version: self.get("desired_root_version")?.unwrap_or(0),
+            sequence: self.get("desired_sequence")?.unwrap_or(0),
+        })
     }
-    pub fn set_desired_sequence(&self, sequence: u64) -> Result<(), AgentStoreError> {
-        self.set(&[("desired_sequence", &sequence)])
+    pub fn set_desired_order(&self, order: DesiredOrder) -> Result<(), AgentStoreError> {
+        self.set(&[
+            ("desired_root_version", &order.root_version),
+            ("desired_sequence", &order.sequence),
+        ])
     }
 
     pub fn trusted(&self, model: &str) -> Result<Option<TrustedVersion>, AgentStoreError> {
@@ -184,7 +193,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
         let store = AgentStore::open(&path).unwrap();
-        assert_eq!(store.desired_sequence().unwrap(), 0);
+        assert_eq!(store.desired_order().unwrap(), DesiredOrder::default());
+        let order = DesiredOrder {
+            root_version: 2,
+            sequence: 9,
+        };
+        store.set_desired_order(order).unwrap();
         store
             .record_installed("iris", 3, 1, &outcome("iris", 3))
             .unwrap();
@@ -193,6 +207,7 @@ mod tests {
             .unwrap();
         drop(store);
         let store = AgentStore::open(&path).unwrap();
+        assert_eq!(store.desired_order().unwrap(), order);
         assert_eq!(store.serving().unwrap()["iris"], 2);
         assert_eq!(
             store.trusted("iris").unwrap(),

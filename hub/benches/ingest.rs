@@ -120,7 +120,7 @@ fn main() {
     let registry = Registry::new(
         data.clone(),
         store.clone(),
-        data.load_signing_key().unwrap(),
+        flotilla_hub::registry::Signer::load(&data, store.as_ref()).unwrap(),
         SystemClock::shared(),
     );
     let model =

@@ -400,8 +400,10 @@ impl Fleet {
         now: i64,
     ) -> Result<Publication, FleetError> {
         let models_json = serde_json::to_string(&models).expect("models serialize");
+        let signer = self.registry.signer();
         let state = DesiredState {
             device_id: device_id.clone(),
+            root_version: signer.root_version,
             sequence,
             issued: now,
             expires: now + DESIRED_LIFETIME_SECONDS,
@@ -410,7 +412,7 @@ impl Fleet {
         let envelope = sign_envelope(
             DESIRED_PAYLOAD_TYPE,
             serde_json::to_string(&state).expect("desired state serializes"),
-            &[self.registry.signing_key().as_ref()],
+            &[&signer.key],
         );
         let envelope = serde_json::to_string(&envelope).expect("envelope serializes");
         self.store().set_desired(

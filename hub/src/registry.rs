@@ -81,12 +81,42 @@ pub struct PushResult {
     pub size: u64,
 }
 
+/// The key that signs manifests and desired states, and the root metadata version that
+/// names it (signed into desired states: devices order them by root version, then sequence,
+/// so a rotation away from a leaked key also undoes whatever sequence it forged).
+#[derive(Debug)]
+pub struct Signer {
+    pub key: SigningKey,
+    pub root_version: u64,
+}
+
+impl Signer {
+    /// The hub's signing key and the version of the newest root metadata in `store`.
+    pub fn load(data_dir: &DataDir, store: &dyn RegistryStore) -> Result<Signer, RegistryError> {
+        let key = data_dir
+            .load_signing_key()
+            .map_err(|e| RegistryError::Io(std::io::Error::other(e.to_string())))?;
+        let root: Envelope = serde_json::from_str(
+            &store
+                .latest_root()?
+                .ok_or_else(|| StoreError::Corrupt("the hub has no root metadata".into()))?,
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let root: flotilla_proto::trust::RootMetadata =
+            serde_json::from_str(&root.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Signer {
+            key,
+            root_version: root.version,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Registry {
     data_dir: DataDir,
     store: Arc<dyn RegistryStore>,
     /// Swapped whole when the signing key is rotated; readers take an `Arc`.
-    signing_key: std::sync::RwLock<Arc<SigningKey>>,
+    signer: std::sync::RwLock<Arc<Signer>>,
     clock: SharedClock,
 }
 
@@ -185,20 +215,20 @@ impl Registry {
     pub fn new(
         data_dir: DataDir,
         store: Arc<dyn RegistryStore>,
-        signing_key: SigningKey,
+        signer: Signer,
         clock: SharedClock,
     ) -> Registry {
         Registry {
             data_dir,
             store,
-            signing_key: std::sync::RwLock::new(Arc::new(signing_key)),
+            signer: std::sync::RwLock::new(Arc::new(signer)),
             clock,
         }
     }
 
-    /// The current signing key.
-    pub fn signing_key(&self) -> Arc<SigningKey> {
-        self.signing_key
+    /// The current signing key and its root version.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.signer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -336,7 +366,7 @@ impl Registry {
         let envelope = sign_envelope(
             MANIFEST_PAYLOAD_TYPE,
             serde_json::to_string(manifest).expect("manifest serializes"),
-            &[self.signing_key().as_ref()],
+            &[&self.signer().key],
         );
         serde_json::to_string(&envelope).expect("envelope serializes")
     }
@@ -591,7 +621,10 @@ impl Registry {
             &serde_json::to_string(&envelope).expect("envelope serializes"),
         )?;
         self.data_dir.replace_signing_key(&signing_key)?;
-        *self.signing_key.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signing_key);
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Signer {
+            key: signing_key,
+            root_version: next.version,
+        });
         for model in self.store.models()? {
             for record in self
                 .store

@@ -16,7 +16,7 @@ use crate::config::{ConfigSource, HubConfig, HubConfigError};
 use crate::data_dir::{DataDir, new_token, token_hash};
 use crate::fleet::{Fleet, FleetError};
 use crate::periodic::{spawn_periodic, spawn_periodic_blocking};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, Signer};
 use crate::store::{RegistryStore, Scope, TelemetryStore};
 use crate::telemetry::{
     DriftEvaluator, EvaluatorSettings, Telemetry, TelemetryIngest, start_ingest_thread,
@@ -164,10 +164,11 @@ pub fn rotate_offline(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
     let store: Arc<dyn RegistryStore> = Arc::new(dir.open_store()?);
+    let signer = Signer::load(&dir, store.as_ref())?;
     let registry = Arc::new(Registry::new(
         dir.clone(),
         store,
-        dir.load_signing_key()?,
+        signer,
         SystemClock::shared(),
     ));
     let version = registry.rotate_signing_key(Some(root_key), "flotilla-hub root rotate")?;
@@ -307,13 +308,8 @@ pub async fn start(
             "removed uploads a killed hub left behind"
         );
     }
-    let signing_key = folder.load_signing_key()?;
-    let registry = Arc::new(Registry::new(
-        folder.clone(),
-        store,
-        signing_key,
-        clock.clone(),
-    ));
+    let signer = Signer::load(&folder, store.as_ref())?;
+    let registry = Arc::new(Registry::new(folder.clone(), store, signer, clock.clone()));
     let resign = registry.clone();
     spawn_periodic_blocking("re-signing manifests", RESIGN_CHECK_EVERY, move || {
         let count = resign.resign_expiring()?;

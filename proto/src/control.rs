@@ -101,6 +101,11 @@ pub struct EnrollResponse {
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
     pub device_id: String,
+    /// The version of the root metadata that names the key signing this. Devices order
+    /// desired states by `(root_version, sequence)`: after the hub rotates away from a
+    /// leaked signing key, its next desired state outranks anything the leaked key signed,
+    /// whatever sequence that claimed.
+    pub root_version: u64,
     /// Grows with every change for this device: an older desired state is ignored.
     pub sequence: u64,
     pub issued: i64,

@@ -8,7 +8,9 @@ use flotilla_proto::control::{DESIRED_PAYLOAD_TYPE, DesiredState};
 use flotilla_proto::trust::{Envelope, RootMetadata};
 
 use super::Syncer;
-use crate::install::{SequenceDecision, refresh_root_after_refusal, sequence_decision};
+use crate::install::{
+    DesiredOrder, SequenceDecision, refresh_root_after_refusal, sequence_decision,
+};
 
 /// Why a desired state was refused. Logged by the agent; `install::refresh_root_after_refusal`
 /// branches on the kind.
@@ -28,6 +30,12 @@ pub enum DesiredStateError {
     },
     #[error("it expired at {expires} (root at {root_expires}); the hub must re-sign")]
     Expired { expires: i64, root_expires: i64 },
+    /// Signed under root metadata newer than the trusted one (perhaps a rotation this
+    /// device has not followed yet).
+    #[error(
+        "it names root metadata version {named}, newer than the trusted version {trusted}, and the hub has no such root for this device to walk to"
+    )]
+    RootAhead { named: u64, trusted: u64 },
     /// The agent's state database could not be read or written.
     #[error("{0}")]
     AgentState(String),
@@ -57,6 +65,12 @@ pub fn check_desired_state(
         return Err(DesiredStateError::WrongDevice {
             addressed_to: state.device_id,
             this_device: device_id.to_owned(),
+        });
+    }
+    if state.root_version > root.version {
+        return Err(DesiredStateError::RootAhead {
+            named: state.root_version,
+            trusted: root.version,
         });
     }
     if state.expires <= now || root.expires <= now {
@@ -102,13 +116,17 @@ impl Syncer {
         )?;
         let followed = self
             .store
-            .desired_sequence()
+            .desired_order()
             .map_err(|e| DesiredStateError::AgentState(e.to_string()))?;
-        match sequence_decision(state.sequence, followed) {
+        let offered = DesiredOrder {
+            root_version: state.root_version,
+            sequence: state.sequence,
+        };
+        match sequence_decision(offered, followed) {
             SequenceDecision::IgnoreOlder => Ok(None),
             SequenceDecision::Follow => {
                 self.store
-                    .set_desired_sequence(state.sequence)
+                    .set_desired_order(offered)
                     .map_err(|e| DesiredStateError::AgentState(e.to_string()))?;
                 Ok(Some(state))
             }
@@ -174,6 +192,7 @@ mod tests {
     fn state(device_id: &str, expires: i64) -> DesiredState {
         DesiredState {
             device_id: device_id.into(),
+            root_version: 1,
             sequence: 7,
             issued: NOW - 1,
             expires,

@@ -233,6 +233,24 @@ pub fn ingest(
                 report.device_id
             ));
         }
+        let signed_by_hub = store
+            .desired(device_id)
+            .map_err(|e| e.to_string())?
+            .map(|d| d.sequence)
+            .unwrap_or(0);
+        if report.desired_sequence > signed_by_hub {
+            // The device follows a desired state this hub never signed: the signing key
+            // signed it elsewhere. Kept out of the inventory (it would pin the device's
+            // reported sequence above every genuine one) and put on record for the operator.
+            let detail = format!(
+                "{device_id} follows desired sequence {}, beyond the {signed_by_hub} this hub signed: the signing key may have leaked; rotate it (flotilla keys rotate), and the device follows the hub again",
+                report.desired_sequence
+            );
+            store
+                .audit(now, "hub", "device.desired_not_signed_here", &detail)
+                .map_err(|e| e.to_string())?;
+            return Err(detail);
+        }
         store
             .record_report(
                 device_id,

@@ -465,6 +465,151 @@ async fn with_udp_blocked_downloads_fall_back_to_http_ranges() {
 /// signed by it fetch the next root, check it against the one they trust, and carry on. With
 /// the root key exported (kept offline), the online rotation is refused and the offline one
 /// works.
+/// A desired state signed with the hub's signing key by someone else (the key leaked),
+/// published straight to the broker.
+async fn forge_desired(
+    hub: &HubProcess,
+    leaked: &flotilla_common::signing::SigningKey,
+    device_id: &str,
+    root_version: u64,
+    sequence: u64,
+    version: u64,
+) {
+    use flotilla_common::signing::sign_envelope;
+    use flotilla_proto::control::{DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, topics};
+    let manifest = hub
+        .reader()
+        .json(
+            Method::GET,
+            &format!("/api/v1/models/scaler/versions/{version}/manifest"),
+            None,
+        )
+        .await
+        .unwrap();
+    let state = DesiredState {
+        device_id: device_id.to_owned(),
+        root_version,
+        sequence,
+        issued: 0,
+        expires: i64::MAX / 2,
+        models: vec![DesiredModel {
+            name: "scaler".into(),
+            version,
+            manifest: serde_json::from_value(manifest).unwrap(),
+            rollback: true,
+        }],
+    };
+    let envelope = sign_envelope(
+        DESIRED_PAYLOAD_TYPE,
+        serde_json::to_string(&state).unwrap(),
+        &[leaked],
+    );
+    let mut options = rumqttc::MqttOptions::new("forger", "127.0.0.1", hub.mqtt_port());
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let poll = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) {
+                return;
+            }
+        }
+    });
+    client
+        .publish(
+            topics::desired(device_id),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&envelope).unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the broker acknowledges the forgery")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaked_signing_key_and_its_forged_sequence_stop_counting_at_the_rotation() {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 1).await;
+
+    let leaked = flotilla_common::signing::SigningKey::from_hex(
+        std::fs::read_to_string(hub.data_dir().join("keys/signing.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    // Before anyone knows of the leak the forgery is followed (the key is trusted), with a
+    // sequence far beyond the hub's; the hub puts the device's report of it on record.
+    forge_desired(&hub, &leaked, &agent.device_id, 1, 1_000_000_000_000, 2).await;
+    agent.wait_serving("scaler", 2);
+    let mut flagged = false;
+    for _ in 0..200 {
+        let audit = hub
+            .reader()
+            .json(Method::GET, "/api/v1/audit", None)
+            .await
+            .unwrap();
+        flagged = audit.as_array().unwrap().iter().any(|e| {
+            e["action"] == "device.desired_not_signed_here"
+                && e["detail"].as_str().unwrap().contains("1000000000000")
+        });
+        if flagged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        flagged,
+        "the hub flags a device following a sequence it never signed"
+    );
+    assert_eq!(
+        device(&hub, &agent.device_id).await["serving"]["scaler"],
+        1,
+        "the forged report is kept out of the inventory"
+    );
+
+    // The operator rotates: the hub's desired state under root 2 outranks the forgery, and
+    // the device goes back to what the hub wants.
+    hub.operator()
+        .json(Method::POST, "/api/v1/keys/rotate", None)
+        .await
+        .unwrap();
+    agent.wait_serving("scaler", 1);
+    deploy(&hub, "2", "").await;
+    agent.wait_serving("scaler", 2);
+    wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 2).await;
+
+    // The leaked key is worth nothing now, whatever it claims.
+    for root_version in [1, 2] {
+        forge_desired(
+            &hub,
+            &leaked,
+            &agent.device_id,
+            root_version,
+            2_000_000_000_000,
+            1,
+        )
+        .await;
+    }
+    let mut refused = false;
+    for _ in 0..200 {
+        if agent.log().matches("desired state refused").count() >= 2 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "{}", agent.log());
+    assert_eq!(agent.scale("scaler", 3.0).unwrap(), (2, 6.0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_key_rotations_online_and_offline_reach_the_agents() {
     let mut hub = HubProcess::start();

@@ -360,7 +360,7 @@ fn manifests_are_re_signed_before_they_expire() {
     let registry = Registry::new(
         data_dir.clone(),
         store.clone(),
-        data_dir.load_signing_key().unwrap(),
+        flotilla_hub::registry::Signer::load(&data_dir, store.as_ref()).unwrap(),
         clock.clone(),
     );
     let bytes = std::fs::read(fixture("scaler_v1.onnx")).unwrap();

@@ -67,7 +67,7 @@ impl SimulatedHub {
         let registry = Arc::new(Registry::new(
             data_dir.clone(),
             store.clone(),
-            data_dir.load_signing_key().unwrap(),
+            flotilla_hub::registry::Signer::load(&data_dir, store.as_ref()).unwrap(),
             clock.clone(),
         ));
         let fleet = Arc::new(Fleet::new(

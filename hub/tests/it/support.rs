@@ -54,7 +54,8 @@ pub fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
 }
 
 /// A fixture with a doc string appended: a model that behaves the same with other bytes
-/// (so the registry takes it as a new version).
+/// (so the registry takes it as a new version; a protobuf field appended to a message
+/// replaces the earlier value).
 pub fn fixture_with_doc_string(name: &str, doc: &str) -> Vec<u8> {
     let mut bytes = std::fs::read(fixture(name)).unwrap();
     assert!(doc.len() < 128, "one-byte length");

@@ -351,9 +351,6 @@ async fn shifted_traffic_on_one_agent_drifts_exactly_the_shifted_features() {
     );
 }
 
-/// The iris model with a different doc string: another artifact, the same behaviour (a
-/// protobuf field appended to a message replaces the earlier value).
-
 /// The reference sketch the hub exports is the DataSketches binary format: Python's
 /// `datasketches` (installed in .cache/venv by deploy/setup.sh) reads it.
 async fn python_datasketches_reads_the_reference(hub: &HubProcess) {
