@@ -25,6 +25,7 @@ use crate::sync::{InstallFolders, InstalledModelSettings, Syncer};
 use crate::telemetry::Telemetry;
 use crate::transport::http::{HttpError, HubHttp};
 use crate::transport::mqtt::{AgentMqtt, StatusOrigin};
+use crate::transport::tls;
 use flotilla_runtime::init_onnx_runtime;
 
 /// `run`'s settings: the one agent config (`serve` loads the same struct). The name stays
@@ -188,11 +189,11 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
     let key = Arc::new(load_or_create_key(&state_dir.join("device.key"))?);
     let store = Arc::new(AgentStore::open(&state_dir.join("agent.db"))?);
-    let http = HubHttp::new(hub)?;
     let enrollment = match store.enrollment()? {
         Some(enrollment) => enrollment,
         None => {
             let token = config.enrollment_token.clone().context("this device is not enrolled: set enrollment_token in the config (flotilla enroll-token create makes one)")?;
+            let http = HubHttp::new(hub, Some(tls::for_enrollment(&token)?))?;
             let mut request = EnrollRequest {
                 token,
                 public_key: key.public_key(),
@@ -205,7 +206,7 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
                 &ENROLLMENT_RETRY,
                 |_| http.enroll(&request),
                 |error, failed| {
-                    if matches!(error, HttpError::Refused { .. }) {
+                    if matches!(error, HttpError::Refused { .. } | HttpError::Untrusted { .. }) {
                         return RetryDecision::Stop;
                     }
                     if let Some(delay) = failed.retry_in {
@@ -219,8 +220,12 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
                 HttpError::Refused { status, message } => {
                     anyhow::anyhow!("enrollment refused ({status}): {message}")
                 }
+                untrusted @ HttpError::Untrusted { .. } => anyhow::anyhow!(
+                    "enrollment refused: {untrusted}; the enrollment token pins the hub's CA after its last '.': use a token this hub made (flotilla enroll-token create)"
+                ),
                 other => anyhow::Error::new(other).context("cannot enroll"),
             })?;
+            tls::check_enrolled_ca(&request.token, &enrollment).map_err(anyhow::Error::msg)?;
             verify_initial_root(&enrollment.root, clock.now_unix())
                 .context("the hub's root metadata does not verify")?;
             store.set_enrollment(&enrollment)?;
@@ -275,7 +280,10 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     )
     .map_err(anyhow::Error::msg)?;
     telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);
-    let artifacts = HubHttp::new(&enrollment.artifacts_http)?;
+    let artifacts = HubHttp::new(
+        &enrollment.artifacts_http,
+        Some(tls::for_enrolled(&enrollment, &key)?),
+    )?;
     let quic = match (
         &enrollment.artifacts_quic,
         &enrollment.quic_certificate_sha256,

@@ -10,8 +10,10 @@ use crate::http::{Answer, HttpClient, HttpError, Method, StatusCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("hub URL {0:?} is not http://HOST:PORT")]
+    #[error("hub URL {0:?} is not https://HOST:PORT or http://HOST:PORT")]
     BadUrl(String),
+    #[error("cannot speak TLS to the hub at {url}: {cause}")]
+    Tls { url: String, cause: String },
     #[error("cannot reach the hub at {url}: {cause}; is flotilla-hub serve running there?")]
     Unreachable { url: String, cause: String },
     /// The hub answered with an error status; `message` is its `{"error": ...}` text.
@@ -47,6 +49,9 @@ impl From<HttpError> for ClientError {
                 url,
             },
             too_large @ HttpError::TooLarge { .. } => ClientError::BadAnswer(too_large.to_string()),
+            HttpError::Tls { url, cause } | HttpError::Untrusted { url, cause } => {
+                ClientError::Tls { url, cause }
+            }
         }
     }
 }
@@ -86,9 +91,10 @@ pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
 }
 
 impl AdminClient {
-    /// `url` is `http://HOST:PORT` (a trailing slash is fine).
+    /// `url` is `https://HOST:PORT` or `http://HOST:PORT` (a trailing slash is fine); an
+    /// https hub is trusted by the machine's root certificates (`with_trust` names its CA).
     pub fn new(url: &str, token: Option<String>) -> Result<AdminClient, ClientError> {
-        if !url.starts_with("http://") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ClientError::BadUrl(url.to_owned()));
         }
         let mut http = HttpClient::new(url)?.with_answer_timeout(Some(ANSWER_TIMEOUT));
@@ -96,6 +102,19 @@ impl AdminClient {
             http = http.with_header("authorization", &format!("Bearer {token}"));
         }
         Ok(AdminClient { http })
+    }
+
+    /// The same client, trusting `trust` for an https hub.
+    pub fn with_trust(
+        mut self,
+        trust: &crate::tls::ServerTrust,
+    ) -> Result<AdminClient, ClientError> {
+        let config = crate::tls::client_config(trust, None).map_err(|e| ClientError::Tls {
+            url: self.url().to_owned(),
+            cause: e.to_string(),
+        })?;
+        self.http = self.http.with_tls(config);
+        Ok(self)
     }
 
     /// The hub's base URL.

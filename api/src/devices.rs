@@ -20,18 +20,49 @@ pub struct EnrollmentTokenRequest {
     #[serde(default)]
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub labels: Labels,
-    /// How long the token is valid, in seconds (positive).
+    /// How long the token is valid, in seconds (1 to a year).
     pub ttl_seconds: i64,
+    /// How many devices may enroll with it: 1 (the default) for a one-time token, more for
+    /// a claim token flashed into many devices' images (each use enrolls one new device
+    /// with its own key and certificate).
+    #[serde(default = "one_use")]
+    pub uses: u32,
 }
 
-/// A one-time enrollment token, shown once.
+fn one_use() -> u32 {
+    1
+}
+
+/// Most devices one claim token may enroll.
+pub const MAX_TOKEN_USES: u32 = 100_000;
+
+/// An enrollment token, shown once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollmentToken {
     pub token: String,
+    /// Names the token in `GET /api/v1/enrollment-tokens` and for revoking it.
+    pub id: String,
     /// Unix seconds.
     pub expires: i64,
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub labels: Labels,
+    /// How many devices may enroll with it.
+    pub uses: u32,
+}
+
+/// An enrollment token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EnrollmentTokenView {
+    pub id: String,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
+    pub created: i64,
+    pub expires: i64,
+    /// Devices it may enroll, and has enrolled.
+    pub uses_allowed: u32,
+    pub uses: u32,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
 }
 
 /// `POST /api/v1/deployments`: set a model version as desired on every matching device.
@@ -93,6 +124,24 @@ impl AdminClient {
     ) -> Result<EnrollmentToken, ClientError> {
         self.call(Method::POST, "/api/v1/enrollment-tokens", Some(request))
             .await
+    }
+
+    /// Every enrollment token, newest first.
+    pub async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenView>, ClientError> {
+        self.get("/api/v1/enrollment-tokens").await
+    }
+
+    /// Revokes a token: no device enrolls with it any more.
+    pub async fn revoke_enrollment_token(
+        &self,
+        id: &str,
+    ) -> Result<EnrollmentTokenView, ClientError> {
+        self.call::<(), _>(
+            Method::DELETE,
+            &format!("/api/v1/enrollment-tokens/{}", escape(id)),
+            None,
+        )
+        .await
     }
 
     pub async fn deploy(&self, request: &DeployRequest) -> Result<DeployAnswer, ClientError> {

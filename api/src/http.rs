@@ -1,10 +1,12 @@
 //! The one HTTP/1.1 client every Flotilla program uses: the CLI and tests against the hub's
 //! admin API, agents for enrollment, root metadata and artifact ranges, the hub for trigger
-//! webhooks, and the demo against an agent's Unix socket. One connection per request (the
+//! webhooks, and the demo against an agent's Unix socket. `https://` URLs go over TLS
+//! (`tls.rs` says whom it trusts). One connection per request (the
 //! callers make few, and a fresh connection never carries a stale keep-alive into a retry);
 //! answers are read with a size bound so a hostile or broken server cannot exhaust memory.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +20,7 @@ pub use hyper::{HeaderMap, Method, StatusCode};
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error(
-        "{0:?} is not a URL this client speaks: use http://HOST:PORT[/PATH] or unix:/PATH/TO/SOCKET"
+        "{0:?} is not a URL this client speaks: use http://HOST:PORT[/PATH], https://HOST:PORT[/PATH] or unix:/PATH/TO/SOCKET"
     )]
     BadUrl(String),
     #[error("cannot reach {url}: {cause}")]
@@ -31,6 +33,28 @@ pub enum HttpError {
     TooLarge { url: String, limit: usize },
     #[error("{url} did not answer within {} s", limit.as_secs_f64())]
     Timeout { url: String, limit: Duration },
+    #[error("cannot set up TLS for {url}: {cause}")]
+    Tls { url: String, cause: String },
+    /// The server's certificate is not one this client trusts (another CA, a pin that does
+    /// not match, the wrong name, expired): trying again will not help.
+    #[error("{url} is not trusted: {cause}")]
+    Untrusted { url: String, cause: String },
+}
+
+/// Whether a failed TLS handshake was the peer's certificate being refused.
+fn is_certificate_refusal(error: &std::io::Error) -> bool {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::General(_)
+            | rustls::Error::NoCertificatesPresented
+    )
 }
 
 /// Where requests go: a TCP authority, or a Unix socket.
@@ -41,10 +65,13 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
-/// A parsed base URL: `http://HOST:PORT[/PREFIX]` or `unix:/PATH/TO/SOCKET`.
+/// A parsed base URL: `http://HOST:PORT[/PREFIX]`, `https://HOST:PORT[/PREFIX]` or
+/// `unix:/PATH/TO/SOCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
     pub endpoint: Endpoint,
+    /// Whether requests go over TLS (`https://`).
+    pub tls: bool,
     /// Prepended to every request path; empty or starting with `/`, never ending with one.
     pub prefix: String,
     /// As given, for messages.
@@ -60,11 +87,15 @@ impl BaseUrl {
             }
             return Ok(BaseUrl {
                 endpoint: Endpoint::Unix(PathBuf::from(path)),
+                tls: false,
                 prefix: String::new(),
                 text: url.to_owned(),
             });
         }
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (rest, tls, default_port) = match url.strip_prefix("https://") {
+            Some(rest) => (rest, true, 443),
+            None => (url.strip_prefix("http://").ok_or_else(bad)?, false, 80),
+        };
         let (authority, prefix) = match rest.find('/') {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
@@ -75,20 +106,32 @@ impl BaseUrl {
         {
             return Err(bad());
         }
-        // HTTP's port when none is given (`[::1]:8080` has one; `[::1]` does not).
+        // The scheme's port when none is given (`[::1]:8080` has one; `[::1]` does not).
         let has_port = authority
             .rfind(':')
             .is_some_and(|colon| !authority[colon..].contains(']'));
         let authority = if has_port {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         };
         Ok(BaseUrl {
             endpoint: Endpoint::Tcp(authority),
+            tls,
             prefix: prefix.to_owned(),
             text: url.trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// The name TLS checks the server's certificate against: the host without its port or
+    /// brackets.
+    pub fn server_name(&self) -> &str {
+        let authority = self.host();
+        let host = match authority.rfind(':') {
+            Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
+            _ => authority,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// The `Host` header: the authority, or `localhost` over a Unix socket.
@@ -110,6 +153,8 @@ pub struct HttpClient {
     /// How long a request may take until its answer's head arrives (the request body's
     /// upload included), and `request` until the whole answer is read; `None`: no limit.
     answer_timeout: Option<Duration>,
+    /// For `https://`: whom to trust and what to present; the machine's roots when unset.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A whole answer, read within its bound.
@@ -145,7 +190,15 @@ impl HttpClient {
             headers: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             answer_timeout: None,
+            tls: None,
         })
+    }
+
+    /// The same client, speaking TLS with `config` to an `https://` URL (whom it trusts,
+    /// the identity it presents; see `tls::client_config`).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> HttpClient {
+        self.tls = Some(config);
+        self
     }
 
     /// The same client, giving up on an answer after `timeout` (`None`: never), so a server
@@ -224,6 +277,37 @@ impl HttpClient {
                     .await
                     .map_err(|_| no_connection())?
                     .map_err(|e| unreachable(e.to_string()))?;
+                    if !self.base.tls {
+                        return exchange(TokioIo::new(stream), request)
+                            .await
+                            .map_err(unreachable);
+                    }
+                    let config = self.tls_config(&url)?;
+                    let server_name =
+                        rustls::pki_types::ServerName::try_from(self.base.server_name().to_owned())
+                            .map_err(|e| HttpError::Tls {
+                                url: url.clone(),
+                                cause: format!(
+                                    "{:?} is not a TLS server name: {e}",
+                                    self.base.server_name()
+                                ),
+                            })?;
+                    let stream = tokio::time::timeout(
+                        connect_timeout,
+                        tokio_rustls::TlsConnector::from(config).connect(server_name, stream),
+                    )
+                    .await
+                    .map_err(|_| no_connection())?
+                    .map_err(|e| {
+                        if is_certificate_refusal(&e) {
+                            HttpError::Untrusted {
+                                url: url.clone(),
+                                cause: e.to_string(),
+                            }
+                        } else {
+                            unreachable(format!("TLS: {e}"))
+                        }
+                    })?;
                     exchange(TokioIo::new(stream), request)
                         .await
                         .map_err(unreachable)
@@ -252,6 +336,18 @@ impl HttpClient {
                         limit,
                     })?
             }
+        }
+    }
+
+    fn tls_config(&self, url: &str) -> Result<Arc<rustls::ClientConfig>, HttpError> {
+        match &self.tls {
+            Some(config) => Ok(config.clone()),
+            None => crate::tls::client_config(&crate::tls::ServerTrust::SystemRoots, None).map_err(
+                |e| HttpError::Tls {
+                    url: url.to_owned(),
+                    cause: e.to_string(),
+                },
+            ),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod quality;
 pub mod rollouts;
 pub mod selector;
 pub mod telemetry;
+pub mod tls;
 pub mod triggers;
 
 pub use client::{AdminClient, ClientError};

@@ -34,10 +34,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "FLOTILLA_HUB",
-        default_value = "http://127.0.0.1:7070",
+        default_value = "https://127.0.0.1:7070",
         global = true
     )]
     pub hub: String,
+    /// The hub's CA certificate (PEM) for an https:// hub: keys/ca.crt in the hub's data
+    /// folder. Without it, the machine's root certificates are trusted.
+    #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Admin token (operator for changes, read for the rest).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -206,7 +210,8 @@ pub enum AliasCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollTokenCommand {
-    /// Create a token a device uses once to enroll.
+    /// Create a token a device uses once to enroll (or up to --uses devices: a claim token
+    /// for flashing many devices with one image).
     Create {
         /// Labels the enrolled device gets, k=v,k=v.
         #[arg(long, default_value = "")]
@@ -214,7 +219,14 @@ pub enum EnrollTokenCommand {
         /// How long the token is valid: 90s, 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
     },
+    /// Every token: id, labels, uses, expiry, revoked (never the secret).
+    List,
+    /// Revoke a token by its id: no device enrolls with it any more.
+    Revoke { id: String },
 }
 
 fn key_value(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
@@ -243,7 +255,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Profile { file, categorical } = &cli.command {
         return print_profile(file, categorical, cli.json);
     }
-    let client = AdminClient::new(&cli.hub, cli.token.clone())?;
+    let mut client = AdminClient::new(&cli.hub, cli.token.clone())?;
+    if let Some(path) = &cli.ca_file {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the hub's CA certificate {}", path.display()))?;
+        let trust = flotilla_api::tls::ServerTrust::ca_pem(&pem, &path.display().to_string())?;
+        client = client.with_trust(&trust)?;
+    }
     let json = cli.json;
     match cli.command {
         Command::Profile { .. } => unreachable!("handled above: needs no hub"),
@@ -327,10 +345,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Device(DeviceCommand::Show { id }) => print_json(&client.device(&id).await?),
-        Command::EnrollToken(EnrollTokenCommand::Create { labels, ttl }) => {
+        Command::EnrollToken(EnrollTokenCommand::List) => {
+            let tokens = client.enrollment_tokens().await?;
+            if json {
+                return print_json(&tokens);
+            }
+            println!(
+                "{:<14} {:>9} {:<20} {:<8} labels",
+                "id", "uses", "expires", "state"
+            );
+            for t in tokens {
+                let state = match t.revoked_at {
+                    Some(_) => "revoked",
+                    None if t.uses >= t.uses_allowed => "used up",
+                    None => "usable",
+                };
+                let labels: Vec<String> =
+                    t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<14} {:>9} {:<20} {:<8} {}",
+                    t.id,
+                    format!("{}/{}", t.uses, t.uses_allowed),
+                    crate::format::utc(t.expires),
+                    state,
+                    labels.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::EnrollToken(EnrollTokenCommand::Revoke { id }) => {
+            let revoked = client.revoke_enrollment_token(&id).await?;
+            if json {
+                return print_json(&revoked);
+            }
+            println!("enrollment token {} revoked", revoked.id);
+            Ok(())
+        }
+        Command::EnrollToken(EnrollTokenCommand::Create { labels, ttl, uses }) => {
             let request = EnrollmentTokenRequest {
                 labels: parse_labels(&labels)?,
                 ttl_seconds: parse_duration(&ttl)?.as_secs() as i64,
+                uses,
             };
             let answer = client.create_enrollment_token(&request).await?;
             if json {

@@ -49,6 +49,11 @@ impl SigningKey {
         Ok(SigningKey(ed25519_dalek::SigningKey::from_bytes(&bytes)))
     }
 
+    /// The 32-byte secret seed (for the device's TLS identity, which certifies this key).
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.to_bytes())
     }

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import subprocess
+import ssl
 import sys
 import urllib.request
 
@@ -75,6 +76,8 @@ def push(args, model_path, reference_path, metrics, extra):
     for name, value in metrics.items():
         command += ["--metric", f"{name}={value:.4f}"]
     env = dict(os.environ, FLOTILLA_TOKEN=open(args.token_file).read().strip())
+    if args.ca_file:
+        env["FLOTILLA_CA_FILE"] = args.ca_file
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     sys.stdout.write(result.stdout)
     if result.returncode != 0:
@@ -82,10 +85,11 @@ def push(args, model_path, reference_path, metrics, extra):
         sys.exit(f"flotilla model push failed ({result.returncode})")
 
 
-def fetch(url, token_file):
+def fetch(url, token_file, ca_file):
     request = urllib.request.Request(
         url, headers={"Authorization": "Bearer " + open(token_file).read().strip()})
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None
+    with urllib.request.urlopen(request, timeout=30, context=context) as answer:
         return answer.read().decode()
 
 
@@ -117,7 +121,7 @@ def retrain(args):
 
     # The inputs captured since the drift streak began (earlier ones predate the drift).
     since = min(w["since_ms"] for w in evidence)
-    captured = [r for r in csv.DictReader(io.StringIO(fetch(payload["captured_data"]["captures_csv"], args.token_file)))
+    captured = [r for r in csv.DictReader(io.StringIO(fetch(payload["captured_data"]["captures_csv"], args.token_file, args.ca_file)))
                 if int(r["at_ms"]) >= since]
     if len(captured) < 50:
         sys.exit(f"only {len(captured)} captured samples: too few to estimate the drift")
@@ -158,6 +162,8 @@ def main():
     parser.add_argument("--flotilla", required=True, help="path of the flotilla CLI")
     parser.add_argument("--hub", required=True)
     parser.add_argument("--token-file", required=True, help="file holding an operator token")
+    parser.add_argument("--ca-file", default=os.environ.get("FLOTILLA_CA_FILE"),
+                        help="the hub's CA certificate, for an https hub (default: $FLOTILLA_CA_FILE)")
     parser.add_argument("--work", required=True, help="folder for models and training data")
     parser.add_argument("--model", default="iris")
     parser.add_argument("--trigger-file", help="default: $FLOTILLA_TRIGGER_FILE")

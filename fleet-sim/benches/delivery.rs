@@ -44,7 +44,9 @@ fn main() {
             .unwrap();
         assert!(status.success(), "run deploy/setup.sh first");
     }
-    let mut hub = HubProcess::init("");
+    // TLS off (loopback): this compares the transfer paths themselves; with TLS on, the
+    // range endpoint also wants a device certificate.
+    let mut hub = HubProcess::init("[tls]\nenabled = false\n");
     hub.log_level = "error".into();
     hub.serve();
     let port = |address: &str| address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
@@ -159,7 +161,7 @@ fn main() {
     clear(downloads.path());
 
     // The hub's HTTP range endpoint.
-    let http = HubHttp::new(&format!("http://127.0.0.1:{api}")).unwrap();
+    let http = HubHttp::new(&format!("http://127.0.0.1:{api}"), None).unwrap();
     let before = cpu_seconds(hub_pid);
     let started = Instant::now();
     let errors = runtime.block_on(async {

@@ -49,6 +49,8 @@ pub struct DemoOptions {
 #[derive(Debug, Clone, Default)]
 pub struct DemoOutcome {
     pub hub_url: String,
+    /// The hub's CA certificate (PEM).
+    pub hub_ca_pem: String,
     pub operator_token: String,
     pub socket: PathBuf,
     /// Phase of each rollout in order (v1, the retrained candidate, the broken version).
@@ -333,6 +335,8 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
             url.clone(),
             "--token-file".into(),
             token_file.display().to_string(),
+            "--ca-file".into(),
+            hub.data_dir.join("keys/ca.crt").display().to_string(),
             "--work".into(),
             work.join("models").display().to_string(),
         ]);
@@ -357,6 +361,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         first: 0,
         count: scenario.device_count(),
         hub_url: url.clone(),
+        hub_ca_pem: Some(hub.ca_pem()),
         token: operator_token.clone(),
         broker: hub.broker,
         input: "float_input".into(),
@@ -425,6 +430,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     let v1 = follow_rollout(&narrator, &client, &created.id, timeout).await?;
     let mut outcome = DemoOutcome {
         hub_url: url.clone(),
+        hub_ca_pem: hub.ca_pem(),
         operator_token,
         socket: socket.clone(),
         ..DemoOutcome::default()
@@ -581,6 +587,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
         .join("iris_retrained_from_v1_training.csv");
     let pushed = tokio::process::Command::new(&options.flotilla_cli)
         .env("FLOTILLA_HUB", &url)
+        .env("FLOTILLA_CA_FILE", hub.data_dir.join("keys/ca.crt"))
         .env("FLOTILLA_TOKEN", &hub.operator_token)
         .args(["model", "push", &model])
         .arg(&options.broken_model)
@@ -657,7 +664,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
     let cli = options.flotilla_cli.display();
     println!(
         "\nLook around (the hub keeps running until Ctrl-C):\n  \
-         export FLOTILLA_HUB={url} FLOTILLA_TOKEN={}\n  \
+         export FLOTILLA_HUB={url} FLOTILLA_CA_FILE={} FLOTILLA_TOKEN={}\n  \
          {cli} rollout list\n  \
          {cli} rollout status {}\n  \
          {cli} trigger history\n  \
@@ -667,6 +674,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<Demo> {
          {cli} health {model} --since 10m\n  \
          {cli} device list\n  \
          curl --unix-socket {} http://localhost/v2/models/{model}",
+        hub.data_dir.join("keys/ca.crt").display(),
         hub.operator_token,
         rollout.id,
         socket.display()

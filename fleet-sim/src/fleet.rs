@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use flotilla_agent::run_command::{AgentCore, CoreInferError, RunConfig, start_core};
 use flotilla_agent::sync::InjectedFaults;
 use flotilla_agent::telemetry::TelemetryConfig;
-use flotilla_api::AdminClient;
 use flotilla_common::clock::{Clock, SystemClock};
 use flotilla_proto::inference::TensorData;
 use flotilla_runtime::NamedTensor;
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::proxy::CohortProxy;
 use crate::scenario::{DriftInjection, Scenario};
 use crate::traffic::{Dataset, Sampler};
-use flotilla_testkit::{TestAgent, enrollment_token};
+use flotilla_testkit::{TestAgent, admin_client, enrollment_token};
 
 /// Which devices a fleet runs and where they find the hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +33,8 @@ pub struct FleetSpec {
     pub first: usize,
     pub count: usize,
     pub hub_url: String,
+    /// The hub's CA certificate (PEM), for an https hub.
+    pub hub_ca_pem: Option<String>,
     pub token: String,
     pub broker: SocketAddr,
     /// The model input the dataset's rows go to.
@@ -226,7 +227,11 @@ impl Fleet {
     /// Enrolls and starts the spec's devices (64 at a time) and their proxies.
     pub async fn start(spec: &FleetSpec, scenario: Scenario) -> anyhow::Result<Fleet> {
         let dataset = Arc::new(Dataset::read(scenario.dataset_path())?);
-        let operator = AdminClient::new(&spec.hub_url, Some(spec.token.clone()))?;
+        let operator = admin_client(
+            &spec.hub_url,
+            Some(spec.token.clone()),
+            spec.hub_ca_pem.as_deref(),
+        )?;
         let engine = scenario.inference.engine().map_err(anyhow::Error::msg)?;
         let mut proxies = Vec::new();
         let first_cohort = scenario.cohort_of(spec.first);

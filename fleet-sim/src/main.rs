@@ -31,6 +31,9 @@ enum Command {
         /// Operator token for --hub.
         #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The CA certificate (PEM) of an https --hub: keys/ca.crt in its data folder.
+        #[arg(long, env = "FLOTILLA_CA_FILE")]
+        ca_file: Option<std::path::PathBuf>,
         /// That hub's MQTT broker, HOST:PORT (devices reach it through per-cohort proxies).
         #[arg(long)]
         broker: Option<std::net::SocketAddr>,
@@ -86,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let (scenario, hub, token, broker, json, svg, processes) = match cli.command {
+    let (scenario, hub, token, ca_file, broker, json, svg, processes) = match cli.command {
         Command::Worker => {
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(flotilla_sim::worker::worker_main());
@@ -132,15 +135,26 @@ fn main() -> anyhow::Result<()> {
             embedded_hub: _,
             hub,
             token,
+            ca_file,
             broker,
             json,
             svg,
             processes,
-        } => (scenario, hub, token, broker, json, svg, processes),
+        } => (scenario, hub, token, ca_file, broker, json, svg, processes),
     };
     let scenario = Scenario::load(&scenario)?;
     let target = match (hub, token, broker) {
-        (Some(url), Some(token), Some(broker)) => HubTarget::External { url, token, broker },
+        (Some(url), Some(token), Some(broker)) => HubTarget::External {
+            url,
+            token,
+            broker,
+            ca_pem: ca_file
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                })
+                .transpose()?,
+        },
         _ => HubTarget::Embedded,
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -23,7 +23,7 @@ use crate::report::*;
 use crate::scenario::Scenario;
 use crate::traffic::Dataset;
 use crate::worker::{FleetPart, WorkerProcess};
-use flotilla_testkit::TestHub;
+use flotilla_testkit::{TestHub, admin_client};
 
 /// Which hub the fleet talks to.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub enum HubTarget {
         url: String,
         token: String,
         broker: std::net::SocketAddr,
+        /// Its CA certificate (PEM), for an https hub.
+        ca_pem: Option<String>,
     },
 }
 
@@ -65,16 +67,25 @@ pub async fn run(
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
     let dataset = Dataset::read(scenario.dataset_path())?;
-    let (embedded, url, token, broker) = match options.target {
+    let (embedded, url, token, broker, ca_pem) = match options.target {
         HubTarget::Embedded => {
             let hub = TestHub::start(1, scenario.drift_lookback_seconds).await?;
-            let (url, token, broker) =
-                (hub.hub.url.clone(), hub.operator_token.clone(), hub.broker);
-            (Some(hub), url, token, broker)
+            let (url, token, broker, ca_pem) = (
+                hub.hub.url.clone(),
+                hub.operator_token.clone(),
+                hub.broker,
+                Some(hub.ca_pem()),
+            );
+            (Some(hub), url, token, broker, ca_pem)
         }
-        HubTarget::External { url, token, broker } => (None, url, token, broker),
+        HubTarget::External {
+            url,
+            token,
+            broker,
+            ca_pem,
+        } => (None, url, token, broker, ca_pem),
     };
-    let operator = AdminClient::new(&url, Some(token.clone()))?;
+    let operator = admin_client(&url, Some(token.clone()), ca_pem.as_deref())?;
     let mut report = Report {
         scenario: scenario.name.clone(),
         devices: scenario.device_count(),
@@ -145,6 +156,7 @@ pub async fn run(
             first,
             count: end - first,
             hub_url: url.clone(),
+            hub_ca_pem: ca_pem.clone(),
             token: token.clone(),
             broker,
             input: input.clone(),
@@ -388,7 +400,9 @@ pub async fn run(
         progress(&format!(
             "t={t:>5.1}s online {online}/{devices} installed {installed} requests {} windows sealed {sealed} received {}",
             now.served,
-            hub_telemetry_counts(&embedded, &url).await?.stored
+            hub_telemetry_counts(&embedded, &url, ca_pem.as_deref())
+                .await?
+                .stored
         ));
         if t >= scenario.duration_seconds {
             break;
@@ -417,7 +431,7 @@ pub async fn run(
             lost,
             ..
         } = fleet_status(&statuses);
-        let hub = hub_telemetry_counts(&embedded, &url).await?;
+        let hub = hub_telemetry_counts(&embedded, &url, ca_pem.as_deref()).await?;
         let refused_clock = hub.refused.get("clock").copied().unwrap_or(0);
         let refused_other: u64 = hub
             .refused
@@ -505,7 +519,12 @@ pub async fn run(
         fleet_peak_rss_mib: fleet.peak_rss_kib / 1024.0,
         rss_per_device_kib: fleet.device_rss_kib / devices.max(1) as f64,
         fleet_cpu_seconds: fleet.cpu_seconds,
-        hub: hub_process(&url, coordinator_is_fleet && embedded.is_some()).await,
+        hub: hub_process(
+            &url,
+            ca_pem.as_deref(),
+            coordinator_is_fleet && embedded.is_some(),
+        )
+        .await,
     };
     for part in parts {
         part.shutdown().await?;
@@ -555,11 +574,15 @@ async fn follow_rollouts(operator: &AdminClient, report: &mut Report) -> anyhow:
 
 /// The hub's own CPU and memory from its /metrics; `None` when it shares this process with
 /// the fleet (its figures would be the fleet's).
-async fn hub_process(url: &str, shared_with_fleet: bool) -> Option<HubProcess> {
+async fn hub_process(
+    url: &str,
+    ca_pem: Option<&str>,
+    shared_with_fleet: bool,
+) -> Option<HubProcess> {
     if shared_with_fleet {
         return None;
     }
-    let text = AdminClient::new(url, None)
+    let text = admin_client(url, None, ca_pem)
         .ok()?
         .metrics_text()
         .await
@@ -591,6 +614,7 @@ struct HubTelemetry {
 async fn hub_telemetry_counts(
     embedded: &Option<TestHub>,
     url: &str,
+    ca_pem: Option<&str>,
 ) -> anyhow::Result<HubTelemetry> {
     let by_reason = |map: BTreeMap<&'static str, u64>| -> BTreeMap<String, u64> {
         map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -604,7 +628,7 @@ async fn hub_telemetry_counts(
             refused_requests: by_reason(m.telemetry_rejected_requests()),
         });
     }
-    let text = AdminClient::new(url, None)?.metrics_text().await?;
+    let text = admin_client(url, None, ca_pem)?.metrics_text().await?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| {

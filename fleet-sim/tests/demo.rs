@@ -41,9 +41,12 @@ async fn the_demo_runs_the_whole_loop() {
     assert_eq!(run.status, RunStatus::Succeeded, "{outcome:#?}");
     assert_eq!(outcome.agent_serves, Some(2), "{outcome:#?}");
     // One run for the whole drift: the cooldown holds while the drift goes on.
-    let client =
-        flotilla_api::AdminClient::new(&outcome.hub_url, Some(outcome.operator_token.clone()))
-            .unwrap();
+    let client = flotilla_testkit::admin_client(
+        &outcome.hub_url,
+        Some(outcome.operator_token.clone()),
+        Some(&outcome.hub_ca_pem),
+    )
+    .unwrap();
     let runs = client
         .trigger_runs(&TriggerRunQuery {
             model: Some("iris".into()),

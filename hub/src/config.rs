@@ -30,10 +30,10 @@ pub struct HubConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The API URL devices are told at enrollment for artifact downloads, and the base of the
-    /// links in trigger payloads. Agents speak plain HTTP to it (artifacts are checked against
-    /// their signed manifests), so it is an http:// URL. When unset: http:// and the address
-    /// the API listens on.
-    /// Example: "http://hub.example:7070"
+    /// links in trigger payloads: https:// when `[tls] enabled` (its host must be one of the
+    /// certificate's names), else http://. When unset: the scheme and the address the API
+    /// listens on.
+    /// Example: "https://hub.example:7070"
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
     /// Largest model file a push may upload, in bytes; a larger one is refused with 413.
@@ -58,6 +58,30 @@ pub struct HubConfig {
     /// The device inventory.
     #[serde(default)]
     pub devices: DeviceSettings,
+    /// TLS on the admin API and the device endpoints, with certificates from the hub's own
+    /// CA (`keys/ca.crt`).
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Serve the admin API and the device endpoints over HTTPS. Turning it off is allowed
+    /// only when `listen` is a loopback address (local trials); everything then travels in
+    /// plain text, tokens included.
+    #[serde(default = "default_tls_enabled")]
+    pub enabled: bool,
+    /// Names (DNS names or IP addresses) the hub's certificate is valid for besides
+    /// localhost, 127.0.0.1, ::1, the address the API listens on and the host of
+    /// `advertise_url`: every other name devices and operators reach the hub by.
+    /// Example: ["hub.example", "10.0.0.5"]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// How long device certificates are valid, in days.
+    #[serde(default = "default_device_certificate_days")]
+    pub device_certificate_days: u64,
 }
 
 /// `[broker]`.
@@ -156,6 +180,12 @@ pub struct DeviceSettings {
     pub offline_after_seconds: u64,
 }
 
+fn default_tls_enabled() -> bool {
+    true
+}
+fn default_device_certificate_days() -> u64 {
+    90
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7070))
 }
@@ -205,6 +235,17 @@ impl Default for HubConfig {
             rollouts: RolloutSettings::default(),
             triggers: TriggerSettings::default(),
             devices: DeviceSettings::default(),
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            enabled: default_tls_enabled(),
+            names: Vec::new(),
+            device_certificate_days: default_device_certificate_days(),
         }
     }
 }
@@ -371,13 +412,39 @@ impl HubConfig {
                 problem,
             })
         };
-        let bad_url = |url: &&String| url.strip_prefix("http://").is_none_or(str::is_empty);
+        let scheme = if self.tls.enabled {
+            "https://"
+        } else {
+            "http://"
+        };
+        let bad_url = |url: &&String| url.strip_prefix(scheme).is_none_or(str::is_empty);
         if let Some(url) = self.advertise_url.as_ref().filter(bad_url) {
             problem(
                 None,
                 "advertise_url",
                 format!(
-                    "{url:?} is not an http:// URL; agents download over plain HTTP, e.g. \"http://hub.example:7070\""
+                    "{url:?} is not an {scheme} URL, and [tls] enabled is {}: e.g. \"{scheme}hub.example:7070\"",
+                    self.tls.enabled
+                ),
+            );
+        }
+        if !self.tls.enabled && !self.listen.ip().is_loopback() {
+            problem(
+                Some("tls"),
+                "enabled",
+                format!(
+                    "false, but the API listens on {}, which is not a loopback address: plain HTTP would carry tokens across the network; keep TLS on, or listen on 127.0.0.1",
+                    self.listen
+                ),
+            );
+        }
+        if !(1..=3650).contains(&self.tls.device_certificate_days) {
+            problem(
+                Some("tls"),
+                "device_certificate_days",
+                format!(
+                    "{} is not between 1 and 3650 days",
+                    self.tls.device_certificate_days
                 ),
             );
         }
@@ -538,7 +605,7 @@ mod tests {
         let (_dir, path) = file(
             r#"
             listen = "0.0.0.0:8080"
-            advertise_url = "http://hub.example:8080"
+            advertise_url = "https://hub.example:8080"
             [broker]
             url = "mqtt://u:p@broker.example:1883"
             advertise = "mqtt.example:8883"
@@ -558,7 +625,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(
             config.advertise_url.as_deref(),
-            Some("http://hub.example:8080")
+            Some("https://hub.example:8080")
         );
         assert_eq!(
             config.broker.url.as_deref(),
@@ -628,8 +695,8 @@ mod tests {
             ),
             ("max_upload_bytes = 0\n", "max_upload_bytes: 0 would refuse"),
             (
-                "advertise_url = \"https://hub.example\"\n",
-                "advertise_url: \"https://hub.example\" is not an http:// URL",
+                "advertise_url = \"http://hub.example\"\n",
+                "advertise_url: \"http://hub.example\" is not an https:// URL",
             ),
             (
                 "[broker]\nurl = \"tcp://broker:1883\"\n",

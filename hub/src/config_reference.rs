@@ -487,7 +487,7 @@ pub struct Inner {
         );
         let listen = text.find("\nlisten = \"127.0.0.1:7070\"\n").unwrap();
         let advertise_url = text
-            .find("\n# advertise_url = \"http://hub.example:7070\"\n")
+            .find("\n# advertise_url = \"https://hub.example:7070\"\n")
             .unwrap();
         let broker = text.find("\n[broker]\n").unwrap();
         let triggers = text.find("\n[triggers]\n").unwrap();

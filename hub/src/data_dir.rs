@@ -221,7 +221,7 @@ fn read_key(path: &Path) -> Result<SigningKey, DataDirError> {
 }
 
 /// Writes a secret with mode 0600 through a temporary file, fsynced, then renamed.
-fn write_secret(path: &Path, text: &str) -> Result<(), DataDirError> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), DataDirError> {
     let folder = path.parent().expect("key paths have a folder");
     let error = |source| DataDirError::Write {
         path: path.to_owned(),

@@ -12,6 +12,7 @@ use flotilla_proto::control::{
 };
 use flotilla_proto::trust::Envelope;
 
+use crate::ca::HubCa;
 use crate::data_dir::token_hash;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{DesiredRecord, DeviceRecord, EnrollmentCheck, RegistryStore, StoreError};
@@ -24,9 +25,13 @@ pub enum FleetError {
     #[error("enrollment token is not known to this hub")]
     UnknownToken,
     #[error(
-        "enrollment token was already used; ask the operator for a new one (flotilla enroll-token create)"
+        "enrollment token was already used (every use of a claim token is spent); ask the operator for a new one (flotilla enroll-token create)"
     )]
     TokenUsed,
+    #[error(
+        "enrollment token was revoked; ask the operator for a new one (flotilla enroll-token create)"
+    )]
+    TokenRevoked,
     #[error(
         "enrollment token has expired; ask the operator for a new one (flotilla enroll-token create)"
     )]
@@ -45,6 +50,18 @@ pub enum FleetError {
     Store(#[from] StoreError),
     #[error("the hub has no root metadata")]
     NoRoot,
+    #[error("the hub has no certificate authority to issue device certificates")]
+    NoCa,
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+}
+
+/// The fingerprint of the first certificate of a PEM chain: what the API's listener reports
+/// for a client that presents it.
+fn certificate_fingerprint_of(chain_pem: &str) -> Result<String, FleetError> {
+    let chain = flotilla_api::tls::certificates_from_pem(chain_pem, "an issued certificate")
+        .map_err(|e| FleetError::Ca(crate::ca::CaError::Issue(e.to_string())))?;
+    Ok(flotilla_api::tls::certificate_fingerprint(&chain[0]))
 }
 
 /// A device's id, derived from its key: re-enrolling the same key gives the same id.
@@ -93,6 +110,8 @@ pub struct Fleet {
     pub artifacts_http: String,
     /// QUIC artifact endpoint and the certificate pin, when QUIC is on.
     pub artifacts_quic: Option<(String, String)>,
+    /// The CA that issues device certificates at enrollment, and their lifetime.
+    ca: Option<(Arc<HubCa>, std::time::Duration)>,
 }
 
 impl Fleet {
@@ -106,7 +125,19 @@ impl Fleet {
             mqtt_address,
             artifacts_http,
             artifacts_quic: None,
+            ca: None,
         }
+    }
+
+    /// Issues device certificates from `ca`, valid `lifetime`, at enrollment.
+    pub fn with_ca(mut self, ca: Arc<HubCa>, lifetime: std::time::Duration) -> Fleet {
+        self.ca = Some((ca, lifetime));
+        self
+    }
+
+    /// The CA's fingerprint, which enrollment tokens carry.
+    pub fn ca_fingerprint(&self) -> Option<String> {
+        self.ca.as_ref().map(|(ca, _)| ca.fingerprint())
     }
 
     /// Tells devices at enrollment to fetch over QUIC at `address`, pinning `certificate_sha256`.
@@ -137,6 +168,7 @@ impl Fleet {
             EnrollmentCheck::Unknown => return Err(FleetError::UnknownToken),
             EnrollmentCheck::AlreadyUsed => return Err(FleetError::TokenUsed),
             EnrollmentCheck::Expired => return Err(FleetError::TokenExpired),
+            EnrollmentCheck::Revoked => return Err(FleetError::TokenRevoked),
         };
         let existing = self.store().device(&device_id)?;
         let device = DeviceRecord {
@@ -158,7 +190,17 @@ impl Fleet {
                 .unwrap_or_default(),
             reported_sequence: existing.as_ref().map(|d| d.reported_sequence).unwrap_or(0),
         };
+        let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
+        let certificate =
+            ca.issue_device(&device_id, &request.public_key.public, now, *lifetime)?;
+        let certificate_expires = now + lifetime.as_secs() as i64;
         self.store().upsert_device(&device)?;
+        self.store().record_certificate(
+            &certificate_fingerprint_of(&certificate)?,
+            &device_id,
+            now,
+            certificate_expires,
+        )?;
         self.store().audit(
             now,
             &device_id,
@@ -176,6 +218,9 @@ impl Fleet {
             artifacts_quic: self.artifacts_quic.as_ref().map(|(a, _)| a.clone()),
             quic_certificate_sha256: self.artifacts_quic.as_ref().map(|(_, p)| p.clone()),
             labels,
+            ca_certificate: ca.certificate_pem().to_owned(),
+            certificate,
+            certificate_expires,
         })
     }
 

@@ -2,6 +2,7 @@
 //! listeners, then every part of the hub on them) and signal handling.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use flotilla_common::clock::{Clock, SharedClock, SystemClock};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+use crate::api::listener::ApiListener;
 use crate::api::{ApiState, serve};
+use crate::ca::HubCa;
 use crate::config::{ConfigSource, HubConfig, HubConfigError};
 use crate::data_dir::{DataDir, new_token, token_hash};
 use crate::fleet::{Fleet, FleetError};
@@ -105,9 +108,16 @@ pub fn moved_flag_hint(args: &[String]) -> Option<String> {
 }
 
 pub fn init(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let outcome = DataDir::new(data_dir).init(SystemClock.now_unix())?;
+    let folder = DataDir::new(data_dir);
+    let outcome = folder.init(SystemClock.now_unix())?;
+    let ca = HubCa::load_or_create(&folder.keys(), SystemClock.now_unix())?;
     println!("hub initialised in {}", data_dir.display());
     println!("root key id: {}", outcome.root_key_id);
+    println!(
+        "TLS CA: {} (fingerprint {}); give it to the CLI with --ca-file",
+        HubCa::certificate_path(&folder.keys()).display(),
+        ca.fingerprint()
+    );
     println!("operator token (shown once): {}", outcome.operator_token);
     println!("read-only token (shown once): {}", outcome.read_token);
     Ok(())
@@ -336,15 +346,37 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("{}:{}", broker.host, broker.port));
     // Devices download from here, and trigger payloads link here: receivers are elsewhere.
+    let scheme = if config.tls.enabled { "https" } else { "http" };
     let advertise_url = config
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{address}"));
+        .unwrap_or_else(|| format!("{scheme}://{address}"));
+    let ca = Arc::new(HubCa::load_or_create(&folder.keys(), clock.now_unix())?);
+    let api_tls = if config.tls.enabled {
+        let names = certificate_names(&config, address, &advertise_url);
+        let identity = ca.issue_server(&names, clock.now_unix())?;
+        tracing::info!(?names, ca = %ca.fingerprint(), "serving the API over TLS");
+        Some(
+            crate::api::listener::server_config(
+                &identity.chain_pem,
+                &identity.key_pem,
+                ca.certificate_der(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        tracing::warn!("[tls] enabled = false: the API speaks plain HTTP on loopback");
+        None
+    };
     let metrics = Arc::new(crate::metrics::HubMetrics::default());
     let mut fleet = Fleet::new(
         registry.clone(),
         advertise_mqtt.clone(),
         advertise_url.clone(),
+    )
+    .with_ca(
+        ca.clone(),
+        Duration::from_secs(config.tls.device_certificate_days * 24 * 3600),
     );
     let mut quic_advertised = None;
     if let Some(socket) = listeners.quic {
@@ -431,6 +463,7 @@ pub async fn start(
         advertise_url,
         data_dir.join("triggers"),
         config.triggers.allow_commands,
+        Some(HubCa::certificate_path(&folder.keys())),
     ));
     triggers.recover()?;
     triggers
@@ -447,19 +480,41 @@ pub async fn start(
         telemetry: Some(telemetry),
         rollouts: Some(rollouts),
         triggers: Some(triggers),
+        device_certificates_required: api_tls.is_some(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listeners.api, state, async move {
+    let listener = ApiListener::new(listeners.api, api_tls)?;
+    let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
     Ok(RunningHub {
-        url: format!("http://{address}"),
+        url: format!("{scheme}://{address}"),
         mqtt: advertise_mqtt,
         quic: quic_advertised,
         metrics: hub_metrics,
         stop,
         server,
     })
+}
+
+/// The names the hub's certificate is valid for: loopback, the address the API listens on
+/// (unless it is a wildcard), the host of the advertised URL, and `[tls] names`.
+fn certificate_names(config: &HubConfig, address: SocketAddr, advertise_url: &str) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !address.ip().is_unspecified() {
+        names.push(address.ip().to_string());
+    }
+    if let Ok(base) = flotilla_api::http::BaseUrl::parse(advertise_url) {
+        names.push(base.server_name().to_owned());
+    }
+    names.extend(config.tls.names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]

@@ -94,6 +94,13 @@ pub struct EnrollResponse {
     #[serde(default)]
     pub quic_certificate_sha256: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The hub's CA certificate (PEM): what the device trusts for TLS from now on. Its
+    /// SHA-256 is the fingerprint the enrollment token carried.
+    pub ca_certificate: String,
+    /// The device's client certificate for the key it enrolled, then the CA's (PEM).
+    pub certificate: String,
+    /// When the certificate expires (unix seconds).
+    pub certificate_expires: i64,
 }
 
 /// The models a device should run, signed by the hub; published retained.

@@ -202,12 +202,33 @@ impl HubProcess {
         std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
     }
 
+    /// The hub's CA certificate file (made by `init`).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("keys/ca.crt")
+    }
+
+    /// A client of this hub with `token`, trusting the hub's CA.
+    pub fn client(&self, token: Option<String>) -> AdminClient {
+        let client = AdminClient::new(&self.url, token).expect("the hub's URL");
+        if !self.url.starts_with("https://") {
+            return client;
+        }
+        let pem = std::fs::read_to_string(self.ca_file()).expect("the hub's CA certificate");
+        let trust = flotilla_api::tls::ServerTrust::ca_pem(&pem, "ca.crt").expect("a PEM CA");
+        client.with_trust(&trust).expect("TLS settings")
+    }
+
     pub fn operator(&self) -> AdminClient {
-        AdminClient::new(&self.url, Some(self.operator_token.clone())).expect("the hub's URL")
+        self.client(Some(self.operator_token.clone()))
     }
 
     pub fn reader(&self) -> AdminClient {
-        AdminClient::new(&self.url, Some(self.read_token.clone())).expect("the hub's URL")
+        self.client(Some(self.read_token.clone()))
+    }
+
+    /// A client with no admin token, as a device or a stranger is.
+    pub fn anonymous(&self) -> AdminClient {
+        self.client(None)
     }
 
     /// Runs the `flotilla` CLI against this hub with `token`.
@@ -216,6 +237,7 @@ impl HubProcess {
         command
             .args(args)
             .env("FLOTILLA_HUB", &self.url)
+            .env("FLOTILLA_CA_FILE", self.ca_file())
             .env_remove("FLOTILLA_TOKEN");
         if let Some(token) = token {
             command.env("FLOTILLA_TOKEN", token);
@@ -228,6 +250,7 @@ impl HubProcess {
         let request = flotilla_api::devices::EnrollmentTokenRequest {
             labels: flotilla_api::selector::parse_labels(labels).expect("labels k=v,k=v"),
             ttl_seconds: 600,
+            uses: 1,
         };
         self.operator()
             .create_enrollment_token(&request)

@@ -73,9 +73,18 @@ impl TestHub {
         })
     }
 
+    /// The hub's CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("keys/ca.crt")).expect("the hub's CA")
+    }
+
     pub fn operator(&self) -> AdminClient {
-        AdminClient::new(&self.hub.url, Some(self.operator_token.clone()))
-            .expect("the hub's own URL parses")
+        crate::admin_client(
+            &self.hub.url,
+            Some(self.operator_token.clone()),
+            Some(&self.ca_pem()),
+        )
+        .expect("the hub's own URL parses")
     }
 }
 
@@ -192,6 +201,7 @@ pub async fn enrollment_token(
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         ttl_seconds: 3600,
+        uses: 1,
     };
     Ok(operator.create_enrollment_token(&request).await?.token)
 }

@@ -65,6 +65,22 @@ pub fn free_port() -> u16 {
         .expect("loopback has a free port")
 }
 
+/// A client of the hub at `url` with `token`, trusting `ca_pem` (the hub's CA certificate)
+/// when the URL is https (without one, the machine's roots).
+pub fn admin_client(
+    url: &str,
+    token: Option<String>,
+    ca_pem: Option<&str>,
+) -> anyhow::Result<flotilla_api::AdminClient> {
+    let client = flotilla_api::AdminClient::new(url, token)?;
+    match ca_pem {
+        Some(pem) if url.starts_with("https://") => Ok(client.with_trust(
+            &flotilla_api::tls::ServerTrust::ca_pem(pem, "the hub's CA certificate")?,
+        )?),
+        _ => Ok(client),
+    }
+}
+
 /// Untyped calls on the admin API, for tests that probe the wire format itself (a field's
 /// exact JSON, a malformed or hand-made request). Programs use `AdminClient`'s typed
 /// methods; this trait lives in the test kit so that only tests can reach for it.

@@ -342,7 +342,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
-        (HubHttp::new(&format!("http://{address}")).unwrap(), seen)
+        (
+            HubHttp::new(&format!("http://{address}"), None).unwrap(),
+            seen,
+        )
     }
 
     fn folders(root: &Path) -> InstallFolders {

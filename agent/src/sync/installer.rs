@@ -350,7 +350,7 @@ mod tests {
             root: std::sync::RwLock::new(root),
             store: Arc::new(AgentStore::open(&state.path().join("agent.db")).unwrap()),
             repository: Arc::new(ModelRepository::load(&[]).unwrap()),
-            http: HubHttp::new(&format!("http://{address}")).unwrap(),
+            http: HubHttp::new(&format!("http://{address}"), None).unwrap(),
             quic: None,
             mqtt,
             folders: InstallFolders {

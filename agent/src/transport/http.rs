@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use flotilla_api::http::{HttpClient, Method, StatusCode, read_bounded};
@@ -24,6 +25,9 @@ pub enum HttpError {
     Unreachable { url: String, cause: String },
     #[error("hub answered {status}: {message}")]
     Refused { status: u16, message: String },
+    /// The hub's certificate is not from the CA this device trusts (or its token pins).
+    #[error("{url} is not the hub this device trusts: {cause}")]
+    Untrusted { url: String, cause: String },
     #[error("hub's answer is not valid: {0}")]
     BadAnswer(String),
     #[error("artifact is larger than its manifest says ({expected} bytes)")]
@@ -39,15 +43,20 @@ pub struct HubHttp {
 }
 
 impl HubHttp {
-    pub fn new(url: &str) -> Result<HubHttp, HttpError> {
-        if !url.starts_with("http://") {
+    /// A client of the hub at `url`; an `https://` hub is checked with `tls` (whom to trust,
+    /// the device certificate to present), or the machine's roots without it.
+    pub fn new(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<HubHttp, HttpError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(HttpError::BadUrl(url.to_owned()));
         }
         // A hub that accepts connections and never answers must not hang enrollment or a
         // download: its answers' heads (and whole JSON answers) come within this time.
-        let client = HttpClient::new(url)
+        let mut client = HttpClient::new(url)
             .map_err(|_| HttpError::BadUrl(url.to_owned()))?
             .with_answer_timeout(Some(ANSWER_TIMEOUT));
+        if let Some(tls) = tls {
+            client = client.with_tls(tls);
+        }
         Ok(HubHttp {
             url: client.base().text.clone(),
             client,
@@ -85,6 +94,9 @@ impl HubHttp {
                 }
                 timeout @ flotilla_api::http::HttpError::Timeout { .. } => {
                     self.unreachable(timeout)
+                }
+                flotilla_api::http::HttpError::Untrusted { url, cause } => {
+                    HttpError::Untrusted { url, cause }
                 }
                 other => HttpError::BadAnswer(other.to_string()),
             })
@@ -307,7 +319,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
-        (HubHttp::new(&format!("http://{address}")).unwrap(), seen)
+        (
+            HubHttp::new(&format!("http://{address}"), None).unwrap(),
+            seen,
+        )
     }
 
     #[tokio::test]
@@ -377,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_hub_is_a_clear_error() {
-        let http = HubHttp::new("http://127.0.0.1:1").unwrap();
+        let http = HubHttp::new("http://127.0.0.1:1", None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let error = http
             .download("ab", &dir.path().join("x.part"), 10)
@@ -389,6 +404,6 @@ mod tests {
                 .contains("cannot reach the hub at http://127.0.0.1:1"),
             "{error}"
         );
-        assert!(HubHttp::new("ftp://x").is_err());
+        assert!(HubHttp::new("ftp://x", None).is_err());
     }
 }

@@ -5,3 +5,4 @@
 pub mod http;
 pub mod mqtt;
 pub mod quic;
+pub mod tls;

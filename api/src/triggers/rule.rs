@@ -266,12 +266,6 @@ fn check_attempts(what: &str, attempts: u32, timeout: f64, backoff: f64) -> Resu
 
 impl Webhook {
     fn check(&self) -> Result<(), RuleError> {
-        if self.url.starts_with("https://") {
-            return Err(RuleError::Invalid(format!(
-                "webhook {:?}: the hub calls http:// URLs only; put a TLS-terminating relay on the hub's host for https",
-                self.url
-            )));
-        }
         check_url(&self.url).map_err(RuleError::Invalid)?;
         if self.secret.chars().count() < 16 {
             return Err(RuleError::Invalid(
@@ -303,12 +297,19 @@ impl Command {
     }
 }
 
-/// Checks a webhook URL, `http://HOST[:PORT][/PATH]` (port 80 when none is given), with the
-/// parser the HTTP client itself uses.
+/// Checks a webhook URL, `https://HOST[:PORT][/PATH]` (checked against the hub machine's
+/// root certificates) or `http://...`, with the parser the HTTP client itself uses. A Unix
+/// socket is no webhook.
 fn check_url(url: &str) -> Result<(), String> {
-    crate::http::BaseUrl::parse(url)
-        .map(|_| ())
-        .map_err(|_| format!("webhook URL {url:?} is not http://HOST[:PORT][/PATH]"))
+    let refused = || {
+        format!(
+            "webhook URL {url:?} is not https://HOST[:PORT][/PATH] or http://HOST[:PORT][/PATH]"
+        )
+    };
+    match crate::http::BaseUrl::parse(url) {
+        Ok(base) if matches!(base.endpoint, crate::http::Endpoint::Tcp(_)) => Ok(()),
+        _ => Err(refused()),
+    }
 }
 
 #[cfg(test)]
@@ -359,12 +360,8 @@ mod tests {
                 "error_rate.above",
             ),
             (
-                "[action.webhook]\nurl = \"https://x.example/hook\"\nsecret = \"0123456789abcdef\"",
-                "http:// URLs only",
-            ),
-            (
                 "[action.webhook]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"",
-                "not http://",
+                "not https://",
             ),
             (
                 "[action.webhook]\nurl = \"http://x\"\nsecret = \"short\"",
@@ -403,12 +400,13 @@ mod tests {
             "http://127.0.0.1:9000/a/b?c=1",
             "http://hooks.local",
             "http://[::1]:8080/x",
+            "https://hooks.example/retrain",
         ] {
             assert!(check_url(good).is_ok(), "{good}");
         }
-        for bad in ["http:///x", "https://x", "http://u@x"] {
+        for bad in ["http:///x", "https://", "http://u@x", "unix:/run/x.sock"] {
             assert!(
-                check_url(bad).unwrap_err().contains("is not http://"),
+                check_url(bad).unwrap_err().contains("is not https://"),
                 "{bad}"
             );
         }

@@ -4,39 +4,76 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_api::ErrorBody;
 use flotilla_api::devices::{
     DeployAnswer, DeployRequest, DeviceDetail, DeviceView, EnrollmentToken, EnrollmentTokenRequest,
+    EnrollmentTokenView, MAX_TOKEN_USES,
 };
 use flotilla_proto::control::{DesiredModel, EnrollRequest, EnrollResponse};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::docs::{OperatorErrors, ReadErrors};
 use super::extract::{ApiJson, ApiPath};
+use super::listener::Peer;
 use super::{ApiError, ApiState, Caller, blocking};
 use crate::data_dir::{new_token, token_hash};
 use crate::fleet::FleetError;
 use crate::metrics::HubMetrics;
-use crate::store::{DeviceRecord, Scope};
+use crate::store::{DeviceRecord, EnrollmentTokenRecord, Scope};
 
 /// A token is a credential: one that outlives a year is a leak waiting to happen, and the
 /// bound keeps `now + ttl` far from overflowing.
 const MAX_ENROLLMENT_TOKEN_TTL_SECONDS: i64 = 366 * 24 * 3600;
 
+/// The enrolled device a connection's client certificate belongs to: presented, issued by
+/// this hub, not revoked. (The TLS handshake checked the chain and the dates.)
+fn device_of_certificate(
+    registry: &crate::registry::Registry,
+    peer: &Peer,
+) -> Result<String, ApiError> {
+    let sha256 = peer.client_certificate_sha256.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "downloads need the device certificate this hub issued at enrollment",
+        )
+    })?;
+    let certificate = registry.store().certificate(sha256)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this client certificate was not issued to a device of this hub",
+        )
+    })?;
+    if certificate.revoked_at.is_some() {
+        tracing::warn!(device = %certificate.device_id, address = %peer.address, "download refused: certificate revoked");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the certificate of device {} was revoked",
+                certificate.device_id
+            ),
+        ));
+    }
+    Ok(certificate.device_id)
+}
+
 impl From<FleetError> for ApiError {
     fn from(error: FleetError) -> ApiError {
         let status = match &error {
             FleetError::UnknownToken | FleetError::NoProofOfPossession => StatusCode::UNAUTHORIZED,
-            FleetError::TokenUsed | FleetError::TokenExpired => StatusCode::FORBIDDEN,
+            FleetError::TokenUsed | FleetError::TokenExpired | FleetError::TokenRevoked => {
+                StatusCode::FORBIDDEN
+            }
             FleetError::BadKey(_) => StatusCode::BAD_REQUEST,
             FleetError::NoDevices(_) => StatusCode::NOT_FOUND,
             FleetError::Registry(e) => {
                 return ApiError::from(crate::registry::RegistryError::from_ref(e));
             }
-            FleetError::Store(_) | FleetError::NoRoot => StatusCode::INTERNAL_SERVER_ERROR,
+            FleetError::Store(_) | FleetError::NoRoot | FleetError::NoCa | FleetError::Ca(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::new(status, error.to_string())
     }
@@ -49,13 +86,13 @@ fn fleet(state: &ApiState) -> Result<std::sync::Arc<crate::fleet::Fleet>, ApiErr
         .ok_or_else(|| ApiError::internal("this hub serves no fleet"))
 }
 
-/// Creates a one-time enrollment token (shown once).
+/// Creates an enrollment token (shown once): one-time, or a claim token for `uses` devices.
 #[utoipa::path(post, operation_id = "devices_create_enrollment_token", path = "/api/v1/enrollment-tokens", tag = "devices",
     security(("bearer" = [])),
     request_body = EnrollmentTokenRequest,
     responses(
         (status = 200, body = EnrollmentToken),
-        (status = 400, description = "ttl_seconds is not between 1 and a year, or the body is not the request", body = ErrorBody),
+        (status = 400, description = "ttl_seconds is not between 1 and a year, uses not between 1 and 100000, or the body is not the request", body = ErrorBody),
         OperatorErrors))]
 pub(super) async fn create_enrollment_token(
     State(state): State<ApiState>,
@@ -69,28 +106,109 @@ pub(super) async fn create_enrollment_token(
             request.ttl_seconds
         )));
     }
+    if !(1..=MAX_TOKEN_USES).contains(&request.uses) {
+        return Err(ApiError::bad_request(format!(
+            "uses must be between 1 and {MAX_TOKEN_USES}, not {}",
+            request.uses
+        )));
+    }
     let registry = state.registry.clone();
+    let ca_fingerprint = fleet(&state)?.ca_fingerprint();
     blocking(move || {
-        let token = new_token("flo_enroll").map_err(|e| ApiError::internal(e.to_string()))?;
+        let secret = new_token("flo_enroll").map_err(|e| ApiError::internal(e.to_string()))?;
+        // The CA's fingerprint rides along (as kubeadm's discovery hash does), so the
+        // device's first TLS contact already knows which hub to trust.
+        let token = match ca_fingerprint {
+            Some(fingerprint) => format!("{secret}.{fingerprint}"),
+            None => secret,
+        };
         let now = registry.now();
         let expires = now.saturating_add(request.ttl_seconds);
+        let hash = token_hash(&token);
         registry.store().insert_enrollment_token(
-            &token_hash(&token),
+            &hash,
             &request.labels,
             expires,
+            request.uses,
             now,
         )?;
+        let id = hash[..12].to_owned();
         registry.store().audit(
             now,
             &caller.name,
             "enroll_token.create",
-            &format!("labels {:?} expires {expires}", request.labels),
+            &format!(
+                "{id}: labels {:?}, {} uses, expires {expires}",
+                request.labels, request.uses
+            ),
         )?;
         Ok(Json(EnrollmentToken {
             token,
+            id,
             expires,
             labels: request.labels,
+            uses: request.uses,
         }))
+    })
+    .await
+}
+
+fn token_view(record: EnrollmentTokenRecord) -> EnrollmentTokenView {
+    EnrollmentTokenView {
+        id: record.id,
+        labels: record.labels,
+        created: record.created,
+        expires: record.expires,
+        uses_allowed: record.uses_allowed,
+        uses: record.uses,
+        revoked_at: record.revoked_at,
+    }
+}
+
+/// Every enrollment token, newest first (never the secrets).
+#[utoipa::path(get, operation_id = "devices_list_enrollment_tokens", path = "/api/v1/enrollment-tokens", tag = "devices",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<EnrollmentTokenView>),
+        OperatorErrors))]
+pub(super) async fn list_enrollment_tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<EnrollmentTokenView>>, ApiError> {
+    caller.require(Scope::Operator)?;
+    let registry = state.registry.clone();
+    blocking(move || {
+        let tokens = registry.store().enrollment_tokens()?;
+        Ok(Json(tokens.into_iter().map(token_view).collect()))
+    })
+    .await
+}
+
+/// Revokes an enrollment token: no device enrolls with it any more (those enrolled stay).
+#[utoipa::path(delete, operation_id = "devices_revoke_enrollment_token", path = "/api/v1/enrollment-tokens/{id}", tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The token's id (from its creation or the list)")),
+    responses(
+        (status = 200, description = "Revoked (or already revoked)", body = EnrollmentTokenView),
+        (status = 404, description = "No token has that id", body = ErrorBody),
+        OperatorErrors))]
+pub(super) async fn revoke_enrollment_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<EnrollmentTokenView>, ApiError> {
+    caller.require(Scope::Operator)?;
+    let registry = state.registry.clone();
+    blocking(move || {
+        let now = registry.now();
+        let revoked = registry
+            .store()
+            .revoke_enrollment_token(&id, now)?
+            .ok_or_else(|| ApiError::not_found(format!("no enrollment token has id {id:?}")))?;
+        registry
+            .store()
+            .audit(now, &caller.name, "enroll_token.revoke", &id)?;
+        Ok(Json(token_view(revoked)))
     })
     .await
 }
@@ -267,14 +385,21 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Api
         (status = 200, description = "The whole artifact", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "Not a SHA-256", body = ErrorBody),
+        (status = 401, description = "Over TLS: no device certificate from this hub's CA was presented", body = ErrorBody),
+        (status = 403, description = "The device's certificate was revoked", body = ErrorBody),
         (status = 404, description = "No such artifact", body = ErrorBody),
         (status = 416, description = "The range is outside the artifact or not understood", body = ErrorBody),
         (status = 500, description = "The artifact cannot be opened", body = ErrorBody)))]
 pub(super) async fn artifact(
     State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     ApiPath(sha256): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if state.device_certificates_required {
+        let registry = state.registry.clone();
+        blocking(move || device_of_certificate(&registry, &peer)).await?;
+    }
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request(
             "artifacts are named by their 64-hex-digit SHA-256",

@@ -10,6 +10,7 @@ mod docs;
 mod error;
 mod extract;
 mod hub;
+pub mod listener;
 mod models;
 mod rollouts;
 mod telemetry;
@@ -17,7 +18,6 @@ mod triggers;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
@@ -47,6 +47,9 @@ pub struct ApiState {
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     /// Retraining triggers; absent in a registry-only hub.
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
+    /// Whether artifact downloads must come with a device certificate the hub issued (the
+    /// API speaks TLS).
+    pub device_certificates_required: bool,
 }
 
 /// Every route with its documentation.
@@ -66,7 +69,11 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(models::retire))
         .routes(routes!(models::get_quality_gate, models::put_quality_gate))
         .routes(routes!(models::set_alias, models::remove_alias))
-        .routes(routes!(devices::create_enrollment_token))
+        .routes(routes!(
+            devices::create_enrollment_token,
+            devices::list_enrollment_tokens
+        ))
+        .routes(routes!(devices::revoke_enrollment_token))
         .routes(routes!(devices::enroll))
         .routes(routes!(devices::deploy))
         .routes(routes!(devices::list))
@@ -127,15 +134,19 @@ async fn openapi_document() -> axum::Json<serde_json::Value> {
     )
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes; handlers see each connection's
+/// `Peer` (address, verified client certificate).
 pub async fn serve(
-    listener: TcpListener,
+    listener: listener::ApiListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<listener::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn blocking<T: Send + 'static>(

@@ -137,4 +137,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN status_epoch INTEGER NOT NULL DEFAULT -1;
     ALTER TABLE devices ADD COLUMN status_beat INTEGER NOT NULL DEFAULT -1;
     "#,
+    // 7: the device certificates the hub's CA issued, by fingerprint: who a TLS client is,
+    // and whether its certificate was revoked.
+    r#"
+    CREATE TABLE device_certificates (
+        sha256 TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX device_certificates_by_device ON device_certificates (device_id);
+    "#,
+    // 8: claim tokens (a use count) and revocation of enrollment tokens.
+    r#"
+    ALTER TABLE enrollment_tokens ADD COLUMN uses_allowed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE enrollment_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
+    UPDATE enrollment_tokens SET uses = 1 WHERE used_by IS NOT NULL;
+    "#,
 ];

@@ -159,8 +159,23 @@ pub enum EnrollmentCheck {
     /// Valid: it is now spent, and the device gets these labels.
     Accepted(BTreeMap<String, String>),
     Unknown,
+    /// Every use it allows is spent.
     AlreadyUsed,
     Expired,
+    Revoked,
+}
+
+/// An enrollment token as stored (its hash, never the secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentTokenRecord {
+    /// The first 12 hex digits of the token's hash: how operators name it.
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub created: i64,
+    pub expires: i64,
+    pub uses_allowed: u32,
+    pub uses: u32,
+    pub revoked_at: Option<i64>,
 }
 
 /// The desired state last set for a device.
@@ -204,6 +219,16 @@ pub struct TriggerRunRecord {
     pub outcome: String,
     /// The JSON the action was given.
     pub payload: String,
+}
+
+/// A device certificate the hub's CA issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    pub sha256: String,
+    pub device_id: String,
+    pub issued_at: i64,
+    pub expires: i64,
+    pub revoked_at: Option<i64>,
 }
 
 /// What became of a status.
@@ -263,13 +288,24 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         at: i64,
     ) -> Result<(), StoreError>;
     fn admin_token(&self, token_sha256: &str) -> Result<Option<(Scope, String)>, StoreError>;
+    /// Stores a new enrollment token that `uses` devices may enroll with.
     fn insert_enrollment_token(
         &self,
         token_sha256: &str,
         labels: &BTreeMap<String, String>,
         expires: i64,
+        uses: u32,
         at: i64,
     ) -> Result<(), StoreError>;
+    /// Every enrollment token, newest first.
+    fn enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError>;
+    /// Revokes the token with this id; the token as it is now, or `None` when no token has
+    /// that id.
+    fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        at: i64,
+    ) -> Result<Option<EnrollmentTokenRecord>, StoreError>;
     fn audit(&self, at: i64, actor: &str, action: &str, detail: &str) -> Result<(), StoreError>;
     fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
     /// Spends a one-time enrollment token for `device_id`, if it is valid.
@@ -301,6 +337,16 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         freshness: (u64, u64),
         at: i64,
     ) -> Result<StatusTaken, StoreError>;
+    /// Records a certificate the CA issued to a device.
+    fn record_certificate(
+        &self,
+        sha256: &str,
+        device_id: &str,
+        issued_at: i64,
+        expires: i64,
+    ) -> Result<(), StoreError>;
+    /// The issued certificate with this fingerprint, if any.
+    fn certificate(&self, sha256: &str) -> Result<Option<CertificateRecord>, StoreError>;
     /// Marks offline every online device last seen before `silent_since`; their ids.
     fn mark_silent_devices_offline(&self, silent_since: i64) -> Result<Vec<String>, StoreError>;
     fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;

@@ -9,9 +9,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AliasChange, AuditEntry, DesiredRecord, DeviceRecord, EnrollmentCheck, ModelSummary,
-    NewVersion, PushOutcome, RegistryStore, RolloutRecord, Scope, StatusTaken, StoreError,
-    TriggerRunRecord, VersionRecord,
+    AliasChange, AuditEntry, CertificateRecord, DesiredRecord, DeviceRecord, EnrollmentCheck,
+    EnrollmentTokenRecord, ModelSummary, NewVersion, PushOutcome, RegistryStore, RolloutRecord,
+    Scope, StatusTaken, StoreError, TriggerRunRecord, VersionRecord,
 };
 
 #[derive(Debug)]
@@ -106,6 +106,21 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Re
 }
 
 const VERSION_COLUMNS: &str = "model, version, artifact_sha256, artifact_size, inputs, outputs, metrics, tags, lineage, created, retired, manifest, manifest_expires";
+
+const TOKEN_COLUMNS: &str =
+    "substr(token_sha256, 1, 12), labels, created, expires, uses_allowed, uses, revoked_at";
+
+fn token_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<EnrollmentTokenRecord> {
+    Ok(EnrollmentTokenRecord {
+        id: row.get(0)?,
+        labels: parse(&row.get::<_, String>(1)?, "labels")?,
+        created: row.get(2)?,
+        expires: row.get(3)?,
+        uses_allowed: row.get(4)?,
+        uses: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
+}
 
 const DEVICE_COLUMNS: &str = "id, public_key, labels, hardware, agent_version, enrolled_at, last_seen, online, serving, last_outcomes, reported_sequence";
 
@@ -414,14 +429,48 @@ impl RegistryStore for SqliteStore {
         token_sha256: &str,
         labels: &BTreeMap<String, String>,
         expires: i64,
+        uses: u32,
         at: i64,
     ) -> Result<(), StoreError> {
         self.with(|connection| {
             connection.execute(
-                "INSERT INTO enrollment_tokens (token_sha256, labels, expires, created) VALUES (?1, ?2, ?3, ?4)",
-                params![token_sha256, json(labels), expires, at],
+                "INSERT INTO enrollment_tokens (token_sha256, labels, expires, created, uses_allowed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_sha256, json(labels), expires, at, uses],
             )?;
             Ok(())
+        })
+    }
+
+    fn enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created DESC, token_sha256"
+            ))?;
+            Ok(statement
+                .query_map([], token_record)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        at: i64,
+    ) -> Result<Option<EnrollmentTokenRecord>, StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE enrollment_tokens SET revoked_at = ?2 WHERE substr(token_sha256, 1, 12) = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )?;
+            Ok(connection
+                .query_row(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE substr(token_sha256, 1, 12) = ?1"
+                    ),
+                    params![id],
+                    token_record,
+                )
+                .optional()?)
         })
     }
 
@@ -461,17 +510,19 @@ impl RegistryStore for SqliteStore {
     ) -> Result<EnrollmentCheck, StoreError> {
         self.with(|connection| {
             let transaction = connection.transaction()?;
-            let found: Option<(String, i64, Option<String>)> = transaction
-                .query_row("SELECT labels, expires, used_by FROM enrollment_tokens WHERE token_sha256 = ?1", params![token_sha256], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            type Found = (String, i64, u32, u32, Option<i64>);
+            let found: Option<Found> = transaction
+                .query_row("SELECT labels, expires, uses_allowed, uses, revoked_at FROM enrollment_tokens WHERE token_sha256 = ?1", params![token_sha256], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
                 })
                 .optional()?;
             let check = match found {
                 None => EnrollmentCheck::Unknown,
-                Some((_, _, Some(_))) => EnrollmentCheck::AlreadyUsed,
-                Some((_, expires, None)) if expires <= now => EnrollmentCheck::Expired,
-                Some((labels, _, None)) => {
-                    transaction.execute("UPDATE enrollment_tokens SET used_by = ?2 WHERE token_sha256 = ?1", params![token_sha256, device_id])?;
+                Some((_, _, _, _, Some(_))) => EnrollmentCheck::Revoked,
+                Some((_, _, allowed, uses, None)) if uses >= allowed => EnrollmentCheck::AlreadyUsed,
+                Some((_, expires, _, _, None)) if expires <= now => EnrollmentCheck::Expired,
+                Some((labels, ..)) => {
+                    transaction.execute("UPDATE enrollment_tokens SET used_by = ?2, uses = uses + 1 WHERE token_sha256 = ?1", params![token_sha256, device_id])?;
                     EnrollmentCheck::Accepted(parse(&labels, "labels")?)
                 }
             };
@@ -575,6 +626,42 @@ impl RegistryStore for SqliteStore {
                 },
                 None => StatusTaken::Stale { newest: (0, 0) },
             })
+        })
+    }
+
+    fn record_certificate(
+        &self,
+        sha256: &str,
+        device_id: &str,
+        issued_at: i64,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|connection| {
+            connection.execute(
+                "INSERT INTO device_certificates (sha256, device_id, issued_at, expires) VALUES (?1, ?2, ?3, ?4)",
+                params![sha256, device_id, issued_at, expires],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn certificate(&self, sha256: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        self.with(|connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT sha256, device_id, issued_at, expires, revoked_at FROM device_certificates WHERE sha256 = ?1",
+                    params![sha256],
+                    |row| {
+                        Ok(CertificateRecord {
+                            sha256: row.get(0)?,
+                            device_id: row.get(1)?,
+                            issued_at: row.get(2)?,
+                            expires: row.get(3)?,
+                            revoked_at: row.get(4)?,
+                        })
+                    },
+                )
+                .optional()?)
         })
     }
 
@@ -886,7 +973,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
         let labels = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
         store
-            .insert_enrollment_token("t1", &labels, 100, 0)
+            .insert_enrollment_token("t1", &labels, 100, 1, 0)
             .unwrap();
         assert_eq!(
             store.consume_enrollment_token("t1", "d1", 50).unwrap(),
@@ -897,7 +984,7 @@ mod tests {
             EnrollmentCheck::AlreadyUsed
         );
         store
-            .insert_enrollment_token("t2", &BTreeMap::new(), 100, 0)
+            .insert_enrollment_token("t2", &BTreeMap::new(), 100, 1, 0)
             .unwrap();
         assert_eq!(
             store.consume_enrollment_token("t2", "d2", 100).unwrap(),
@@ -906,6 +993,44 @@ mod tests {
         assert_eq!(
             store.consume_enrollment_token("nope", "d2", 1).unwrap(),
             EnrollmentCheck::Unknown
+        );
+    }
+
+    #[test]
+    fn a_claim_token_enrolls_its_count_of_devices_until_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        let claim = "c".repeat(64);
+        store
+            .insert_enrollment_token(&claim, &BTreeMap::new(), 100, 3, 0)
+            .unwrap();
+        for device in ["d1", "d2"] {
+            assert!(matches!(
+                store.consume_enrollment_token(&claim, device, 1).unwrap(),
+                EnrollmentCheck::Accepted(_)
+            ));
+        }
+        let listed = store.enrollment_tokens().unwrap();
+        assert_eq!((listed[0].uses, listed[0].uses_allowed), (2, 3));
+        assert_eq!(listed[0].id, "c".repeat(12));
+        let revoked = store.revoke_enrollment_token(&"c".repeat(12), 5).unwrap();
+        assert_eq!(revoked.unwrap().revoked_at, Some(5));
+        assert_eq!(
+            store.consume_enrollment_token(&claim, "d3", 6).unwrap(),
+            EnrollmentCheck::Revoked
+        );
+        assert_eq!(store.revoke_enrollment_token("nothing", 7).unwrap(), None);
+
+        let spent = "s".repeat(64);
+        store
+            .insert_enrollment_token(&spent, &BTreeMap::new(), 100, 2, 0)
+            .unwrap();
+        for _ in 0..2 {
+            store.consume_enrollment_token(&spent, "d", 1).unwrap();
+        }
+        assert_eq!(
+            store.consume_enrollment_token(&spent, "d4", 1).unwrap(),
+            EnrollmentCheck::AlreadyUsed
         );
     }
 

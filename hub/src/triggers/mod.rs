@@ -97,6 +97,9 @@ pub struct Triggers {
     work_dir: PathBuf,
     /// Whether rules may run commands (`[triggers] allow_commands`).
     allow_commands: bool,
+    /// The hub's CA certificate, told to commands (`FLOTILLA_CA_FILE`) so they can call
+    /// the https API back.
+    ca_file: Option<PathBuf>,
     progress: Mutex<BTreeMap<String, RuleProgress>>,
     /// Deciding and recording a run happen under this lock, so two evaluations (or an
     /// evaluation and a manual fire) never both start one.
@@ -120,6 +123,7 @@ impl Triggers {
         hub_url: String,
         work_dir: PathBuf,
         allow_commands: bool,
+        ca_file: Option<PathBuf>,
     ) -> Triggers {
         Triggers {
             registry,
@@ -127,6 +131,7 @@ impl Triggers {
             hub_url,
             work_dir,
             allow_commands,
+            ca_file,
             progress: Mutex::new(BTreeMap::new()),
             starting: Mutex::new(()),
         }
@@ -571,7 +576,7 @@ impl Triggers {
                 return;
             }
         }
-        let env: Vec<(&str, String)> = vec![
+        let mut env: Vec<(&str, String)> = vec![
             ("FLOTILLA_TRIGGER_ID", run_id.clone()),
             ("FLOTILLA_MODEL", model.clone()),
             (
@@ -581,6 +586,9 @@ impl Triggers {
             ("FLOTILLA_REASON", reason.as_str().to_owned()),
             ("FLOTILLA_HUB_URL", self.hub_url.clone()),
         ];
+        if let Some(ca_file) = &self.ca_file {
+            env.push(("FLOTILLA_CA_FILE", ca_file.display().to_string()));
+        }
         let policy = RetryPolicy {
             base: Duration::from_secs_f64(backoff),
             max: Duration::from_secs_f64(rule::MAX_BACKOFF_SECONDS),

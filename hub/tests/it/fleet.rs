@@ -230,8 +230,21 @@ async fn enrollment_tokens_work_once() {
         refused.contains("enrollment refused (403)") && refused.contains("already used"),
         "{refused}"
     );
-    let refused = AgentRun::start(&hub, "flo_enroll_forged").unwrap_err();
+    // A token of this hub's CA that the hub never made: refused by the hub.
+    let pin = token.rsplit_once('.').unwrap().1;
+    let refused = AgentRun::start(&hub, &format!("flo_enroll_forged.{pin}")).unwrap_err();
     assert!(refused.contains("enrollment refused (401)"), "{refused}");
+    // A token pinning another CA, or none: the agent refuses the hub before it sends a thing.
+    for token in [
+        format!("{}.{}", token.rsplit_once('.').unwrap().0, "ab".repeat(32)),
+        "flo_enroll_x".to_owned(),
+    ] {
+        let refused = AgentRun::start(&hub, &token).unwrap_err();
+        assert!(
+            refused.contains("is not the hub this device trusts"),
+            "{refused}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,7 +348,7 @@ async fn reports_signed_by_another_device_are_refused() {
         "the forged report changed nothing"
     );
     assert_ne!(after["agent_version"], "forged");
-    let client = flotilla_api::AdminClient::new(&hub.url, None).unwrap();
+    let client = hub.anonymous();
     let (_, metrics) = client
         .request(Method::GET, "/metrics", "text/plain", Default::default())
         .await
@@ -692,4 +705,60 @@ async fn signing_key_rotations_online_and_offline_reach_the_agents() {
         .await
         .unwrap();
     assert!(root["payload"].as_str().unwrap().contains("\"version\":3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_token_enrolls_its_count_of_devices_and_a_revoked_token_none() {
+    use flotilla_api::devices::EnrollmentTokenRequest;
+    let hub = HubProcess::start();
+    let request = |uses| EnrollmentTokenRequest {
+        labels: [("line".to_owned(), "3".to_owned())].into(),
+        ttl_seconds: 600,
+        uses,
+    };
+    let claim = hub
+        .operator()
+        .create_enrollment_token(&request(2))
+        .await
+        .unwrap();
+    // One image for many devices: each use enrolls a new device with its own key.
+    let first = AgentRun::start(&hub, &claim.token).unwrap();
+    let second = AgentRun::start(&hub, &claim.token).unwrap();
+    assert_ne!(first.device_id, second.device_id);
+    assert_eq!(device(&hub, &second.device_id).await["labels"]["line"], "3");
+    let refused = AgentRun::start(&hub, &claim.token).unwrap_err();
+    assert!(
+        refused.contains("enrollment refused (403)") && refused.contains("claim token is spent"),
+        "{refused}"
+    );
+
+    let fresh = hub
+        .operator()
+        .create_enrollment_token(&request(5))
+        .await
+        .unwrap();
+    let revoked = hub.cli(
+        Some(&hub.operator_token),
+        &["enroll-token", "revoke", &fresh.id],
+    );
+    assert!(revoked.status.success(), "{}", stderr_of_failure(&revoked));
+    let refused = AgentRun::start(&hub, &fresh.token).unwrap_err();
+    assert!(
+        refused.contains("enrollment refused (403)") && refused.contains("revoked"),
+        "{refused}"
+    );
+    let listed = stdout(&hub.cli(Some(&hub.operator_token), &["enroll-token", "list"]));
+    let line_of = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} listed: {listed}"))
+            .to_owned()
+    };
+    assert!(line_of(&claim.id).contains("2/2") && line_of(&claim.id).contains("used up"));
+    assert!(line_of(&fresh.id).contains("0/5") && line_of(&fresh.id).contains("revoked"));
+    assert!(!listed.contains(&claim.token), "secrets are never listed");
+    // A read-only token may not see or revoke tokens.
+    let read = hub.cli(Some(&hub.read_token), &["enroll-token", "list"]);
+    assert!(!read.status.success());
 }

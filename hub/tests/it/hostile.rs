@@ -105,7 +105,8 @@ async fn an_enrollment_token_cannot_outlive_a_year() {
 #[tokio::test]
 async fn a_push_cut_by_kill_9_leaves_nothing_behind_after_a_restart() {
     use std::io::Write;
-    let mut hub = HubProcess::start();
+    // Plain HTTP on loopback, so the test can hold a raw upload open by hand.
+    let mut hub = HubProcess::start_with("[tls]\nenabled = false\n");
     let uploads = hub.data_dir().join("uploads");
     let address = hub.url.trim_start_matches("http://").to_owned();
     let mut upload = std::net::TcpStream::connect(&address).unwrap();

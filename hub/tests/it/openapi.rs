@@ -24,7 +24,7 @@ fn operations(document: &serde_json::Value) -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn the_document_is_valid_openapi_and_matches_the_router() {
     let hub = HubProcess::start();
-    let anonymous = flotilla_api::AdminClient::new(&hub.url, None).unwrap();
+    let anonymous = hub.anonymous();
     let document = anonymous
         .json(Method::GET, "/openapi.json", None)
         .await

@@ -96,6 +96,7 @@ impl SimulatedHub {
             "http://127.0.0.1:1".into(),
             dir.path().join("triggers"),
             true,
+            None,
         ));
         let (names, reference) =
             flotilla_common::telemetry::reference_from_file(&fixture("iris_reference.csv"), &[])

@@ -50,7 +50,7 @@ pub async fn enrolled_device(hub: &HubProcess, labels: &str) -> (String, Signing
 
 /// A client with no admin token, as a device or a stranger is.
 pub fn anonymous_client(hub: &HubProcess) -> flotilla_api::AdminClient {
-    flotilla_api::AdminClient::new(&hub.url, None).unwrap()
+    hub.anonymous()
 }
 
 /// A fixture with a doc string appended: a model that behaves the same with other bytes
