@@ -216,6 +216,7 @@ fn main() {
                 max_body_bytes: config.max_body_bytes,
                 telemetry,
                 telemetry_status: None,
+                connections: None,
             };
             // Kept running for the whole benchmark.
             std::mem::forget(start(&config, state).await.unwrap());

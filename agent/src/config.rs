@@ -49,6 +49,7 @@ pub const SHARED_KEYS: &[&str] = &[
     "http",
     "ort_lib",
     "max_body_bytes",
+    "max_connections",
     "shutdown_grace_ms",
     "sessions",
     "intra_op_threads",
@@ -90,6 +91,10 @@ pub struct AgentConfig {
     /// Largest request body accepted, in bytes; larger requests get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Connections the socket and the TCP port keep open at once, together; one more is
+    /// answered 503 and closed (flotilla_agent_connections_refused_total counts them).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish, in milliseconds.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -186,6 +191,9 @@ pub struct ModelConfig {
 fn default_socket_mode() -> String {
     "0660".to_owned()
 }
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_max_body_bytes() -> usize {
     64 * 1024 * 1024
 }
@@ -213,6 +221,7 @@ impl Default for AgentConfig {
             http: None,
             ort_lib: None,
             max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             sessions: None,
             intra_op_threads: None,
@@ -524,6 +533,7 @@ mod tests {
             "http" => "http = \"127.0.0.1:8000\"",
             "ort_lib" => "ort_lib = \"lib/libonnxruntime.so.1.31.1\"",
             "max_body_bytes" => "max_body_bytes = 1024",
+            "max_connections" => "max_connections = 16",
             "shutdown_grace_ms" => "shutdown_grace_ms = 500",
             "sessions" => "sessions = 2",
             "intra_op_threads" => "intra_op_threads = 1",

@@ -261,6 +261,7 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         max_body_bytes: config.max_body_bytes,
         telemetry: Some(telemetry.recorder.clone()),
         telemetry_status: Some(telemetry.status.clone()),
+        connections: None,
     };
     let server = start(config, state).await?;
 

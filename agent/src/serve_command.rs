@@ -98,6 +98,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         telemetry: None,
         telemetry_status: None,
+        connections: None,
     };
     let server = start(&config, state).await?;
     let mut ready = String::from("flotilla-agent ready");

@@ -9,6 +9,8 @@ pub mod clock;
 pub mod codec;
 pub mod compression;
 pub mod config_file;
+#[cfg(feature = "server")]
+pub mod connection_cap;
 pub mod onnx_runtime_library;
 pub mod retry;
 pub mod signing;

@@ -39,6 +39,11 @@ pub struct HubConfig {
     /// Largest model file a push may upload, in bytes; a larger one is refused with 413.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
+    /// Connections the admin API keeps open at once (operators, devices downloading, their
+    /// enrollments); one more is answered 503 and closed, and counted in
+    /// flotilla_hub_api_connections_refused_total.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// The MQTT broker the hub and its devices meet on: the embedded one, or an external
     /// broker for fleets beyond about 10,000 devices.
     #[serde(default)]
@@ -189,6 +194,9 @@ fn default_device_certificate_days() -> u64 {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7070))
 }
+fn default_max_connections() -> usize {
+    4096
+}
 fn default_max_upload_bytes() -> u64 {
     2 * 1024 * 1024 * 1024
 }
@@ -229,6 +237,7 @@ impl Default for HubConfig {
             listen: default_listen(),
             advertise_url: None,
             max_upload_bytes: default_max_upload_bytes(),
+            max_connections: default_max_connections(),
             broker: BrokerSettings::default(),
             quic: QuicSettings::default(),
             telemetry: TelemetrySettings::default(),
@@ -446,6 +455,13 @@ impl HubConfig {
                     "{} is not between 1 and 3650 days",
                     self.tls.device_certificate_days
                 ),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            problem(
+                None,
+                "max_connections",
+                format!("{} is not between 1 and 1000000", self.max_connections),
             );
         }
         if self.max_upload_bytes == 0 {

@@ -26,6 +26,9 @@ pub struct HubMetrics {
     /// Drift scores and health figures of active model versions, in exposition format,
     /// replaced whole by the drift evaluator after each pass.
     pub model_gauges: std::sync::Mutex<String>,
+    /// The admin API's connection cap, once the API listens.
+    pub api_connections:
+        std::sync::OnceLock<std::sync::Arc<flotilla_common::connection_cap::ConnectionCap>>,
 }
 
 impl HubMetrics {
@@ -147,6 +150,9 @@ impl HubMetrics {
             );
         }
         out.push_str(&self.model_gauges.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(cap) = self.api_connections.get() {
+            out.push_str(&cap.exposition("flotilla_hub_api"));
+        }
         if let Ok(devices) = store.devices() {
             let online = devices.iter().filter(|d| d.online).count();
             let _ = writeln!(

@@ -27,6 +27,7 @@ use crate::telemetry::{
 use crate::transport::broker::start_embedded;
 use crate::transport::mqtt::{BrokerAddress, HubMqtt};
 use crate::transport::quic::QuicIdentity;
+use flotilla_common::connection_cap::{Capped, ConnectionCap};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -483,7 +484,9 @@ pub async fn start(
         device_certificates_required: api_tls.is_some(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let listener = ApiListener::new(listeners.api, api_tls)?;
+    let connections = ConnectionCap::new(config.max_connections);
+    let _ = hub_metrics.api_connections.set(connections.clone());
+    let listener = Capped::new(ApiListener::new(listeners.api, api_tls)?, connections);
     let server = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));

@@ -302,5 +302,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(status) = &state.telemetry_status {
         text.push_str(&status.render());
     }
+    if let Some(cap) = &state.connections {
+        text.push_str(&cap.exposition("flotilla_agent"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

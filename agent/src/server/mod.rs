@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_common::connection_cap::{Capped, ConnectionCap};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub telemetry: Option<Arc<crate::telemetry::Recorder>>,
     /// Telemetry counters for `/metrics`.
     pub telemetry_status: Option<Arc<crate::telemetry::TelemetryStatus>>,
+    /// The listeners' connection cap, for `/metrics` (set by `start`).
+    pub connections: Option<Arc<ConnectionCap>>,
 }
 
 /// A server that is accepting requests.
@@ -47,8 +50,14 @@ pub struct RunningServer {
 }
 
 /// Binds the configured listeners and starts serving.
-pub async fn start(config: &AgentConfig, state: AppState) -> Result<RunningServer, ListenError> {
+pub async fn start(
+    config: &AgentConfig,
+    mut state: AppState,
+) -> Result<RunningServer, ListenError> {
     let (shutdown, signal) = watch::channel(false);
+    // One cap over both listeners: what a device can afford is connections in total.
+    let connections = ConnectionCap::new(config.max_connections.max(1));
+    state.connections = Some(connections.clone());
     let router = handlers::router(state);
     let mut tasks = JoinSet::new();
     let stopped = move |mut signal: watch::Receiver<bool>| async move {
@@ -78,8 +87,8 @@ pub async fn start(config: &AgentConfig, state: AppState) -> Result<RunningServe
         None => None,
     };
     if let Some((path, listener)) = unix {
-        let served =
-            axum::serve(listener, router.clone()).with_graceful_shutdown(stopped(signal.clone()));
+        let served = axum::serve(Capped::new(listener, connections.clone()), router.clone())
+            .with_graceful_shutdown(stopped(signal.clone()));
         tasks.spawn(async move {
             let result = served.await;
             // Remove the socket file so the next start (or a client) sees no stale socket.
@@ -89,7 +98,7 @@ pub async fn start(config: &AgentConfig, state: AppState) -> Result<RunningServe
     }
     if let Some(listener) = tcp {
         tasks.spawn(
-            axum::serve(listener, router)
+            axum::serve(Capped::new(listener, connections), router)
                 .with_graceful_shutdown(stopped(signal))
                 .into_future(),
         );

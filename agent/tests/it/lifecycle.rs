@@ -526,3 +526,48 @@ async fn metrics_count_requests_and_latency_per_model_and_version() {
     );
     assert!(text.contains("flotilla_inference_duration_seconds_bucket{model=\"scaler\",version=\"1\",le=\"+Inf\"} 3"), "{text}");
 }
+
+/// The socket and the TCP port share one connection cap: past it a connection is answered
+/// 503 with a JSON error and closed, and the refusal counted; a freed place serves again.
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "max_connections = 2\n").unwrap();
+    let iris = fixture("iris_classifier.onnx");
+    let agent = AgentProcess::start(&[("iris", &iris)], &["--config", config.to_str().unwrap()]);
+    let held: Vec<std::os::unix::net::UnixStream> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+    let mut refused = None;
+    for _ in 0..100 {
+        let answer = get(&agent.tcp(), "/v2/health/live").await;
+        if answer.status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a connection past the cap is refused");
+    assert!(
+        refused.error().contains("limit of 2 open connections"),
+        "{}",
+        refused.error()
+    );
+    drop(held);
+    let mut metrics = None;
+    for _ in 0..100 {
+        let answer = get(&agent.tcp(), "/metrics").await;
+        if answer.status == 200 {
+            metrics = Some(String::from_utf8_lossy(&answer.body).into_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = metrics.expect("served again once places are free");
+    assert!(
+        metrics.contains("flotilla_agent_connections_limit 2")
+            && !metrics.contains("flotilla_agent_connections_refused_total 0\n"),
+        "{metrics}"
+    );
+}

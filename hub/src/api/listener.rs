@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use flotilla_common::connection_cap::Capped;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -182,8 +183,8 @@ impl Listener for ApiListener {
     }
 }
 
-impl Connected<IncomingStream<'_, ApiListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, ApiListener>) -> Peer {
+impl Connected<IncomingStream<'_, Capped<ApiListener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Capped<ApiListener>>) -> Peer {
         stream.remote_addr().clone()
     }
 }

@@ -137,7 +137,7 @@ async fn openapi_document() -> axum::Json<serde_json::Value> {
 /// Serves the API on `listener` until `shutdown` completes; handlers see each connection's
 /// `Peer` (address, verified client certificate).
 pub async fn serve(
-    listener: listener::ApiListener,
+    listener: flotilla_common::connection_cap::Capped<listener::ApiListener>,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -365,3 +365,49 @@ async fn replayed_statuses_are_refused_and_silent_devices_go_offline() {
         "{audit:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_are_refused_with_503_and_counted() {
+    // Plain HTTP on loopback so idle connections can be held open by hand.
+    let hub = HubProcess::start_with("max_connections = 3\n[tls]\nenabled = false\n");
+    let address = hub.url.trim_start_matches("http://").to_owned();
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut refused = None;
+    for _ in 0..100 {
+        match hub.reader().json(Method::GET, "/api/v1/models", None).await {
+            Err(ClientError::Api {
+                status: 503,
+                message,
+            }) => {
+                refused = Some(message);
+                break;
+            }
+            // The idle connections may not all be accepted yet.
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let message = refused.expect("a request past the cap is refused");
+    assert!(message.contains("limit of 3 open connections"), "{message}");
+    drop(idle);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        if let Ok(text) = hub.reader().get_raw("/metrics").await {
+            metrics = String::from_utf8(text.to_vec()).unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused_total: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flotilla_hub_api_connections_refused_total "))
+        .expect("the refusals are counted")
+        .parse()
+        .unwrap();
+    assert!(refused_total >= 1, "{metrics}");
+    assert!(
+        metrics.contains("flotilla_hub_api_connections_limit 3"),
+        "{metrics}"
+    );
+}
