@@ -95,6 +95,8 @@ pub struct AgentCore {
     server: crate::server::RunningServer,
     mqtt: AgentMqtt,
     sync: tokio::task::JoinHandle<()>,
+    /// Renews the device certificate when a third of its life is left.
+    renewal: tokio::task::JoinHandle<()>,
     pub telemetry: Telemetry,
 }
 
@@ -158,6 +160,7 @@ impl AgentCore {
     /// state folder. For fleet-sim's crash faults.
     pub async fn crash(self) {
         self.sync.abort();
+        self.renewal.abort();
         let telemetry = self.telemetry;
         let _ = tokio::task::spawn_blocking(move || telemetry.halt()).await;
         self.mqtt.drop_connection();
@@ -169,6 +172,7 @@ impl AgentCore {
     /// telemetry window is sealed into the spool, to be sent after the next start.
     pub async fn stop(self) {
         self.sync.abort();
+        self.renewal.abort();
         self.server.shutdown();
         self.server.wait().await;
         self.telemetry.stop();
@@ -281,10 +285,21 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     )
     .map_err(anyhow::Error::msg)?;
     telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);
+    let mut enrollment = enrollment;
+    if let Err(error) = renew_certificate_if_due(&store, &key, &clock, &mut enrollment).await {
+        tracing::warn!(%error, "cannot renew the device certificate yet; trying again later");
+    }
     let artifacts = HubHttp::new(
         &enrollment.artifacts_http,
         Some(tls::for_enrolled(&enrollment, &key)?),
     )?;
+    let renewal = tokio::spawn(keep_certificate_renewed(
+        store.clone(),
+        key.clone(),
+        clock.clone(),
+        enrollment.clone(),
+        artifacts.clone(),
+    ));
     let quic = match (
         &enrollment.artifacts_quic,
         &enrollment.quic_certificate_sha256,
@@ -319,8 +334,75 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         server,
         mqtt,
         sync,
+        renewal,
         telemetry,
     })
+}
+
+/// How often a running agent checks whether its certificate is due for renewal.
+const RENEWAL_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Renews the device certificate when it is due (`tls::renewal_due`): asks the hub with a
+/// renewal signed by the device key, over TLS that trusts the hub's CA and presents nothing
+/// (the current certificate may have lapsed), and stores the new one. Whether it renewed.
+async fn renew_certificate_if_due(
+    store: &AgentStore,
+    key: &SigningKey,
+    clock: &SharedClock,
+    enrollment: &mut flotilla_proto::control::EnrollResponse,
+) -> anyhow::Result<bool> {
+    use flotilla_proto::control::{CertificateRenewal, RENEWAL_PAYLOAD_TYPE};
+    let now = clock.now_unix();
+    if !tls::renewal_due(enrollment.certificate_expires, now) {
+        return Ok(false);
+    }
+    let http = HubHttp::new(
+        &enrollment.artifacts_http,
+        Some(tls::for_renewal(enrollment)?),
+    )?;
+    let renewal = flotilla_common::signing::sign_envelope(
+        RENEWAL_PAYLOAD_TYPE,
+        serde_json::to_string(&CertificateRenewal {
+            device_id: enrollment.device_id.clone(),
+            at: now,
+        })
+        .expect("a renewal serializes"),
+        &[key],
+    );
+    let renewed = http
+        .renew_certificate(&enrollment.device_id, &renewal)
+        .await?;
+    enrollment.certificate = renewed.certificate;
+    enrollment.certificate_expires = renewed.certificate_expires;
+    store.set_enrollment(enrollment)?;
+    tracing::info!(
+        expires = enrollment.certificate_expires,
+        "device certificate renewed"
+    );
+    Ok(true)
+}
+
+/// Checks every few hours and renews when due; downloads use the new certificate at once.
+async fn keep_certificate_renewed(
+    store: Arc<AgentStore>,
+    key: Arc<SigningKey>,
+    clock: SharedClock,
+    mut enrollment: flotilla_proto::control::EnrollResponse,
+    artifacts: HubHttp,
+) {
+    loop {
+        tokio::time::sleep(RENEWAL_CHECK_EVERY).await;
+        match renew_certificate_if_due(&store, &key, &clock, &mut enrollment).await {
+            Ok(true) => match tls::for_enrolled(&enrollment, &key) {
+                Ok(config) => artifacts.replace_tls(config),
+                Err(error) => tracing::error!(%error, "the renewed certificate cannot be used"),
+            },
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the device certificate yet; trying again later")
+            }
+        }
+    }
 }
 
 /// `flotilla-agent run`: one core until SIGTERM or SIGINT.

@@ -6,9 +6,12 @@ use flotilla_api::LabelSelector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flotilla_common::signing::{enrollment_is_proven, sign_envelope, verifying_key};
+use flotilla_common::signing::{
+    enrollment_is_proven, sign_envelope, verify_envelope, verifying_key,
+};
 use flotilla_proto::control::{
-    DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, EnrollRequest, EnrollResponse,
+    CertificateRenewal, DESIRED_PAYLOAD_TYPE, DesiredModel, DesiredState, EnrollRequest,
+    EnrollResponse, RENEWAL_PAYLOAD_TYPE, RenewedCertificate,
 };
 use flotilla_proto::trust::Envelope;
 
@@ -52,9 +55,20 @@ pub enum FleetError {
     NoRoot,
     #[error("the hub has no certificate authority to issue device certificates")]
     NoCa,
+    #[error("device {0} is not enrolled")]
+    UnknownDevice(String),
+    #[error("the renewal is not signed by the key device {0} enrolled with")]
+    RenewalNotProven(String),
+    #[error(
+        "the renewal was made {skew} s from the hub's clock (at most {RENEWAL_SKEW_SECONDS} s): set the device's clock, or replay nothing"
+    )]
+    RenewalStale { skew: i64 },
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
 }
+
+/// How far a renewal's time may be from the hub's clock.
+pub const RENEWAL_SKEW_SECONDS: i64 = 300;
 
 /// The fingerprint of the first certificate of a PEM chain: what the API's listener reports
 /// for a client that presents it.
@@ -219,6 +233,55 @@ impl Fleet {
             quic_certificate_sha256: self.artifacts_quic.as_ref().map(|(_, p)| p.clone()),
             labels,
             ca_certificate: ca.certificate_pem().to_owned(),
+            certificate,
+            certificate_expires,
+        })
+    }
+
+    /// A new client certificate for a device that proves, by a renewal signed with its
+    /// enrolled key, that it is that device. Recorded and audited.
+    pub fn renew_certificate(
+        &self,
+        device_id: &str,
+        envelope: &Envelope,
+    ) -> Result<RenewedCertificate, FleetError> {
+        let device = self
+            .store()
+            .device(device_id)?
+            .ok_or_else(|| FleetError::UnknownDevice(device_id.to_owned()))?;
+        verify_envelope(
+            envelope,
+            RENEWAL_PAYLOAD_TYPE,
+            std::slice::from_ref(&device.public_key),
+            1,
+        )
+        .map_err(|_| FleetError::RenewalNotProven(device_id.to_owned()))?;
+        let renewal: CertificateRenewal = serde_json::from_str(&envelope.payload)
+            .map_err(|_| FleetError::RenewalNotProven(device_id.to_owned()))?;
+        if renewal.device_id != device_id {
+            return Err(FleetError::RenewalNotProven(device_id.to_owned()));
+        }
+        let now = self.registry.now();
+        let skew = (renewal.at - now).abs();
+        if skew > RENEWAL_SKEW_SECONDS {
+            return Err(FleetError::RenewalStale { skew });
+        }
+        let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
+        let certificate = ca.issue_device(device_id, &device.public_key.public, now, *lifetime)?;
+        let certificate_expires = now + lifetime.as_secs() as i64;
+        self.store().record_certificate(
+            &certificate_fingerprint_of(&certificate)?,
+            device_id,
+            now,
+            certificate_expires,
+        )?;
+        self.store().audit(
+            now,
+            device_id,
+            "device.certificate_renewed",
+            &format!("expires {certificate_expires}"),
+        )?;
+        Ok(RenewedCertificate {
             certificate,
             certificate_expires,
         })

@@ -43,6 +43,30 @@ pub mod topics {
     }
 }
 
+/// Payload type of a certificate renewal, signed by the device key.
+pub const RENEWAL_PAYLOAD_TYPE: &str = "application/vnd.flotilla.certificate-renewal+json";
+
+/// `POST /api/v1/devices/{id}/certificate`, as the payload of an envelope signed by the
+/// device's enrolled key: a new client certificate for that key. Works whether or not the
+/// current certificate has lapsed, so a device that was offline past its expiry re-proves
+/// itself the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRenewal {
+    pub device_id: String,
+    /// Unix seconds on the device's clock; the hub refuses one far from its own.
+    pub at: i64,
+}
+
+/// A renewed device certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewedCertificate {
+    /// The device's client certificate, then the CA's (PEM).
+    pub certificate: String,
+    pub certificate_expires: i64,
+}
+
 /// Payload type of an enrollment's proof of possession, signed by the enrolling key.
 pub const ENROLL_PROOF_PAYLOAD_TYPE: &str = "application/vnd.flotilla.enroll-proof+json";
 

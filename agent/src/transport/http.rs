@@ -39,7 +39,8 @@ pub enum HttpError {
 #[derive(Debug, Clone)]
 pub struct HubHttp {
     url: String,
-    client: HttpClient,
+    /// Swapped whole when the device certificate is renewed.
+    client: Arc<std::sync::RwLock<HttpClient>>,
 }
 
 impl HubHttp {
@@ -59,8 +60,42 @@ impl HubHttp {
         }
         Ok(HubHttp {
             url: client.base().text.clone(),
-            client,
+            client: Arc::new(std::sync::RwLock::new(client)),
         })
+    }
+
+    /// The client as it is now.
+    fn client(&self) -> HttpClient {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// From now on, speaks TLS with `tls` (a renewed device certificate).
+    pub fn replace_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        let mut client = self.client.write().unwrap_or_else(|e| e.into_inner());
+        *client = client.clone().with_tls(tls);
+    }
+
+    /// A new device certificate, asked for with a renewal signed by the device key.
+    pub async fn renew_certificate(
+        &self,
+        device_id: &str,
+        renewal: &flotilla_proto::trust::Envelope,
+    ) -> Result<flotilla_proto::control::RenewedCertificate, HttpError> {
+        let body = Bytes::from(serde_json::to_vec(renewal).expect("an envelope serializes"));
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/devices/{device_id}/certificate"),
+                body,
+            )
+            .await?;
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| HttpError::BadAnswer(e.to_string()))
     }
 
     fn unreachable(&self, cause: impl std::fmt::Display) -> HttpError {
@@ -77,7 +112,7 @@ impl HubHttp {
         path: &str,
         body: Bytes,
     ) -> Result<flotilla_api::http::Answer, HttpError> {
-        self.client
+        self.client()
             .request(
                 method,
                 path,
@@ -157,7 +192,7 @@ impl HubHttp {
         let range = format!("bytes={have}-");
         let headers: &[(&str, &str)] = if have > 0 { &[("range", &range)] } else { &[] };
         let response = self
-            .client
+            .client()
             .send(
                 Method::GET,
                 &format!("/api/v1/artifacts/{sha256}"),

@@ -44,6 +44,22 @@ pub fn check_enrolled_ca(token: &str, enrollment: &EnrollResponse) -> Result<(),
     Ok(())
 }
 
+/// Renew when fewer than this many seconds of the certificate are left (a third of the
+/// default 90 days), or when it has lapsed.
+pub const RENEW_WITHIN_SECONDS: i64 = 30 * 24 * 3600;
+
+/// Whether a certificate expiring at `expires` should be renewed at `now`.
+pub fn renewal_due(expires: i64, now: i64) -> bool {
+    expires - now < RENEW_WITHIN_SECONDS
+}
+
+/// TLS for renewing: the hub's CA, no certificate presented (the current one may have
+/// lapsed; the renewal's signature is the proof).
+pub fn for_renewal(enrollment: &EnrollResponse) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let trust = ServerTrust::ca_pem(&enrollment.ca_certificate, "the hub's CA certificate")?;
+    flotilla_api::tls::client_config(&trust, None)
+}
+
 /// TLS once enrolled: the hub's CA as the only root, the device certificate presented.
 pub fn for_enrolled(
     enrollment: &EnrollResponse,
@@ -57,6 +73,15 @@ pub fn for_enrolled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_due_in_the_last_third_and_after_expiry() {
+        let now = 1_800_000_000;
+        assert!(!renewal_due(now + 90 * 24 * 3600, now));
+        assert!(!renewal_due(now + RENEW_WITHIN_SECONDS, now));
+        assert!(renewal_due(now + RENEW_WITHIN_SECONDS - 1, now));
+        assert!(renewal_due(now - 5, now));
+    }
 
     #[test]
     fn a_token_carries_its_pin_after_the_last_dot() {

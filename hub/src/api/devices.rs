@@ -12,7 +12,8 @@ use flotilla_api::devices::{
     DeployAnswer, DeployRequest, DeviceDetail, DeviceView, EnrollmentToken, EnrollmentTokenRequest,
     EnrollmentTokenView, MAX_TOKEN_USES,
 };
-use flotilla_proto::control::{DesiredModel, EnrollRequest, EnrollResponse};
+use flotilla_proto::control::{DesiredModel, EnrollRequest, EnrollResponse, RenewedCertificate};
+use flotilla_proto::trust::Envelope;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::docs::{OperatorErrors, ReadErrors};
@@ -67,6 +68,10 @@ impl From<FleetError> for ApiError {
                 StatusCode::FORBIDDEN
             }
             FleetError::BadKey(_) => StatusCode::BAD_REQUEST,
+            FleetError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            FleetError::RenewalNotProven(_) | FleetError::RenewalStale { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             FleetError::NoDevices(_) => StatusCode::NOT_FOUND,
             FleetError::Registry(e) => {
                 return ApiError::from(crate::registry::RegistryError::from_ref(e));
@@ -235,6 +240,34 @@ pub(super) async fn enroll(
     };
     HubMetrics::add(counter, 1);
     Ok(Json(response?))
+}
+
+/// A new client certificate for a device, asked for with an envelope signed by the key it
+/// enrolled with (no admin token: the signature is the credential). Works after the current
+/// certificate has lapsed too.
+#[utoipa::path(post, operation_id = "devices_renew_certificate", path = "/api/v1/devices/{id}/certificate", tag = "devices",
+    params(("id" = String, Path, description = "The device id")),
+    request_body(content = Envelope, description = "A signed `application/vnd.flotilla.certificate-renewal+json`: {device_id, at}"),
+    responses(
+        (status = 200, description = "The new certificate", body = RenewedCertificate),
+        (status = 400, description = "The body is not an envelope", body = ErrorBody),
+        (status = 401, description = "Not signed by the device's key, or made too far from the hub's clock", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 500, description = "The hub failed", body = ErrorBody)))]
+pub(super) async fn renew_certificate(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(envelope): ApiJson<Envelope>,
+) -> Result<Json<RenewedCertificate>, ApiError> {
+    let fleet = fleet(&state)?;
+    blocking(move || {
+        fleet.renew_certificate(&id, &envelope).map_err(|error| {
+            tracing::warn!(device = %id, %error, "certificate renewal refused");
+            ApiError::from(error)
+        })
+    })
+    .await
+    .map(Json)
 }
 
 /// Sets a model version (or alias) as desired on the devices matching a label selector.

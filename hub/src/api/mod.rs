@@ -78,6 +78,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(devices::deploy))
         .routes(routes!(devices::list))
         .routes(routes!(devices::show))
+        .routes(routes!(devices::renew_certificate))
         .routes(routes!(devices::artifact))
         .routes(routes!(rollouts::create, rollouts::list))
         .routes(routes!(rollouts::show))

@@ -762,3 +762,35 @@ async fn a_claim_token_enrolls_its_count_of_devices_and_a_revoked_token_none() {
     let read = hub.cli(Some(&hub.read_token), &["enroll-token", "list"]);
     assert!(!read.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_due_for_renewal_is_renewed_and_downloads_use_the_new_one() {
+    // One-day certificates are due at once (a third of 90 days is the threshold); with
+    // QUIC off every download goes over HTTPS ranges, which want a certificate this hub
+    // issued.
+    let hub =
+        HubProcess::start_with("[tls]\ndevice_certificate_days = 1\n[quic]\nenabled = false\n");
+    push(&hub, "scaler_v1.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    assert!(
+        agent.log().contains("device certificate renewed"),
+        "{}",
+        agent.log()
+    );
+    let audit = hub
+        .reader()
+        .json(Method::GET, "/api/v1/audit", None)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.certificate_renewed"
+                && e["actor"] == agent.device_id.as_str()),
+        "{audit:#}"
+    );
+}

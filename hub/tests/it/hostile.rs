@@ -411,3 +411,76 @@ async fn connections_past_the_cap_are_refused_with_503_and_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_renewal_needs_the_device_key_and_a_fresh_time() {
+    use flotilla_common::signing::sign_envelope;
+    use flotilla_proto::control::{CertificateRenewal, RENEWAL_PAYLOAD_TYPE};
+    let hub = HubProcess::start();
+    let (device_id, key) = enrolled_device(&hub, "site=lab").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let renewal = |at: i64, by: &SigningKey, for_device: &str| {
+        let payload = serde_json::to_string(&CertificateRenewal {
+            device_id: for_device.to_owned(),
+            at,
+        })
+        .unwrap();
+        serde_json::to_value(sign_envelope(RENEWAL_PAYLOAD_TYPE, payload, &[by])).unwrap()
+    };
+    let path = format!("/api/v1/devices/{device_id}/certificate");
+    let stranger = SigningKey::generate().unwrap();
+    let cases = [
+        (
+            renewal(now, &stranger, &device_id),
+            401,
+            "not signed by the key",
+        ),
+        (
+            renewal(now - 3600, &key, &device_id),
+            401,
+            "from the hub's clock",
+        ),
+        (
+            renewal(now, &key, "dev-other"),
+            401,
+            "not signed by the key",
+        ),
+    ];
+    for (body, status, says) in cases {
+        match anonymous_client(&hub)
+            .json(Method::POST, &path, Some(body))
+            .await
+        {
+            Err(ClientError::Api { status: s, message }) => {
+                assert_eq!(s, status, "{message}");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let unknown = anonymous_client(&hub)
+        .json(
+            Method::POST,
+            "/api/v1/devices/dev-nobody/certificate",
+            Some(renewal(now, &key, "dev-nobody")),
+        )
+        .await;
+    assert!(
+        matches!(unknown, Err(ClientError::Api { status: 404, .. })),
+        "{unknown:?}"
+    );
+    let renewed = anonymous_client(&hub)
+        .json(Method::POST, &path, Some(renewal(now, &key, &device_id)))
+        .await
+        .unwrap();
+    assert!(
+        renewed["certificate"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(renewed["certificate_expires"].as_i64().unwrap() > now + 80 * 24 * 3600);
+}
