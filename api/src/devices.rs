@@ -106,6 +106,8 @@ pub struct DeviceView {
     pub last_outcomes: Vec<InstallOutcome>,
     /// The desired-state sequence its last report answered.
     pub reported_sequence: u64,
+    /// When it was revoked (decommissioned), if it was.
+    pub revoked_at: Option<i64>,
 }
 
 /// `GET /api/v1/devices/{id}`: the device and the desired state the hub last set for it.
@@ -155,5 +157,27 @@ impl AdminClient {
 
     pub async fn device(&self, id: &str) -> Result<DeviceDetail, ClientError> {
         self.get(&format!("/api/v1/devices/{}", escape(id))).await
+    }
+
+    /// Decommissions a device: its certificates revoked, its downloads, renewals, reports
+    /// and telemetry refused from now on; its record stays.
+    pub async fn revoke_device(&self, id: &str) -> Result<DeviceView, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/devices/{}/revoke", escape(id)),
+            None,
+        )
+        .await
+    }
+
+    /// Forgets a device.
+    pub async fn remove_device(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/api/v1/devices/{}", escape(id)),
+            None,
+        )
+        .await
+        .map(drop)
     }
 }

@@ -119,6 +119,11 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
+    /// Decommission a device: its certificates revoked, its downloads, renewals, reports and
+    /// telemetry refused; it stays listed with its history.
+    Revoke { id: String },
+    /// Forget a device (after revoking it, say).
+    Remove { id: String },
     /// List devices: online, last seen, serving versions, last install outcome.
     List,
     /// One device, with its desired state.
@@ -335,7 +340,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{:<22} {:<8} {:>11}  {:<24} {:<28} {}",
                     device.id,
-                    if device.online { "online" } else { "offline" },
+                    match (device.revoked_at, device.online) {
+                        (Some(_), _) => "revoked",
+                        (None, true) => "online",
+                        (None, false) => "offline",
+                    },
                     seen_ago(device.last_seen, now),
                     labels.join(","),
                     serving.join(","),
@@ -345,6 +354,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Device(DeviceCommand::Show { id }) => print_json(&client.device(&id).await?),
+        Command::Device(DeviceCommand::Revoke { id }) => {
+            let device = client.revoke_device(&id).await?;
+            if json {
+                return print_json(&device);
+            }
+            println!("device {} revoked", device.id);
+            Ok(())
+        }
+        Command::Device(DeviceCommand::Remove { id }) => {
+            client.remove_device(&id).await?;
+            println!("device {id} removed");
+            Ok(())
+        }
         Command::EnrollToken(EnrollTokenCommand::List) => {
             let tokens = client.enrollment_tokens().await?;
             if json {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum::serve::Listener;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The cap's counters, for `/metrics`.
@@ -114,11 +114,20 @@ where
                     self.cap.refused.fetch_add(1, Ordering::Relaxed);
                     let answer = refusal(self.cap.limit);
                     // Answered in its own task with a deadline: a client that does not read
-                    // must not hold up accepting.
+                    // must not hold up accepting. The request is read first and the rest
+                    // drained after: closing a socket with unread data resets it, and the
+                    // reset could destroy the answer before the client reads it.
                     tokio::spawn(async move {
+                        let mut scratch = [0u8; 4096];
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(500),
+                            io.read(&mut scratch),
+                        )
+                        .await;
                         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                             let _ = io.write_all(&answer).await;
                             let _ = io.shutdown().await;
+                            while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
                         })
                         .await;
                     });
@@ -168,7 +177,6 @@ impl<I> CappedIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn past_the_cap_a_connection_gets_503_and_a_closed_one_frees_its_place() {

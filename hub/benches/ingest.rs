@@ -159,6 +159,7 @@ fn main() {
                 serving: BTreeMap::new(),
                 last_outcomes: Vec::new(),
                 reported_sequence: 0,
+                revoked_at: None,
             })
             .unwrap();
         for w in 0..windows {

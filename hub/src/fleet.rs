@@ -57,6 +57,10 @@ pub enum FleetError {
     NoCa,
     #[error("device {0} is not enrolled")]
     UnknownDevice(String),
+    #[error(
+        "device {0} was revoked (decommissioned); an operator can remove it (flotilla device remove) before the key enrolls again"
+    )]
+    DeviceRevoked(String),
     #[error("the renewal is not signed by the key device {0} enrolled with")]
     RenewalNotProven(String),
     #[error(
@@ -173,6 +177,13 @@ impl Fleet {
         }
         let now = self.registry.now();
         let device_id = device_id_for(&request.public_key.key_id);
+        if self
+            .store()
+            .device(&device_id)?
+            .is_some_and(|d| d.revoked_at.is_some())
+        {
+            return Err(FleetError::DeviceRevoked(device_id));
+        }
         let labels = match self.store().consume_enrollment_token(
             &token_hash(&request.token),
             &device_id,
@@ -203,6 +214,7 @@ impl Fleet {
                 .map(|d| d.last_outcomes.clone())
                 .unwrap_or_default(),
             reported_sequence: existing.as_ref().map(|d| d.reported_sequence).unwrap_or(0),
+            revoked_at: None,
         };
         let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
         let certificate =
@@ -249,6 +261,9 @@ impl Fleet {
             .store()
             .device(device_id)?
             .ok_or_else(|| FleetError::UnknownDevice(device_id.to_owned()))?;
+        if device.revoked_at.is_some() {
+            return Err(FleetError::DeviceRevoked(device_id.to_owned()));
+        }
         verify_envelope(
             envelope,
             RENEWAL_PAYLOAD_TYPE,
@@ -285,6 +300,27 @@ impl Fleet {
             certificate,
             certificate_expires,
         })
+    }
+
+    /// Decommissions a device: its certificates are revoked (downloads, renewals refused),
+    /// its messages and telemetry refused from now on; its record and history stay.
+    pub fn revoke_device(&self, device_id: &str, actor: &str) -> Result<(), FleetError> {
+        let now = self.registry.now();
+        if !self.store().revoke_device(device_id, now)? {
+            return Err(FleetError::UnknownDevice(device_id.to_owned()));
+        }
+        self.store().audit(now, actor, "device.revoke", device_id)?;
+        Ok(())
+    }
+
+    /// Forgets a device (its audit trail stays; its certificates stay revoked).
+    pub fn remove_device(&self, device_id: &str, actor: &str) -> Result<(), FleetError> {
+        if !self.store().remove_device(device_id)? {
+            return Err(FleetError::UnknownDevice(device_id.to_owned()));
+        }
+        self.store()
+            .audit(self.registry.now(), actor, "device.remove", device_id)?;
+        Ok(())
     }
 
     /// Marks offline every online device the hub has heard nothing from for `silence`: a

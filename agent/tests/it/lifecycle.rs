@@ -536,8 +536,14 @@ async fn connections_past_the_cap_are_refused_with_503() {
     std::fs::write(&config, "max_connections = 2\n").unwrap();
     let iris = fixture("iris_classifier.onnx");
     let agent = AgentProcess::start(&[("iris", &iris)], &["--config", config.to_str().unwrap()]);
-    let held: Vec<std::os::unix::net::UnixStream> = (0..2)
-        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+    // Held on the TCP port, whose accepts come in connection order, so both are in before
+    // any probe (a probe accepted first would take a place and a held one be refused).
+    let address = match agent.tcp() {
+        Endpoint::Tcp(address) => address,
+        other => panic!("{other:?}"),
+    };
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
         .collect();
     let mut refused = None;
     for _ in 0..100 {
@@ -554,6 +560,8 @@ async fn connections_past_the_cap_are_refused_with_503() {
         "{}",
         refused.error()
     );
+    // The socket shares the cap.
+    assert_eq!(get(&agent.unix(), "/v2/health/live").await.status, 503);
     drop(held);
     let mut metrics = None;
     for _ in 0..100 {

@@ -69,6 +69,7 @@ impl From<FleetError> for ApiError {
             }
             FleetError::BadKey(_) => StatusCode::BAD_REQUEST,
             FleetError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            FleetError::DeviceRevoked(_) => StatusCode::FORBIDDEN,
             FleetError::RenewalNotProven(_) | FleetError::RenewalStale { .. } => {
                 StatusCode::UNAUTHORIZED
             }
@@ -318,7 +319,60 @@ fn device_view(record: DeviceRecord) -> DeviceView {
         serving: record.serving,
         last_outcomes: record.last_outcomes,
         reported_sequence: record.reported_sequence,
+        revoked_at: record.revoked_at,
     }
+}
+
+/// Decommissions a device: its certificates are revoked and its downloads, renewals,
+/// reports and telemetry refused from now on; it stays listed, with its history.
+#[utoipa::path(post, operation_id = "devices_revoke", path = "/api/v1/devices/{id}/revoke", tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "Revoked (or already revoked)", body = DeviceView),
+        (status = 404, description = "Unknown device", body = ErrorBody),
+        OperatorErrors))]
+pub(super) async fn revoke(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    caller.require(Scope::Operator)?;
+    let fleet = fleet(&state)?;
+    let registry = state.registry.clone();
+    blocking(move || {
+        fleet.revoke_device(&id, &caller.name)?;
+        tracing::warn!(device = %id, by = %caller.name, "device revoked");
+        let record = registry
+            .store()
+            .device(&id)?
+            .ok_or_else(|| ApiError::not_found(format!("no device {id}")))?;
+        Ok(Json(device_view(record)))
+    })
+    .await
+}
+
+/// Forgets a device and its desired state (the audit log keeps what happened; its
+/// certificates stay revoked).
+#[utoipa::path(delete, operation_id = "devices_remove", path = "/api/v1/devices/{id}", tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "Removed", body = Object),
+        (status = 404, description = "Unknown device", body = ErrorBody),
+        OperatorErrors))]
+pub(super) async fn remove(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Operator)?;
+    let fleet = fleet(&state)?;
+    blocking(move || {
+        fleet.remove_device(&id, &caller.name)?;
+        Ok(Json(serde_json::json!({"removed": id})))
+    })
+    .await
 }
 
 /// Enrolled devices: labels, hardware, online, last seen, serving versions, last install

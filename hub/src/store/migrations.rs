@@ -156,4 +156,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
     UPDATE enrollment_tokens SET uses = 1 WHERE used_by IS NOT NULL;
     "#,
+    // 9: decommissioned devices: revoked (kept with their history) until removed.
+    r#"
+    ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+    "#,
 ];

@@ -151,6 +151,8 @@ pub struct DeviceRecord {
     /// The latest install outcomes the device reported.
     pub last_outcomes: Vec<InstallOutcome>,
     pub reported_sequence: u64,
+    /// When it was decommissioned (`flotilla device revoke`), if it was.
+    pub revoked_at: Option<i64>,
 }
 
 /// What checking an enrollment token found.
@@ -347,6 +349,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// The issued certificate with this fingerprint, if any.
     fn certificate(&self, sha256: &str) -> Result<Option<CertificateRecord>, StoreError>;
+    /// Decommissions a device: marked revoked with its certificates, kept with its history.
+    /// Whether it exists.
+    fn revoke_device(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Forgets a device and its desired state (its certificates stay on record, revoked).
+    /// Whether it existed.
+    fn remove_device(&self, id: &str) -> Result<bool, StoreError>;
     /// Marks offline every online device last seen before `silent_since`; their ids.
     fn mark_silent_devices_offline(&self, silent_since: i64) -> Result<Vec<String>, StoreError>;
     fn desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError>;

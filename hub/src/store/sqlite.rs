@@ -137,6 +137,7 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         serving: parse(&row.get::<_, String>(8)?, "serving")?,
         last_outcomes: parse(&row.get::<_, String>(9)?, "last_outcomes")?,
         reported_sequence: row.get::<_, i64>(10)? as u64,
+        revoked_at: row.get(11)?,
     })
 }
 
@@ -560,7 +561,7 @@ impl RegistryStore for SqliteStore {
         self.with(|connection| {
             Ok(connection
                 .query_row(
-                    &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                    &format!("SELECT {DEVICE_COLUMNS}, revoked_at FROM devices WHERE id = ?1"),
                     params![id],
                     device_row,
                 )
@@ -570,8 +571,9 @@ impl RegistryStore for SqliteStore {
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with(|connection| {
-            let mut statement =
-                connection.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))?;
+            let mut statement = connection.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS}, revoked_at FROM devices ORDER BY id"
+            ))?;
             let rows = statement.query_map([], device_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -662,6 +664,38 @@ impl RegistryStore for SqliteStore {
                     },
                 )
                 .optional()?)
+        })
+    }
+
+    fn revoke_device(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            let found = transaction.execute(
+                "UPDATE devices SET revoked_at = coalesce(revoked_at, ?2), online = 0 WHERE id = ?1",
+                params![id, at],
+            )?;
+            transaction.execute(
+                "UPDATE device_certificates SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )?;
+            transaction.commit()?;
+            Ok(found > 0)
+        })
+    }
+
+    fn remove_device(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute("DELETE FROM desired_states WHERE device_id = ?1", params![id])?;
+            let found = transaction.execute("DELETE FROM devices WHERE id = ?1", params![id])?;
+            // Its certificates stay on record, revoked: a removed device's certificate must
+            // not be taken by anyone.
+            transaction.execute(
+                "UPDATE device_certificates SET revoked_at = coalesce(revoked_at, strftime('%s','now')) WHERE device_id = ?1",
+                params![id],
+            )?;
+            transaction.commit()?;
+            Ok(found > 0)
         })
     }
 

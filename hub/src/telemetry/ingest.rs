@@ -63,13 +63,18 @@ pub struct IngestOutcome {
     pub rejected: Vec<Rejection>,
 }
 
+/// How long an enrolled key is used from the cache before the store is read again.
+const KEY_CACHE_SECONDS: i64 = 5;
+
 #[derive(Debug)]
 pub struct TelemetryIngest {
     telemetry: Arc<TelemetryStore>,
     registry: Arc<dyn RegistryStore>,
     metrics: Arc<HubMetrics>,
     clock: flotilla_common::clock::SharedClock,
-    keys: Mutex<HashMap<String, PublicKey>>,
+    /// Enrolled keys of devices, with when each was read: kept `KEY_CACHE_SECONDS`, so a
+    /// revoked device's telemetry is refused within seconds without a store read per frame.
+    keys: Mutex<HashMap<String, (PublicKey, i64)>>,
     /// Each known model version's feature map (`None`: the version has none).
     feature_maps: Mutex<HashMap<(String, u64), FeatureMapEntry>>,
 }
@@ -92,11 +97,13 @@ impl TelemetryIngest {
     }
 
     fn device_key(&self, device_id: &str) -> Result<PublicKey, Rejection> {
-        if let Some(key) = self
+        let now = self.clock.now_unix();
+        if let Some((key, read_at)) = self
             .keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(device_id)
+            && now - read_at < KEY_CACHE_SECONDS
         {
             return Ok(key.clone());
         }
@@ -110,11 +117,17 @@ impl TelemetryIngest {
                     format!("device {device_id} is not enrolled"),
                 )
             })?;
+        if device.revoked_at.is_some() {
+            return Err(reject(
+                "revoked_device",
+                format!("device {device_id} is revoked"),
+            ));
+        }
         let key: PublicKey = device.public_key;
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(device_id.to_owned(), key.clone());
+            .insert(device_id.to_owned(), (key.clone(), now));
         Ok(key)
     }
 

@@ -214,6 +214,9 @@ pub fn ingest(
         .device(device_id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("device {device_id} is not enrolled"))?;
+    if device.revoked_at.is_some() {
+        return Err(format!("device {device_id} is revoked"));
+    }
     let key: PublicKey = device.public_key.clone();
     let envelope: Envelope =
         serde_json::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;

@@ -794,3 +794,72 @@ async fn a_certificate_due_for_renewal_is_renewed_and_downloads_use_the_new_one(
         "{audit:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_device_downloads_nothing_and_a_removed_one_is_forgotten() {
+    // QUIC off: downloads go over HTTPS ranges, which check the device certificate.
+    let hub = HubProcess::start_with("[quic]\nenabled = false\n");
+    push(&hub, "scaler_v1.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+
+    let revoked = hub.cli(
+        Some(&hub.operator_token),
+        &["device", "revoke", &agent.device_id],
+    );
+    assert!(revoked.status.success(), "{}", stderr_of_failure(&revoked));
+    let listed = stdout(&hub.cli(Some(&hub.read_token), &["device", "list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&agent.device_id) && l.contains("revoked")),
+        "{listed}"
+    );
+    push(&hub, "scaler_v2.onnx").await;
+    deploy(&hub, "2", "").await;
+    let mut refused = false;
+    for _ in 0..200 {
+        if agent.log().contains("was revoked") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the download is refused: {}", agent.log());
+    assert_eq!(
+        agent.scale("scaler", 3.0).unwrap(),
+        (1, 3.0),
+        "it keeps serving"
+    );
+    let audit = hub
+        .reader()
+        .json(Method::GET, "/api/v1/audit", None)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "device.revoke")
+    );
+
+    let removed = hub.cli(
+        Some(&hub.operator_token),
+        &["device", "remove", &agent.device_id],
+    );
+    assert!(removed.status.success(), "{}", stderr_of_failure(&removed));
+    match hub
+        .reader()
+        .json(
+            Method::GET,
+            &format!("/api/v1/devices/{}", agent.device_id),
+            None,
+        )
+        .await
+    {
+        Err(flotilla_api::ClientError::Api { status: 404, .. }) => {}
+        other => panic!("a removed device is forgotten: {other:?}"),
+    }
+}

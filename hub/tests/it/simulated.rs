@@ -176,6 +176,7 @@ impl SimulatedHub {
                 serving: BTreeMap::new(),
                 last_outcomes: Vec::new(),
                 reported_sequence: 0,
+                revoked_at: None,
             })
             .unwrap();
         self.devices.push(Device {
