@@ -465,11 +465,13 @@ async fn slow_runs_do_not_stall_the_server() {
             200
         );
     }
+    // Runs long enough (6000^3 multiply-adds each) to overlap on a loaded 2-core machine,
+    // where a shorter one could end before the other starts.
     let slow: Vec<_> = (0..2)
         .map(|_| {
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
-                post_json(&endpoint, "/v2/models/busy/infer", &busy_request(4000)).await
+                post_json(&endpoint, "/v2/models/busy/infer", &busy_request(6000)).await
             })
         })
         .collect();

@@ -74,17 +74,42 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// A crate's name and its normal dependencies, from its manifest.
+/// A crate's name and its normal dependencies, from its manifest. Optional ones are left
+/// out: they are built only for a crate that turns their feature on, which the check below
+/// rules out for the crates that must stay small.
 fn manifest(path: &Path) -> (String, BTreeSet<String>) {
     let text = std::fs::read_to_string(path).unwrap();
     let value: toml::Table = toml::from_str(&text).unwrap();
     let name = value["package"]["name"].as_str().unwrap().to_owned();
+    let optional =
+        |spec: &toml::Value| spec.get("optional").and_then(|o| o.as_bool()) == Some(true);
     let dependencies = value
         .get("dependencies")
         .and_then(|d| d.as_table())
-        .map(|d| d.keys().cloned().collect())
+        .map(|d| {
+            d.iter()
+                .filter(|(_, spec)| !optional(spec))
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
         .unwrap_or_default();
     (name, dependencies)
+}
+
+/// The CLI and the API crate take flotilla-common without its `server` feature (axum).
+#[test]
+fn the_cli_and_the_api_crate_leave_the_server_feature_off() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for folder in ["cli", "api"] {
+        let text = std::fs::read_to_string(repo.join(folder).join("Cargo.toml")).unwrap();
+        let value: toml::Table = toml::from_str(&text).unwrap();
+        let common = &value["dependencies"]["flotilla-common"];
+        let features = common.get("features").and_then(|f| f.as_array());
+        assert!(
+            features.is_none_or(|f| !f.iter().any(|x| x.as_str() == Some("server"))),
+            "{folder}/Cargo.toml turns on flotilla-common's server feature"
+        );
+    }
 }
 
 #[test]
