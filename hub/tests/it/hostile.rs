@@ -350,19 +350,11 @@ async fn replayed_statuses_are_refused_and_silent_devices_go_offline() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(went_offline, "a silent device is marked offline");
-    let audit = hub
-        .reader()
-        .json(Method::GET, "/api/v1/audit", None)
-        .await
-        .unwrap();
+    let audit = audit_entries(&hub).await;
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "device.offline"
-                && e["detail"].as_str().unwrap().contains(&device_id)),
-        "{audit:#}"
+        audit.iter().any(|e| e["action"] == "device.offline"
+            && e["detail"].as_str().unwrap().contains(&device_id)),
+        "{audit:#?}"
     );
 }
 

@@ -64,3 +64,14 @@ pub fn fixture_with_doc_string(name: &str, doc: &str) -> Vec<u8> {
     bytes.extend_from_slice(doc.as_bytes());
     bytes
 }
+
+/// The hub's audit log, as JSON entries.
+pub async fn audit_entries(hub: &HubProcess) -> Vec<serde_json::Value> {
+    hub.reader()
+        .json(Method::GET, "/api/v1/audit", None)
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
