@@ -269,10 +269,16 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     };
     let server = start(config, state).await?;
 
+    let mut enrollment = enrollment;
+    if let Err(error) = renew_certificate_if_due(&store, &key, &clock, &mut enrollment).await {
+        tracing::warn!(%error, "cannot renew the device certificate yet; trying again later");
+    }
+    let device_tls = tls::for_enrolled(&enrollment, &key)?;
     let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     let mqtt = AgentMqtt::start(
         config.mqtt.as_deref().unwrap_or(&enrollment.mqtt),
+        enrollment.mqtt_tls.then(|| device_tls.clone()),
         &enrollment.device_id,
         key.clone(),
         StatusOrigin {
@@ -285,20 +291,14 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     )
     .map_err(anyhow::Error::msg)?;
     telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);
-    let mut enrollment = enrollment;
-    if let Err(error) = renew_certificate_if_due(&store, &key, &clock, &mut enrollment).await {
-        tracing::warn!(%error, "cannot renew the device certificate yet; trying again later");
-    }
-    let artifacts = HubHttp::new(
-        &enrollment.artifacts_http,
-        Some(tls::for_enrolled(&enrollment, &key)?),
-    )?;
+    let artifacts = HubHttp::new(&enrollment.artifacts_http, Some(device_tls))?;
     let renewal = tokio::spawn(keep_certificate_renewed(
         store.clone(),
         key.clone(),
         clock.clone(),
         enrollment.clone(),
         artifacts.clone(),
+        mqtt.clone(),
     ));
     let quic = match (
         &enrollment.artifacts_quic,
@@ -382,19 +382,26 @@ async fn renew_certificate_if_due(
     Ok(true)
 }
 
-/// Checks every few hours and renews when due; downloads use the new certificate at once.
+/// Checks every few hours and renews when due; downloads use the new certificate at once,
+/// the broker connection from its next reconnect.
 async fn keep_certificate_renewed(
     store: Arc<AgentStore>,
     key: Arc<SigningKey>,
     clock: SharedClock,
     mut enrollment: flotilla_proto::control::EnrollResponse,
     artifacts: HubHttp,
+    mqtt: AgentMqtt,
 ) {
     loop {
         tokio::time::sleep(RENEWAL_CHECK_EVERY).await;
         match renew_certificate_if_due(&store, &key, &clock, &mut enrollment).await {
             Ok(true) => match tls::for_enrolled(&enrollment, &key) {
-                Ok(config) => artifacts.replace_tls(config),
+                Ok(config) => {
+                    if enrollment.mqtt_tls {
+                        mqtt.replace_tls(config.clone());
+                    }
+                    artifacts.replace_tls(config)
+                }
                 Err(error) => tracing::error!(%error, "the renewed certificate cannot be used"),
             },
             Ok(false) => {}

@@ -93,13 +93,16 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// Address the embedded MQTT broker (rumqttd, MQTT 3.1.1) listens on (TCP). Unused when
-    /// `url` names an external broker. The broker binds this address itself, so port 0 is
-    /// refused: name a free port.
+    /// Address the embedded MQTT broker (MQTT 3.1.1 and 5) listens on (TCP): MQTT over TLS
+    /// with device certificates when `[tls] enabled`, plain MQTT (loopback only) otherwise.
+    /// Port 0 picks a free port; the ready line names it. Unused when `url` names an
+    /// external broker.
     #[serde(default = "default_broker_listen")]
     pub listen: SocketAddr,
     /// An external broker (Mosquitto, EMQX) to use instead of the embedded one:
-    /// mqtt://[USER:PASS@]HOST:PORT.
+    /// mqtt://[USER:PASS@]HOST:PORT, or mqtts://HOST:PORT for MQTT over TLS where the hub
+    /// presents its certificate and trusts a broker certificate from its CA
+    /// (`flotilla-hub broker-config mosquitto` writes such a set-up).
     /// Example: "mqtt://flotilla:secret@broker.example:1883"
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -477,15 +480,15 @@ impl HubConfig {
                     problem(
                         Some("broker"),
                         "url",
-                        format!("{error}; give mqtt://[USER:PASS@]HOST:PORT"),
+                        format!("{error}; give mqtt://[USER:PASS@]HOST:PORT or mqtts://HOST:PORT"),
                     );
                 }
             }
-            None if self.broker.listen.port() == 0 => problem(
+            None if !self.tls.enabled && !self.broker.listen.ip().is_loopback() => problem(
                 Some("broker"),
                 "listen",
                 format!(
-                    "{} has port 0, but the embedded broker binds its own address and cannot say which port it picked; name a free port",
+                    "{} is not a loopback address, but [tls] enabled = false: any client could connect without a certificate; keep TLS on, or listen on 127.0.0.1",
                     self.broker.listen
                 ),
             ),
@@ -723,8 +726,8 @@ mod tests {
                 "[broker] advertise: \"mqtt.example\" is not HOST:PORT",
             ),
             (
-                "[broker]\nlisten = \"127.0.0.1:0\"\n",
-                "[broker] listen: 127.0.0.1:0 has port 0",
+                "[tls]\nenabled = false\n[broker]\nlisten = \"0.0.0.0:1883\"\n",
+                "[broker] listen: 0.0.0.0:1883 is not a loopback address",
             ),
         ] {
             let (_dir, path) = file(text);
@@ -750,8 +753,10 @@ mod tests {
                 (Some("triggers"), "tick_seconds")
             ]
         );
-        // An external broker makes the embedded one's port irrelevant.
-        let (_dir, path) = file("[broker]\nlisten = \"127.0.0.1:0\"\nurl = \"mqtt://h:1883\"\n");
+        // An external broker makes the embedded one's address irrelevant.
+        let (_dir, path) = file(
+            "[tls]\nenabled = false\n[broker]\nlisten = \"0.0.0.0:1\"\nurl = \"mqtt://h:1883\"\n",
+        );
         HubConfig::load(&path).unwrap();
     }
 

@@ -124,6 +124,8 @@ pub struct Fleet {
     registry: Arc<Registry>,
     /// Broker address devices connect to, `HOST:PORT`.
     pub mqtt_address: String,
+    /// Whether devices speak MQTT over TLS there, presenting their certificates.
+    pub mqtt_tls: bool,
     /// Base URL devices download artifacts from.
     pub artifacts_http: String,
     /// QUIC artifact endpoint and the certificate pin, when QUIC is on.
@@ -141,6 +143,7 @@ impl Fleet {
         Fleet {
             registry,
             mqtt_address,
+            mqtt_tls: false,
             artifacts_http,
             artifacts_quic: None,
             ca: None,
@@ -156,6 +159,12 @@ impl Fleet {
     /// The CA's fingerprint, which enrollment tokens carry.
     pub fn ca_fingerprint(&self) -> Option<String> {
         self.ca.as_ref().map(|(ca, _)| ca.fingerprint())
+    }
+
+    /// Tells devices at enrollment that the broker speaks MQTT over TLS.
+    pub fn with_mqtt_tls(mut self, tls: bool) -> Fleet {
+        self.mqtt_tls = tls;
+        self
     }
 
     /// Tells devices at enrollment to fetch over QUIC at `address`, pinning `certificate_sha256`.
@@ -240,6 +249,7 @@ impl Fleet {
             device_id,
             root,
             mqtt: self.mqtt_address.clone(),
+            mqtt_tls: self.mqtt_tls,
             artifacts_http: self.artifacts_http.clone(),
             artifacts_quic: self.artifacts_quic.as_ref().map(|(a, _)| a.clone()),
             quic_certificate_sha256: self.artifacts_quic.as_ref().map(|(_, p)| p.clone()),

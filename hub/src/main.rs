@@ -37,6 +37,29 @@ enum Command {
     /// The root key, kept offline: export it, and rotate the signing key with it.
     #[command(subcommand)]
     Root(RootCommand),
+    /// Files for an external broker that enforces what the embedded one does.
+    #[command(subcommand)]
+    BrokerConfig(BrokerConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BrokerConfigCommand {
+    /// Mosquitto 2: a TLS listener taking only certificates from the hub's CA, each
+    /// device confined to its own topics. Writes mosquitto.conf, flotilla.acl, ca.crt,
+    /// server.crt and server.key into --out.
+    Mosquitto {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where Mosquitto listens.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        listen: std::net::SocketAddr,
+        /// A name (DNS or IP) devices and the hub reach the broker by; repeat for more.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +151,18 @@ fn main() {
         Command::Root(RootCommand::Rotate { data_dir, root_key }) => {
             flotilla_hub::serve_command::rotate_offline(&data_dir, &root_key)
         }
+        Command::BrokerConfig(BrokerConfigCommand::Mosquitto {
+            data_dir,
+            out,
+            listen,
+            names,
+        }) => flotilla_hub::broker_config::write_mosquitto(
+            &data_dir,
+            &out,
+            listen,
+            &names,
+            flotilla_common::clock::Clock::now_unix(&flotilla_common::clock::SystemClock),
+        ),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", flotilla_hub::config_reference::default_toml());
             Ok(())

@@ -24,7 +24,7 @@ use crate::store::{RegistryStore, Scope, TelemetryStore};
 use crate::telemetry::{
     DriftEvaluator, EvaluatorSettings, Telemetry, TelemetryIngest, start_ingest_thread,
 };
-use crate::transport::broker::start_embedded;
+use crate::transport::broker::{BrokerTls, EmbeddedBroker};
 use crate::transport::mqtt::{BrokerAddress, HubMqtt};
 use crate::transport::quic::QuicIdentity;
 use flotilla_common::connection_cap::{Capped, ConnectionCap};
@@ -330,22 +330,6 @@ pub async fn start(
         Ok::<(), RegistryError>(())
     });
     let address = listeners.api.local_addr()?;
-    let broker = match &config.broker.url {
-        Some(url) => BrokerAddress::parse(url).map_err(anyhow::Error::msg)?,
-        None => {
-            start_embedded(config.broker.listen).map_err(anyhow::Error::msg)?;
-            BrokerAddress {
-                host: config.broker.listen.ip().to_string(),
-                port: config.broker.listen.port(),
-                credentials: None,
-            }
-        }
-    };
-    let advertise_mqtt = config
-        .broker
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", broker.host, broker.port));
     // Devices download from here, and trigger payloads link here: receivers are elsewhere.
     let scheme = if config.tls.enabled { "https" } else { "http" };
     let advertise_url = config
@@ -353,20 +337,70 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{address}"));
     let ca = Arc::new(HubCa::load_or_create(&folder.keys(), clock.now_unix())?);
-    let api_tls = if config.tls.enabled {
+    // One certificate for every TLS channel the hub serves (API, MQTT) and for its own MQTT
+    // client (its name is the hub's identity on the broker).
+    let identity = if config.tls.enabled {
         let names = certificate_names(&config, address, &advertise_url);
         let identity = ca.issue_server(&names, clock.now_unix())?;
-        tracing::info!(?names, ca = %ca.fingerprint(), "serving the API over TLS");
-        Some(
+        tracing::info!(?names, ca = %ca.fingerprint(), "serving over TLS");
+        Some(identity)
+    } else {
+        tracing::warn!(
+            "[tls] enabled = false: the API and the embedded broker speak plain text on loopback"
+        );
+        None
+    };
+    let api_tls = identity
+        .as_ref()
+        .map(|identity| {
             crate::api::listener::server_config(
                 &identity.chain_pem,
                 &identity.key_pem,
                 ca.certificate_der(),
             )
-            .map_err(anyhow::Error::msg)?,
-        )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let (broker, embedded_broker) = match &config.broker.url {
+        Some(url) => (BrokerAddress::parse(url).map_err(anyhow::Error::msg)?, None),
+        None => {
+            let tls = identity
+                .as_ref()
+                .map(|identity| broker_tls_files(&folder, identity))
+                .transpose()?;
+            let embedded =
+                EmbeddedBroker::start(config.broker.listen, tls, registry.store().clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            let bound = embedded.address();
+            let host = if bound.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                bound.ip().to_string()
+            };
+            let address = BrokerAddress {
+                host,
+                port: bound.port(),
+                credentials: None,
+                tls: identity.is_some(),
+            };
+            (address, Some(embedded))
+        }
+    };
+    let advertise_mqtt = config
+        .broker
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", broker.host, broker.port));
+    let mqtt_tls = if broker.tls {
+        let identity = identity.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("[broker] url is mqtts:// but [tls] enabled = false: the hub has no certificate to present")
+        })?;
+        let trust = flotilla_api::tls::ServerTrust::ca_pem(ca.certificate_pem(), "the hub's CA")?;
+        let client =
+            flotilla_api::tls::ClientIdentity::from_pem(&identity.chain_pem, &identity.key_pem)?;
+        Some(flotilla_api::tls::client_config(&trust, Some(&client))?)
     } else {
-        tracing::warn!("[tls] enabled = false: the API speaks plain HTTP on loopback");
         None
     };
     let metrics = Arc::new(crate::metrics::HubMetrics::default());
@@ -378,7 +412,8 @@ pub async fn start(
     .with_ca(
         ca.clone(),
         Duration::from_secs(config.tls.device_certificate_days * 24 * 3600),
-    );
+    )
+    .with_mqtt_tls(broker.tls);
     let mut quic_advertised = None;
     if let Some(socket) = listeners.quic {
         let identity = QuicIdentity::load_or_create(&folder.keys()).map_err(anyhow::Error::msg)?;
@@ -434,6 +469,7 @@ pub async fn start(
     .spawn();
     let mqtt = HubMqtt::start(
         &broker,
+        mqtt_tls,
         fleet.clone(),
         registry.store().clone(),
         metrics.clone(),
@@ -477,6 +513,7 @@ pub async fn start(
         upload_dir: folder.uploads(),
         fleet: Some(fleet),
         mqtt: Some(mqtt),
+        broker: embedded_broker,
         metrics,
         telemetry: Some(telemetry),
         rollouts: Some(rollouts),
@@ -500,8 +537,26 @@ pub async fn start(
     })
 }
 
+/// Writes the hub's certificate and key where the embedded broker reads them (rmqtt takes
+/// file paths); the key with mode 0600, beside the hub's other keys.
+fn broker_tls_files(
+    folder: &DataDir,
+    identity: &crate::ca::IssuedIdentity,
+) -> anyhow::Result<BrokerTls> {
+    let keys = folder.keys();
+    let files = BrokerTls {
+        certificate: keys.join("server.crt"),
+        key: keys.join("server.key"),
+        client_ca: HubCa::certificate_path(&keys),
+    };
+    crate::data_dir::write_secret(&files.certificate, &identity.chain_pem)?;
+    crate::data_dir::write_secret(&files.key, &identity.key_pem)?;
+    Ok(files)
+}
+
 /// The names the hub's certificate is valid for: loopback, the address the API listens on
-/// (unless it is a wildcard), the host of the advertised URL, and `[tls] names`.
+/// and the embedded broker (unless they are wildcards), the hosts of the advertised URL and
+/// broker address, and `[tls] names`.
 fn certificate_names(config: &HubConfig, address: SocketAddr, advertise_url: &str) -> Vec<String> {
     let mut names = vec![
         "localhost".to_owned(),
@@ -513,6 +568,18 @@ fn certificate_names(config: &HubConfig, address: SocketAddr, advertise_url: &st
     }
     if let Ok(base) = flotilla_api::http::BaseUrl::parse(advertise_url) {
         names.push(base.server_name().to_owned());
+    }
+    // Devices check the broker's name too: where it listens, and where they are told it is.
+    if !config.broker.listen.ip().is_unspecified() {
+        names.push(config.broker.listen.ip().to_string());
+    }
+    if let Some((host, _)) = config
+        .broker
+        .advertise
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+    {
+        names.push(host.trim_matches(['[', ']']).to_owned());
     }
     names.extend(config.tls.names.iter().cloned());
     names.sort();

@@ -1,7 +1,7 @@
 //! The control plane between hub and agents (docs/protocols.md): enrollment over HTTP,
 //! then MQTT topics under `flotilla/v1/`. Every message an agent or the hub publishes is an
-//! `Envelope` signed by the sender's key, so a broker without ACLs cannot let one party
-//! speak for another.
+//! `Envelope` signed by the sender's key, so even a broker without ACLs cannot let one
+//! party speak for another.
 
 use std::collections::BTreeMap;
 
@@ -31,7 +31,8 @@ pub mod topics {
         format!("{PREFIX}/{device_id}/status")
     }
     /// What the hub subscribes to for every device's reports and status. One share group
-    /// per filter: rumqttd rotates a group across all its filters, which would drop messages.
+    /// per filter: some brokers (rumqttd) rotate a group across all its filters, which would
+    /// drop messages.
     pub const HUB_REPORTED: &str = "$share/hub-reported/flotilla/v1/devices/+/reported";
     pub const HUB_STATUS: &str = "$share/hub-status/flotilla/v1/devices/+/status";
 
@@ -109,6 +110,10 @@ pub struct EnrollResponse {
     pub root: Envelope,
     /// MQTT broker address, `HOST:PORT`.
     pub mqtt: String,
+    /// Whether the broker speaks MQTT over TLS: the device then trusts only the hub's CA
+    /// there and presents its certificate (the broker lets it touch only its own topics).
+    #[serde(default)]
+    pub mqtt_tls: bool,
     /// Base URL for artifact downloads over HTTP (range requests supported).
     pub artifacts_http: String,
     /// QUIC artifact endpoint, `IP:PORT`, when the hub runs one.

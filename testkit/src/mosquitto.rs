@@ -1,7 +1,7 @@
 //! `Mosquitto`: a real Mosquitto broker (Debian package `mosquitto`, which deploy/setup.sh
 //! installs) on a loopback port, for the external-broker tests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,15 +12,14 @@ use crate::free_port;
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    /// What the broker logged (stderr).
+    pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
+    /// An open broker: plain MQTT, anonymous clients, no ACL.
     pub fn start() -> Mosquitto {
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let binary = binary.expect("mosquitto is not installed: run deploy/setup.sh (as root it installs the Debian package), or apt-get install mosquitto");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("mosquitto.conf");
@@ -29,11 +28,21 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .unwrap();
+        Self::run(&config, port, dir)
+    }
+
+    /// A broker on `port` with the settings in `config` (which must listen there).
+    pub fn run(config: &Path, port: u16, dir: tempfile::TempDir) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let binary = binary.expect("mosquitto is not installed: run deploy/setup.sh (as root it installs the Debian package), or apt-get install mosquitto");
+        let log = dir.path().join("mosquitto.log");
         let mut child = Command::new(binary)
             .arg("-c")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         for _ in 0..200 {
@@ -41,6 +50,7 @@ impl Mosquitto {
                 return Mosquitto {
                     child,
                     port,
+                    log,
                     _dir: dir,
                 };
             }
@@ -48,7 +58,10 @@ impl Mosquitto {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("mosquitto did not start on port {port}");
+        panic!(
+            "mosquitto did not start on port {port}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 }
 

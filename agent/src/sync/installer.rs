@@ -333,6 +333,7 @@ mod tests {
         // No broker: installs publish nothing, and the client keeps retrying quietly.
         let mqtt = AgentMqtt::start(
             "127.0.0.1:1",
+            None,
             "dev-1",
             device_key.clone(),
             StatusOrigin {

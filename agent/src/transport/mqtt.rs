@@ -44,6 +44,17 @@ pub struct AgentMqtt {
     last_report: Arc<Mutex<Option<Vec<u8>>>>,
     /// The heartbeat task, ended by `stop`.
     heartbeat: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// TLS for the next connection (the device certificate, renewed in place).
+    tls: Arc<Mutex<Option<Arc<rustls::ClientConfig>>>>,
+}
+
+fn transport(tls: &Option<Arc<rustls::ClientConfig>>) -> rumqttc::Transport {
+    match tls {
+        Some(config) => {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config.clone()))
+        }
+        None => rumqttc::Transport::Tcp,
+    }
 }
 
 /// Queues a QoS 1 publish with its tag (see the module comment).
@@ -156,10 +167,13 @@ impl StatusSigner {
 }
 
 impl AgentMqtt {
-    /// Connects to `broker` (`HOST:PORT`) and keeps reconnecting with jittered backoff.
-    /// Desired-state payloads go to `desired`.
+    /// Connects to `broker` (`HOST:PORT`) and keeps reconnecting with jittered backoff; over
+    /// TLS with `tls` (the hub's CA, the device certificate). Desired-state payloads go to
+    /// `desired`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         broker: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
         device_id: &str,
         key: Arc<SigningKey>,
         origin: StatusOrigin,
@@ -178,6 +192,9 @@ impl AgentMqtt {
         options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
         let statuses = Arc::new(StatusSigner::new(device_id, key, origin));
         options.set_last_will(statuses.last_will_message());
+        options.set_transport(transport(&tls));
+        let tls = Arc::new(Mutex::new(tls));
+        let tls_for_loop = tls.clone();
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let statuses_for_heartbeat = statuses.clone();
         let device = device_id.to_owned();
@@ -289,6 +306,9 @@ impl AgentMqtt {
                         eventloop
                             .mqtt_options
                             .set_last_will(statuses.last_will_message());
+                        eventloop.mqtt_options.set_transport(transport(
+                            &tls_for_loop.lock().unwrap_or_else(|e| e.into_inner()),
+                        ));
                         let delay = backoff_delay(
                             failures,
                             Duration::from_millis(200),
@@ -311,6 +331,7 @@ impl AgentMqtt {
             connected,
             last_report,
             heartbeat: Arc::new(Mutex::new(None)),
+            tls,
         };
         mqtt.start_heartbeat(heartbeat, statuses_for_heartbeat);
         Ok(mqtt)
@@ -353,6 +374,11 @@ impl AgentMqtt {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(task);
+    }
+
+    /// Uses `tls` (a renewed certificate) from the next connection on.
+    pub fn replace_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
     }
 
     /// Drops the connection as a crash would (no DISCONNECT, so the broker sends the last

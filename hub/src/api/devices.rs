@@ -340,7 +340,8 @@ pub(super) async fn revoke(
     caller.require(Scope::Operator)?;
     let fleet = fleet(&state)?;
     let registry = state.registry.clone();
-    blocking(move || {
+    let device = id.clone();
+    let view = blocking(move || {
         fleet.revoke_device(&id, &caller.name)?;
         tracing::warn!(device = %id, by = %caller.name, "device revoked");
         let record = registry
@@ -349,7 +350,20 @@ pub(super) async fn revoke(
             .ok_or_else(|| ApiError::not_found(format!("no device {id}")))?;
         Ok(Json(device_view(record)))
     })
-    .await
+    .await?;
+    drop_broker_connection(&state, &device).await;
+    Ok(view)
+}
+
+/// Drops a revoked or removed device's connection to the embedded broker, which refuses it
+/// from then on. (An external broker keeps the connection until it ends; the hub refuses
+/// what the device sends either way.)
+async fn drop_broker_connection(state: &ApiState, device: &str) {
+    if let Some(broker) = &state.broker
+        && broker.disconnect(device).await
+    {
+        tracing::warn!(%device, "broker connection dropped");
+    }
 }
 
 /// Forgets a device and its desired state (the audit log keeps what happened; its
@@ -368,11 +382,14 @@ pub(super) async fn remove(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Scope::Operator)?;
     let fleet = fleet(&state)?;
-    blocking(move || {
+    let device = id.clone();
+    let answer = blocking(move || {
         fleet.remove_device(&id, &caller.name)?;
         Ok(Json(serde_json::json!({"removed": id})))
     })
-    .await
+    .await?;
+    drop_broker_connection(&state, &device).await;
+    Ok(answer)
 }
 
 /// Enrolled devices: labels, hardware, online, last seen, serving versions, last install

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Where desired states are published.
     pub mqtt: Option<crate::transport::mqtt::HubMqtt>,
+    /// The embedded broker, when the hub runs it: revoked devices are dropped from it.
+    pub broker: Option<crate::transport::broker::EmbeddedBroker>,
     pub metrics: Arc<crate::metrics::HubMetrics>,
     /// Drift and health reports; absent in a registry-only hub.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,

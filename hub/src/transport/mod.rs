@@ -2,5 +2,6 @@
 //! the QUIC artifact endpoint. Only this module touches MQTT and QUIC.
 
 pub mod broker;
+pub mod broker_policy;
 pub mod mqtt;
 pub mod quic;

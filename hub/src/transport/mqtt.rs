@@ -26,14 +26,23 @@ pub struct BrokerAddress {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, String)>,
+    /// MQTT over TLS (`mqtts://`): the hub presents its own certificate and trusts the
+    /// broker's if it chains to the hub's CA.
+    pub tls: bool,
 }
 
 impl BrokerAddress {
-    /// Parses `mqtt://[USER:PASS@]HOST:PORT`.
+    /// Parses `mqtt://[USER:PASS@]HOST:PORT` or `mqtts://...`.
     pub fn parse(url: &str) -> Result<BrokerAddress, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| format!("{url:?} is not mqtt://HOST:PORT"))?;
+        let (tls, rest) = match url.strip_prefix("mqtts://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                url.strip_prefix("mqtt://").ok_or_else(|| {
+                    format!("{url:?} is not mqtt://HOST:PORT or mqtts://HOST:PORT")
+                })?,
+            ),
+        };
         let (credentials, host_port) = match rest.rsplit_once('@') {
             Some((login, host_port)) => {
                 let (user, pass) = login
@@ -54,6 +63,7 @@ impl BrokerAddress {
             host: host.to_owned(),
             port,
             credentials,
+            tls,
         })
     }
 }
@@ -61,8 +71,11 @@ impl BrokerAddress {
 impl HubMqtt {
     /// Connects and keeps the connection: resubscribes and republishes every desired state
     /// after each (re)connect, so a restarted broker converges too.
+    /// `tls` is how the hub speaks TLS to the broker (its CA, its own certificate), needed
+    /// when `address` says TLS.
     pub fn start(
         address: &BrokerAddress,
+        tls: Option<Arc<rustls::ClientConfig>>,
         fleet: Arc<Fleet>,
         store: Arc<dyn RegistryStore>,
         metrics: Arc<HubMetrics>,
@@ -80,6 +93,11 @@ impl HubMqtt {
         );
         if let Some((user, pass)) = &address.credentials {
             options.set_credentials(user, pass);
+        }
+        if let Some(tls) = tls.filter(|_| address.tls) {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let hub = HubMqtt {
@@ -307,6 +325,12 @@ mod tests {
         );
         let login = BrokerAddress::parse("mqtt://hub:s3cret@broker.local:8883").unwrap();
         assert_eq!(login.credentials, Some(("hub".into(), "s3cret".into())));
+        assert!(!login.tls);
+        assert!(
+            BrokerAddress::parse("mqtts://broker.local:8883")
+                .unwrap()
+                .tls
+        );
         assert!(BrokerAddress::parse("tcp://x:1").is_err());
         assert!(BrokerAddress::parse("mqtt://x").is_err());
     }

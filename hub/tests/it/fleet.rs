@@ -7,6 +7,7 @@ use std::time::Duration;
 use flotilla_api::http::Method;
 use serde_json::json;
 
+use crate::mqtt_peer::{Credentials, MqttPeer, genuine_certificate, hub_identity};
 use crate::support::*;
 
 async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
@@ -247,29 +248,6 @@ async fn enrollment_tokens_work_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_same_flow_through_an_external_mosquitto_broker() {
-    let mosquitto = Mosquitto::start();
-    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let hub = HubProcess::start_with(&format!("[broker]\nurl = \"{url}\"\n"));
-    push(&hub, "scaler_v1.onnx").await;
-    push(&hub, "scaler_v2.onnx").await;
-    let mut agents = Vec::new();
-    for _ in 0..2 {
-        let token = enroll_token(&hub, "broker=mosquitto").await;
-        agents.push(AgentRun::start(&hub, &token).unwrap());
-    }
-    deploy(&hub, "2", "broker=mosquitto").await;
-    for agent in &agents {
-        agent.wait_serving("scaler", 2);
-        let reported = wait_reported(&hub, &agent.device_id, |d| {
-            d["serving"]["scaler"] == 2 && d["online"] == true
-        })
-        .await;
-        assert_eq!(reported["last_outcomes"][0]["state"], "installed");
-    }
-}
-
 /// A report signed by another device's key (or by no enrolled key) on a device's topic is
 /// refused: a broker without ACLs cannot let one device speak for another.
 #[tokio::test(flavor = "multi_thread")]
@@ -302,15 +280,24 @@ async fn reports_signed_by_another_device_are_refused() {
         serde_json::to_string(&forged).unwrap(),
         &[&attacker_key],
     );
-    let port: u16 = hub.mqtt_port();
-    let mut options = rumqttc::MqttOptions::new("intruder", "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
+    // With the victim's certificate (stolen, or a broker without ACLs): the broker lets the
+    // publishes through, and the hub's signature check is what refuses them.
+    let victim_key = SigningKey::from_hex(
+        &std::fs::read_to_string(victim.dir.path().join("state/device.key")).unwrap(),
+    )
+    .unwrap();
+    let mut intruder = MqttPeer::connect(
+        &hub,
+        &victim.device_id,
+        Credentials::Device {
+            chain: genuine_certificate(&hub, &victim.device_id, &victim_key),
+            key: &victim_key,
+        },
+    );
+    intruder.connected().await.unwrap();
+    intruder
         .publish(
-            topics::reported(&victim.device_id),
-            rumqttc::QoS::AtLeastOnce,
+            &topics::reported(&victim.device_id),
             false,
             serde_json::to_vec(&envelope).unwrap(),
         )
@@ -322,13 +309,8 @@ async fn reports_signed_by_another_device_are_refused() {
         &[],
     ))
     .unwrap();
-    client
-        .publish(
-            topics::reported(&victim.device_id),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            unsigned,
-        )
+    intruder
+        .publish(&topics::reported(&victim.device_id), false, unsigned)
         .await
         .unwrap();
     for _ in 0..200 {
@@ -517,29 +499,18 @@ async fn forge_desired(
         serde_json::to_string(&state).unwrap(),
         &[leaked],
     );
-    let mut options = rumqttc::MqttOptions::new("forger", "127.0.0.1", hub.mqtt_port());
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-    let poll = tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) {
-                return;
-            }
-        }
-    });
-    client
+    // Publishing a desired state takes the hub's identity on the broker: the thief has
+    // that too here, so the device's own checks are what is under test.
+    let mut forger = MqttPeer::connect(hub, "flotilla-hub-forger", hub_identity(hub));
+    forger.connected().await.unwrap();
+    forger
         .publish(
-            topics::desired(device_id),
-            rumqttc::QoS::AtLeastOnce,
+            &topics::desired(device_id),
             true,
             serde_json::to_vec(&envelope).unwrap(),
         )
         .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), poll)
-        .await
-        .expect("the broker acknowledges the forgery")
-        .unwrap();
+        .expect("the broker acknowledges the forgery");
 }
 
 #[tokio::test(flavor = "multi_thread")]

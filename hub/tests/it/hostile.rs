@@ -10,6 +10,7 @@ use flotilla_common::signing::{SigningKey, prove_enrollment};
 use flotilla_proto::control::EnrollRequest;
 use serde_json::json;
 
+use crate::mqtt_peer::{Credentials, MqttPeer, genuine_certificate};
 use crate::support::*;
 
 async fn labels_of(hub: &HubProcess, device_id: &str) -> serde_json::Value {
@@ -230,21 +231,21 @@ async fn every_refusal_the_framework_makes_is_a_json_error() {
         .unwrap();
 }
 
-/// Publishes signed statuses as the device (or as someone replaying what it sent).
+/// Publishes signed statuses as the device (or as someone replaying what it sent, with the
+/// device's certificate: the broker lets it through, and freshness is what refuses it).
 struct StatusSender {
-    client: rumqttc::AsyncClient,
+    peer: tokio::sync::Mutex<MqttPeer>,
     device_id: String,
     key: SigningKey,
 }
 
 impl StatusSender {
-    fn connect(hub: &HubProcess, device_id: &str, key: SigningKey) -> StatusSender {
-        let mut options = rumqttc::MqttOptions::new("replayer", "127.0.0.1", hub.mqtt_port());
-        options.set_keep_alive(std::time::Duration::from_secs(5));
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    async fn connect(hub: &HubProcess, device_id: &str, key: SigningKey) -> StatusSender {
+        let chain = genuine_certificate(hub, device_id, &key);
+        let mut peer = MqttPeer::connect(hub, device_id, Credentials::Device { chain, key: &key });
+        peer.connected().await.unwrap();
         StatusSender {
-            client,
+            peer: tokio::sync::Mutex::new(peer),
             device_id: device_id.to_owned(),
             key,
         }
@@ -270,13 +271,10 @@ impl StatusSender {
 
     async fn send(&self, payload: Vec<u8>) {
         use flotilla_proto::control::topics;
-        self.client
-            .publish(
-                topics::status(&self.device_id),
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+        self.peer
+            .lock()
+            .await
+            .publish(&topics::status(&self.device_id), false, payload)
             .await
             .unwrap();
     }
@@ -317,7 +315,7 @@ async fn replayed_statuses_are_refused_and_silent_devices_go_offline() {
     use flotilla_proto::control::FINAL_BEAT;
     let hub = HubProcess::start_with("[devices]\noffline_after_seconds = 3\n");
     let (device_id, key) = enrolled_device(&hub, "site=lab").await;
-    let sender = StatusSender::connect(&hub, &device_id, key);
+    let sender = StatusSender::connect(&hub, &device_id, key).await;
     let first = 1u64 << 32;
     let (online_1, will_1) = (
         sender.signed(true, first, 0),

@@ -1,8 +1,10 @@
 //! Integration tests of the hub: the real `flotilla-hub` and `flotilla` binaries, a real
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
+mod broker_acl;
 mod fleet;
 mod hostile;
+mod mqtt_peer;
 mod openapi;
 mod paused_rollouts;
 mod paused_triggers;
