@@ -475,6 +475,9 @@ pub async fn start(
         metrics.clone(),
         Some(telemetry_queue),
     );
+    if !mqtt.wait_subscribed(Duration::from_secs(5)).await {
+        tracing::warn!(broker = %format!("{}:{}", broker.host, broker.port), "not subscribed to the MQTT broker yet: starting anyway, and what devices send before the hub subscribes is lost");
+    }
     let rollouts = Arc::new(crate::rollout::Rollouts::new(
         registry.clone(),
         fleet.clone(),

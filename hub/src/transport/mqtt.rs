@@ -18,7 +18,16 @@ use crate::store::{RegistryStore, StatusTaken};
 #[derive(Debug, Clone)]
 pub struct HubMqtt {
     client: AsyncClient,
+    /// Whether the hub's subscriptions on the current connection are all granted.
+    subscribed: tokio::sync::watch::Receiver<bool>,
 }
+
+/// What the hub subscribes to on every connection.
+const SUBSCRIPTIONS: [&str; 3] = [
+    topics::HUB_REPORTED,
+    topics::HUB_STATUS,
+    flotilla_proto::telemetry::topics::HUB_TELEMETRY,
+];
 
 /// Where the broker is and how to log in.
 #[derive(Debug, Clone)]
@@ -100,24 +109,30 @@ impl HubMqtt {
             ));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         let hub = HubMqtt {
             client: client.clone(),
+            subscribed,
         };
+        let mut granted = 0;
         let republisher = hub.clone();
         let ingest_queue = start_ingest(store, fleet.registry().clock().clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        granted += 1;
+                        if granted == SUBSCRIPTIONS.len() {
+                            let _ = subscribed_tx.send(true);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         tracing::info!("connected to the MQTT broker");
+                        granted = 0;
                         let client = client.clone();
                         let (fleet, republisher) = (fleet.clone(), republisher.clone());
                         tokio::spawn(async move {
-                            for filter in [
-                                topics::HUB_REPORTED,
-                                topics::HUB_STATUS,
-                                flotilla_proto::telemetry::topics::HUB_TELEMETRY,
-                            ] {
+                            for filter in SUBSCRIPTIONS {
                                 if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await
                                 {
                                     tracing::error!(%error, filter, "subscribe failed");
@@ -162,6 +177,7 @@ impl HubMqtt {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        let _ = subscribed_tx.send(false);
                         tracing::warn!(%error, "MQTT connection lost; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -169,6 +185,16 @@ impl HubMqtt {
             }
         });
         hub
+    }
+
+    /// Waits up to `limit` until the hub's subscriptions are granted: what devices publish
+    /// before then has no subscriber and is lost, so the hub says it is ready only after.
+    /// Whether they were.
+    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
+        let mut subscribed = self.subscribed.clone();
+        tokio::time::timeout(limit, subscribed.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Publishes desired states, retained, at least once.

@@ -764,8 +764,8 @@ async fn a_certificate_due_for_renewal_is_renewed_and_downloads_use_the_new_one(
 async fn a_revoked_device_downloads_nothing_and_a_removed_one_is_forgotten() {
     // QUIC off: downloads go over HTTPS ranges, which check the device certificate.
     let hub = HubProcess::start_with("[quic]\nenabled = false\n");
-    push(&hub, "scaler_v1.onnx").await;
-    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
+    let v1 = push(&hub, "scaler_v1.onnx").await;
+    let mut agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
     deploy(&hub, "1", "").await;
     agent.wait_serving("scaler", 1);
 
@@ -781,22 +781,62 @@ async fn a_revoked_device_downloads_nothing_and_a_removed_one_is_forgotten() {
             .any(|l| l.starts_with(&agent.device_id) && l.contains("revoked")),
         "{listed}"
     );
-    push(&hub, "scaler_v2.onnx").await;
-    deploy(&hub, "2", "").await;
+    // The broker dropped it and refuses it from now on.
     let mut refused = false;
     for _ in 0..200 {
-        if agent.log().contains("was revoked") {
+        if agent.log().contains("NotAuthorized") {
             refused = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(refused, "the download is refused: {}", agent.log());
+    assert!(refused, "the broker refuses it: {}", agent.log());
     assert_eq!(
         agent.scale("scaler", 3.0).unwrap(),
         (1, 3.0),
         "it keeps serving"
     );
+    // Its certificate downloads nothing (read from its store once it is stopped).
+    agent.kill_9();
+    let state = rusqlite::Connection::open(agent.dir.path().join("state/agent.db")).unwrap();
+    state.busy_timeout(Duration::from_secs(10)).unwrap();
+    let enrollment: String = state
+        .query_row(
+            "SELECT value FROM state WHERE key = 'enrollment'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let enrollment: serde_json::Value = serde_json::from_str(&enrollment).unwrap();
+    let key = flotilla_common::signing::SigningKey::from_hex(
+        &std::fs::read_to_string(agent.dir.path().join("state/device.key")).unwrap(),
+    )
+    .unwrap();
+    let identity = flotilla_api::tls::ClientIdentity::ed25519(
+        enrollment["certificate"].as_str().unwrap(),
+        &key.seed(),
+    )
+    .unwrap();
+    let trust = flotilla_api::tls::ServerTrust::ca_pem(
+        &std::fs::read_to_string(hub.ca_file()).unwrap(),
+        "ca.crt",
+    )
+    .unwrap();
+    let tls = flotilla_api::tls::client_config(&trust, Some(&identity)).unwrap();
+    let sha256 = v1["sha256"].as_str().unwrap();
+    let answer = flotilla_api::http::HttpClient::new(&hub.url)
+        .unwrap()
+        .with_tls(tls)
+        .call(
+            Method::GET,
+            &format!("/api/v1/artifacts/{sha256}"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status.as_u16(), 403, "{}", answer.error_message());
+    assert!(answer.error_message().contains("was revoked"));
     let audit = audit_entries(&hub).await;
     assert!(
         audit.iter().any(|e| e["action"] == "device.revoke"),
