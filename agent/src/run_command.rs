@@ -292,6 +292,17 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
     .map_err(anyhow::Error::msg)?;
     telemetry.start(mqtt.clone(), acks_rx, &config.telemetry);
     let artifacts = HubHttp::new(&enrollment.artifacts_http, Some(device_tls))?;
+    let quic = match (
+        &enrollment.artifacts_quic,
+        &enrollment.quic_certificate_sha256,
+    ) {
+        (Some(address), Some(pin)) => {
+            let quic = crate::transport::quic::QuicArtifacts::new(address, pin)?;
+            quic.set_identity(&tls::device_identity(&enrollment, &key)?)?;
+            Some(quic)
+        }
+        _ => None,
+    };
     let renewal = tokio::spawn(keep_certificate_renewed(
         store.clone(),
         key.clone(),
@@ -299,16 +310,8 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
         enrollment.clone(),
         artifacts.clone(),
         mqtt.clone(),
+        quic.clone(),
     ));
-    let quic = match (
-        &enrollment.artifacts_quic,
-        &enrollment.quic_certificate_sha256,
-    ) {
-        (Some(address), Some(pin)) => {
-            Some(crate::transport::quic::QuicArtifacts::new(address, pin)?)
-        }
-        _ => None,
-    };
     let syncer = Syncer {
         device_id: enrollment.device_id.clone(),
         key,
@@ -391,6 +394,7 @@ async fn keep_certificate_renewed(
     mut enrollment: flotilla_proto::control::EnrollResponse,
     artifacts: HubHttp,
     mqtt: AgentMqtt,
+    quic: Option<crate::transport::quic::QuicArtifacts>,
 ) {
     loop {
         tokio::time::sleep(RENEWAL_CHECK_EVERY).await;
@@ -399,6 +403,12 @@ async fn keep_certificate_renewed(
                 Ok(config) => {
                     if enrollment.mqtt_tls {
                         mqtt.replace_tls(config.clone());
+                    }
+                    let identity = tls::device_identity(&enrollment, &key);
+                    if let (Some(quic), Ok(identity)) = (&quic, identity)
+                        && let Err(error) = quic.set_identity(&identity)
+                    {
+                        tracing::error!(%error, "QUIC cannot use the renewed certificate");
                     }
                     artifacts.replace_tls(config)
                 }

@@ -23,6 +23,7 @@ async fn serve(bytes: &[u8]) -> (tempfile::TempDir, SocketAddr, QuicIdentity, St
         &identity,
         artifacts,
         Arc::new(HubMetrics::default()),
+        None,
     )
     .unwrap();
     (dir, address, identity, sha)
@@ -120,4 +121,82 @@ async fn a_dropped_connection_mid_download_resumes() {
         bytes,
         "resumed from {kept} bytes, byte for byte"
     );
+}
+
+/// With TLS on (the default), a real hub's QUIC endpoint takes only device certificates it
+/// issued and has not revoked, as its HTTPS ranges do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_serves_quic_only_to_its_devices_certificates() {
+    use flotilla_api::http::Method;
+    use flotilla_common::signing::{SigningKey, prove_enrollment};
+    use flotilla_proto::control::{EnrollRequest, EnrollResponse};
+    use flotilla_testkit::{HubProcess, RawApi, fixture};
+
+    let hub = HubProcess::start();
+    let pushed = hub
+        .operator()
+        .upload(
+            "/api/v1/models/scaler/versions",
+            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let (sha, size) = (
+        pushed["sha256"].as_str().unwrap().to_owned(),
+        pushed["size"].as_u64().unwrap(),
+    );
+    let key = SigningKey::generate().unwrap();
+    let mut request = EnrollRequest {
+        token: hub.enroll_token("").await,
+        public_key: key.public_key(),
+        hardware: Default::default(),
+        agent_version: "test".into(),
+        proof: String::new(),
+    };
+    prove_enrollment(&mut request, &key);
+    let enrolled: EnrollResponse = serde_json::from_value(
+        hub.anonymous()
+            .json(
+                Method::POST,
+                "/api/v1/enroll",
+                Some(serde_json::to_value(&request).unwrap()),
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let (address, pin) = (
+        enrolled.artifacts_quic.clone().unwrap(),
+        enrolled.quic_certificate_sha256.clone().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let download = |client: QuicArtifacts, name: &'static str| {
+        let (sha, part) = (sha.clone(), dir.path().join(name));
+        async move { client.download(&sha, &Encoding::Raw, &part, size).await }
+    };
+
+    let anonymous = QuicArtifacts::new(&address, &pin).unwrap();
+    let refused = download(anonymous, "anonymous.part").await.unwrap_err();
+    assert!(
+        matches!(refused, QuicError::Unreachable { .. }),
+        "{refused}"
+    );
+
+    let device = QuicArtifacts::new(&address, &pin).unwrap();
+    let identity =
+        flotilla_api::tls::ClientIdentity::ed25519(&enrolled.certificate, &key.seed()).unwrap();
+    device.set_identity(&identity).unwrap();
+    download(device.clone(), "device.part").await.unwrap();
+
+    let revoked = hub.cli(
+        Some(&hub.operator_token),
+        &["device", "revoke", &enrolled.device_id],
+    );
+    assert!(revoked.status.success());
+    let refused = download(device, "revoked.part").await.unwrap_err();
+    assert!(
+        matches!(refused, QuicError::Refused(ref m) if m.contains("was revoked")),
+        "{refused}"
+    );
+    assert!(hub.log().contains("QUIC download refused"), "{}", hub.log());
 }

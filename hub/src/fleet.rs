@@ -119,6 +119,36 @@ pub struct Publication {
     pub envelope: String,
 }
 
+/// Why a download's client certificate is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateRefusal {
+    #[error("downloads need the device certificate this hub issued at enrollment")]
+    Missing,
+    #[error("this client certificate was not issued to a device of this hub")]
+    NotIssued,
+    #[error("the certificate of device {0} was revoked")]
+    Revoked(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The enrolled device a connection's client certificate (its hex SHA-256) belongs to:
+/// presented, issued by this hub, not revoked. The TLS handshake checked the chain and the
+/// dates; HTTPS ranges and QUIC both ask this.
+pub fn certificate_holder(
+    store: &dyn RegistryStore,
+    sha256: Option<&str>,
+) -> Result<String, CertificateRefusal> {
+    let sha256 = sha256.ok_or(CertificateRefusal::Missing)?;
+    let certificate = store
+        .certificate(sha256)?
+        .ok_or(CertificateRefusal::NotIssued)?;
+    if certificate.revoked_at.is_some() {
+        return Err(CertificateRefusal::Revoked(certificate.device_id));
+    }
+    Ok(certificate.device_id)
+}
+
 #[derive(Debug)]
 pub struct Fleet {
     registry: Arc<Registry>,

@@ -417,9 +417,22 @@ pub async fn start(
     let mut quic_advertised = None;
     if let Some(socket) = listeners.quic {
         let identity = QuicIdentity::load_or_create(&folder.keys()).map_err(anyhow::Error::msg)?;
-        let quic_address =
-            crate::transport::quic::start(socket, &identity, folder.artifacts(), metrics.clone())
-                .map_err(anyhow::Error::msg)?;
+        // With TLS on, devices present their certificates over QUIC too.
+        let devices = config
+            .tls
+            .enabled
+            .then(|| crate::transport::quic::DeviceCertificates {
+                ca: ca.certificate_der().to_vec(),
+                store: registry.store().clone(),
+            });
+        let quic_address = crate::transport::quic::start(
+            socket,
+            &identity,
+            folder.artifacts(),
+            metrics.clone(),
+            devices,
+        )
+        .map_err(anyhow::Error::msg)?;
         let advertise_quic = config.quic.advertise.unwrap_or(quic_address).to_string();
         quic_advertised = Some(advertise_quic.clone());
         fleet = fleet.with_quic(advertise_quic, identity.pin());

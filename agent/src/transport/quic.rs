@@ -1,6 +1,7 @@
 //! Artifact downloads over QUIC (quinn), resuming from the bytes already on disk. The hub's
 //! self-signed certificate is pinned: its SHA-256 comes with the enrollment answer, and no
-//! other certificate is accepted.
+//! other certificate is accepted. The device presents its own certificate (the hub checks
+//! it as it does on HTTPS).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -95,9 +96,36 @@ impl ServerCertVerifier for PinnedCertificate {
 pub struct QuicArtifacts {
     /// The UDP socket is bound per download, not held for the agent's life: downloads are
     /// rare, and a simulator runs thousands of agents in one process's file limit.
-    client: quinn::ClientConfig,
+    client: Arc<std::sync::Mutex<quinn::ClientConfig>>,
+    pin: Vec<u8>,
     bind: SocketAddr,
     server: SocketAddr,
+}
+
+/// TLS 1.3 for QUIC: only the pinned certificate, presenting `identity` when given.
+fn client_config(
+    pin: &[u8],
+    identity: Option<&flotilla_api::tls::ClientIdentity>,
+) -> Result<quinn::ClientConfig, QuicError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+            sha256: pin.to_vec(),
+            provider,
+        }));
+    let mut tls = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| QuicError::Setup(format!("the device certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicError::Setup(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 impl QuicArtifacts {
@@ -106,28 +134,31 @@ impl QuicArtifacts {
         let server: SocketAddr = address
             .parse()
             .map_err(|_| QuicError::Setup(format!("QUIC address {address:?} is not IP:PORT")))?;
-        let sha256 =
+        let pin =
             hex::decode(pin).map_err(|_| QuicError::Setup("certificate pin is not hex".into()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| QuicError::Setup(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { sha256, provider }))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| QuicError::Setup(e.to_string()))?;
+        let client = client_config(&pin, None)?;
         let bind: SocketAddr = if server.is_ipv6() {
             "[::]:0".parse().expect("valid")
         } else {
             "0.0.0.0:0".parse().expect("valid")
         };
         Ok(QuicArtifacts {
-            client: quinn::ClientConfig::new(Arc::new(crypto)),
+            client: Arc::new(std::sync::Mutex::new(client)),
+            pin,
             bind,
             server,
         })
+    }
+
+    /// Presents `identity` (the device certificate) from the next download on: at start,
+    /// and after each renewal.
+    pub fn set_identity(
+        &self,
+        identity: &flotilla_api::tls::ClientIdentity,
+    ) -> Result<(), QuicError> {
+        let client = client_config(&self.pin, Some(identity))?;
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        Ok(())
     }
 
     /// Downloads artifact `sha256` in `encoding` into `part`, continuing from what `part`
@@ -160,7 +191,12 @@ impl QuicArtifacts {
         }
         let mut endpoint =
             quinn::Endpoint::client(self.bind).map_err(|e| QuicError::Setup(e.to_string()))?;
-        endpoint.set_default_client_config(self.client.clone());
+        endpoint.set_default_client_config(
+            self.client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        );
         let connecting = endpoint
             .connect(self.server, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;

@@ -60,14 +60,21 @@ pub fn for_renewal(enrollment: &EnrollResponse) -> Result<Arc<rustls::ClientConf
     flotilla_api::tls::client_config(&trust, None)
 }
 
+/// The device's certificate and key, as presented on every TLS channel.
+pub fn device_identity(
+    enrollment: &EnrollResponse,
+    key: &SigningKey,
+) -> Result<ClientIdentity, TlsError> {
+    ClientIdentity::ed25519(&enrollment.certificate, &key.seed())
+}
+
 /// TLS once enrolled: the hub's CA as the only root, the device certificate presented.
 pub fn for_enrolled(
     enrollment: &EnrollResponse,
     key: &SigningKey,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let trust = ServerTrust::ca_pem(&enrollment.ca_certificate, "the hub's CA certificate")?;
-    let identity = ClientIdentity::ed25519(&enrollment.certificate, &key.seed())?;
-    flotilla_api::tls::client_config(&trust, Some(&identity))
+    flotilla_api::tls::client_config(&trust, Some(&device_identity(enrollment, key)?))
 }
 
 #[cfg(test)]

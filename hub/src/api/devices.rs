@@ -29,35 +29,27 @@ use crate::store::{DeviceRecord, EnrollmentTokenRecord, Scope};
 /// bound keeps `now + ttl` far from overflowing.
 const MAX_ENROLLMENT_TOKEN_TTL_SECONDS: i64 = 366 * 24 * 3600;
 
-/// The enrolled device a connection's client certificate belongs to: presented, issued by
-/// this hub, not revoked. (The TLS handshake checked the chain and the dates.)
+/// The enrolled device a connection's client certificate belongs to (`certificate_holder`).
 fn device_of_certificate(
     registry: &crate::registry::Registry,
     peer: &Peer,
 ) -> Result<String, ApiError> {
-    let sha256 = peer.client_certificate_sha256.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "downloads need the device certificate this hub issued at enrollment",
-        )
-    })?;
-    let certificate = registry.store().certificate(sha256)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this client certificate was not issued to a device of this hub",
-        )
-    })?;
-    if certificate.revoked_at.is_some() {
-        tracing::warn!(device = %certificate.device_id, address = %peer.address, "download refused: certificate revoked");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the certificate of device {} was revoked",
-                certificate.device_id
-            ),
-        ));
-    }
-    Ok(certificate.device_id)
+    use crate::fleet::{CertificateRefusal, certificate_holder};
+    certificate_holder(
+        registry.store().as_ref(),
+        peer.client_certificate_sha256.as_deref(),
+    )
+    .map_err(|refusal| {
+        let status = match refusal {
+            CertificateRefusal::Missing | CertificateRefusal::NotIssued => StatusCode::UNAUTHORIZED,
+            CertificateRefusal::Revoked(ref device) => {
+                tracing::warn!(%device, address = %peer.address, "download refused: certificate revoked");
+                StatusCode::FORBIDDEN
+            }
+            CertificateRefusal::Store(error) => return ApiError::from(error),
+        };
+        ApiError::new(status, refusal.to_string())
+    })
 }
 
 impl From<FleetError> for ApiError {

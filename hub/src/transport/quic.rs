@@ -1,7 +1,9 @@
 //! The QUIC artifact endpoint (quinn): devices fetch model files by content hash, resuming
 //! from an offset. Its self-signed certificate is pinned by agents (the pin comes with the
-//! enrollment answer), so no CA is involved. UDP may be blocked: agents then use the HTTP
-//! range endpoint of the API.
+//! enrollment answer). With TLS on, devices present their certificates too (mutual TLS,
+//! from the hub's CA), and every request is checked as the HTTPS ranges are: a certificate
+//! this hub issued, not revoked. UDP may be blocked: agents then use the HTTP range
+//! endpoint of the API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,23 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::fleet::certificate_holder;
 use crate::metrics::HubMetrics;
+use crate::store::RegistryStore;
+
+/// Who may download over QUIC: a client certificate that chains to `ca` (DER) and that
+/// `store` says this hub issued and has not revoked.
+#[derive(Clone)]
+pub struct DeviceCertificates {
+    pub ca: Vec<u8>,
+    pub store: Arc<dyn RegistryStore>,
+}
+
+impl std::fmt::Debug for DeviceCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCertificates").finish_non_exhaustive()
+    }
+}
 
 /// The hub's QUIC certificate and key (DER), made once and kept in the data folder.
 #[derive(Debug, Clone)]
@@ -69,17 +87,33 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Starts serving artifacts from `artifacts` (the content-addressed folder) on `socket`,
 /// already bound by the caller (so tests bind port 0 and know the port before serving).
+/// With `devices`, only devices with a valid certificate from the hub download.
 pub fn start(
     socket: std::net::UdpSocket,
     identity: &QuicIdentity,
     artifacts: PathBuf,
     metrics: Arc<HubMetrics>,
+    devices: Option<DeviceCertificates>,
 ) -> Result<SocketAddr, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match &devices {
+        Some(devices) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(devices.ca.clone()))
+                .map_err(|e| format!("the hub's CA: {e}"))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| format!("QUIC client certificates: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(
             vec![CertificateDer::from(identity.certificate.clone())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.private_key.clone())),
@@ -101,16 +135,33 @@ pub fn start(
     .map_err(|e| format!("cannot serve QUIC on {address}: {e}"))?;
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
-            let (artifacts, metrics) = (artifacts.clone(), metrics.clone());
+            let (artifacts, metrics, devices) =
+                (artifacts.clone(), metrics.clone(), devices.clone());
             tokio::spawn(async move {
-                let Ok(connection) = incoming.await else {
-                    return;
+                let remote = incoming.remote_address();
+                let connection = match incoming.await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "QUIC handshake refused");
+                        return;
+                    }
                 };
+                let certificate = client_certificate_sha256(&connection);
                 while let Ok((send, receive)) = connection.accept_bi().await {
                     let (artifacts, metrics) = (artifacts.clone(), metrics.clone());
+                    let admitted = match &devices {
+                        None => Ok(()),
+                        Some(devices) => admit(devices, certificate.clone()).await,
+                    };
                     tokio::spawn(async move {
-                        if let Err(error) = serve_stream(send, receive, &artifacts, &metrics).await
-                        {
+                        let served = match admitted {
+                            Ok(()) => serve_stream(send, receive, &artifacts, &metrics).await,
+                            Err(refusal) => {
+                                tracing::warn!(%remote, %refusal, "QUIC download refused");
+                                refuse(send, refusal).await
+                            }
+                        };
+                        if let Err(error) = served {
                             tracing::debug!(%error, "QUIC artifact stream ended early");
                         }
                     });
@@ -119,6 +170,39 @@ pub fn start(
         }
     });
     Ok(address)
+}
+
+/// The hex SHA-256 of the certificate the client presented, if it did.
+fn client_certificate_sha256(connection: &quinn::Connection) -> Option<String> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain
+        .first()
+        .map(|leaf| flotilla_api::tls::certificate_fingerprint(leaf))
+}
+
+/// Checks a request's certificate against the inventory (each request, so a revocation
+/// stops a connection's next download).
+async fn admit(devices: &DeviceCertificates, certificate: Option<String>) -> Result<(), String> {
+    let store = devices.store.clone();
+    tokio::task::spawn_blocking(move || certificate_holder(store.as_ref(), certificate.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|refusal| refusal.to_string())
+}
+
+async fn refuse(mut send: quinn::SendStream, refusal: String) -> Result<(), String> {
+    let header = ArtifactHeader {
+        size: 0,
+        error: Some(refusal),
+    };
+    send.write_all(&line(&header))
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())
 }
 
 async fn serve_stream(
