@@ -418,3 +418,88 @@ fn a_missing_onnx_runtime_library_is_one_clear_message() {
         "{stderr}"
     );
 }
+
+/// Mutations of valid Open Inference Protocol bodies (JSON and binary, for a model with
+/// several inputs and one taking strings) sent to a real agent: each is answered 200 or a
+/// 4xx `{"error": ...}`, never a 5xx or a dropped connection, and the agent serves a valid
+/// request at the end. Its process would abort on an allocation its body cannot justify
+/// only if `--max-body-bytes` did not bound it; that bound is what is relied on here.
+#[test]
+fn mutated_inference_bodies_are_answered_or_refused() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let agent = AgentProcess::start(
+        &[
+            ("multi", &fixture("multi_io.onnx")),
+            ("text", &fixture("text_lookup.onnx")),
+        ],
+        &["--max-body-bytes", "65536"],
+    );
+    let socket = agent.unix();
+    let json_seed = serde_json::to_vec(&multi_request()).unwrap();
+    let header = json!({"inputs": [
+        {"name": "a", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": 12}},
+        {"name": "b", "shape": [1, 3], "datatype": "INT64", "parameters": {"binary_data_size": 24}}
+    ]});
+    let header_bytes = serde_json::to_vec(&header).unwrap();
+    let mut binary_seed = header_bytes.clone();
+    binary_seed.extend_from_slice(&[0u8; 36]);
+    let text_seed = serde_json::to_vec(
+        &json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "bb"]}]}),
+    )
+    .unwrap();
+    let seeds = [
+        ("/v2/models/multi/infer", json_seed, None),
+        (
+            "/v2/models/multi/infer",
+            binary_seed,
+            Some(header_bytes.len()),
+        ),
+        ("/v2/models/text/infer", text_seed, None),
+    ];
+    let edits = prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6);
+    let mut runner = TestRunner::new(Config {
+        cases: 3000,
+        ..Config::default()
+    });
+    runner
+        .run(&(0usize..3, edits), |(seed, edits)| {
+            let (path, body, binary_header) = &seeds[seed];
+            let mut body = body.clone();
+            for (at, byte, op) in edits {
+                let at = at % body.len().max(1);
+                match op {
+                    0 if !body.is_empty() => body[at] ^= byte | 1,
+                    1 => body.insert(at, byte),
+                    _ => body.truncate(at),
+                }
+            }
+            let headers: Vec<(&str, String)> = match binary_header {
+                Some(length) => vec![
+                    ("content-type", "application/octet-stream".to_owned()),
+                    ("inference-header-content-length", length.to_string()),
+                ],
+                None => vec![("content-type", "application/json".to_owned())],
+            };
+            let response = runtime.block_on(send(&socket, "POST", path, &headers, body));
+            prop_assert!(
+                response.status == 200 || (400..500).contains(&response.status),
+                "{} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+            if response.status != 200 {
+                prop_assert!(!response.error().is_empty());
+            }
+            Ok(())
+        })
+        .unwrap();
+    let answered = runtime.block_on(post_json(
+        &socket,
+        "/v2/models/multi/infer",
+        &multi_request(),
+    ));
+    assert_eq!(answered.status, 200);
+}

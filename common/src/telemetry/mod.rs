@@ -17,4 +17,6 @@ pub use feature_map::{
 pub use frame::{
     FrameError, MAX_DECOMPRESSED_BYTES, OpenedFrame, decode_compressed, open_frame, seal_frame,
 };
-pub use table::{Column, Table, TableError, profile_table, read_table, reference_from_file};
+pub use table::{
+    Column, Table, TableError, parse_csv, parse_npy, profile_table, read_table, reference_from_file,
+};
