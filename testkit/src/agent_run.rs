@@ -2,7 +2,7 @@
 //! `HubProcess`, and requests to it over its Unix socket.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub struct AgentRun {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub device_id: String,
+    /// The network namespace it runs in (`NetLab`), when not the test's own.
+    pub netns: Option<String>,
 }
 
 impl AgentRun {
@@ -25,6 +27,16 @@ impl AgentRun {
 
     /// `start`, with more agent.toml (e.g. a `[telemetry]` table) appended.
     pub fn start_with(hub: &HubProcess, token: &str, extra: &str) -> Result<AgentRun, String> {
+        Self::start_in(hub, token, extra, None)
+    }
+
+    /// `start_with`, in network namespace `netns` when given.
+    pub fn start_in(
+        hub: &HubProcess,
+        token: &str,
+        extra: &str,
+        netns: Option<&str>,
+    ) -> Result<AgentRun, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config = format!(
             "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n{extra}",
@@ -35,6 +47,7 @@ impl AgentRun {
             child: None,
             dir,
             device_id: String::new(),
+            netns: netns.map(str::to_owned),
         };
         agent.restart()?;
         Ok(agent)
@@ -47,7 +60,9 @@ impl AgentRun {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let mut child = Command::new(workspace_binary("flotilla-agent"))
+        let mut command =
+            crate::netns::command_in(self.netns.as_deref(), workspace_binary("flotilla-agent"));
+        let mut child = command
             .args(["run", "--config"])
             .arg(self.dir.path().join("agent.toml"))
             .stdout(Stdio::piped())

@@ -33,6 +33,8 @@ pub struct HubProcess {
     pub config: String,
     /// `--log-level` for the hub (default info).
     pub log_level: String,
+    /// The network namespace to serve in (`NetLab`), when not the test's own.
+    pub netns: Option<String>,
 }
 
 fn token_line(text: &str, label: &str) -> String {
@@ -82,6 +84,7 @@ impl HubProcess {
             dir,
             config: config.to_owned(),
             log_level: "info".into(),
+            netns: None,
         }
     }
 
@@ -137,7 +140,9 @@ impl HubProcess {
             toml::to_string(&settings).expect("settings serialise"),
         )
         .expect("hub.toml is written");
-        let mut child = Command::new(workspace_binary("flotilla-hub"))
+        let mut command =
+            crate::netns::command_in(self.netns.as_deref(), workspace_binary("flotilla-hub"));
+        let mut child = command
             .args(["serve", "--log-level", &self.log_level, "--data-dir"])
             .arg(self.dir.path())
             .stdout(Stdio::piped())

@@ -8,6 +8,7 @@ mod agent_run;
 mod hub_process;
 pub mod measure;
 mod mosquitto;
+mod netns;
 mod tcp_proxy;
 
 #[cfg(feature = "in-process")]
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub use agent_run::AgentRun;
 pub use hub_process::{HubProcess, stderr_of_failure, stdout};
 pub use mosquitto::Mosquitto;
+pub use netns::{HUB_ADDRESS, NetLab};
 pub use tcp_proxy::TcpProxy;
 
 #[cfg(feature = "in-process")]

@@ -71,7 +71,7 @@ async fn deploy_to(hub: &HubProcess, selector: &str) {
 /// What both brokers must enforce. `embedded`: the checks only rmqtt's hooks answer
 /// explicitly (refused SUBACKs, closed connections, revocation kicks); Mosquitto drops a
 /// refused message silently, which the observer checks for both.
-async fn devices_are_confined(hub: &HubProcess, embedded: bool) {
+pub async fn devices_are_confined(hub: &HubProcess, embedded: bool) {
     hub.operator()
         .upload(
             "/api/v1/models/scaler/versions",

@@ -5,6 +5,7 @@ mod broker_acl;
 mod fleet;
 mod hostile;
 mod mqtt_peer;
+mod network;
 mod openapi;
 mod paused_rollouts;
 mod paused_triggers;
