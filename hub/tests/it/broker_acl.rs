@@ -2,8 +2,6 @@
 //! its own topics: on the embedded broker and on Mosquitto set up by
 //! `flotilla-hub broker-config mosquitto`. Real TLS, real brokers, raw MQTT clients.
 
-use std::time::Duration;
-
 use flotilla_api::http::Method;
 use flotilla_proto::control::topics;
 use serde_json::json;
@@ -291,20 +289,8 @@ async fn agents_deploy_through_mosquitto_over_tls() {
     let agent = AgentRun::start(&hub, &enroll_token(&hub, "broker=mosquitto").await).unwrap();
     deploy_to(&hub, "broker=mosquitto").await;
     agent.wait_serving("scaler", 1);
-    for _ in 0..200 {
-        let device = hub
-            .reader()
-            .json(
-                Method::GET,
-                &format!("/api/v1/devices/{}", agent.device_id),
-                None,
-            )
-            .await
-            .unwrap();
-        if device["serving"]["scaler"] == 1 && device["online"] == true {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the hub never heard the agent's report through Mosquitto");
+    wait_reported(&hub, &agent.device_id, |d| {
+        d["serving"]["scaler"] == 1 && d["online"] == true
+    })
+    .await;
 }

@@ -31,32 +31,6 @@ async fn deploy(hub: &HubProcess, version: &str, selector: &str) -> serde_json::
         .unwrap()
 }
 
-async fn device(hub: &HubProcess, id: &str) -> serde_json::Value {
-    hub.reader()
-        .json(Method::GET, &format!("/api/v1/devices/{id}"), None)
-        .await
-        .unwrap()
-}
-
-/// Waits until the hub's inventory shows what the device reported.
-async fn wait_reported(
-    hub: &HubProcess,
-    id: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    for _ in 0..300 {
-        let value = device(hub, id).await;
-        if check(&value) {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "device {id} never reported as expected: {}",
-        device(hub, id).await
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn push_deploy_upgrade_rollback_and_survive_kill_9() {
     let mut hub = HubProcess::start();

@@ -75,24 +75,11 @@ async fn a_fleet_across_namespaces_with_delay_and_loss_refuses_every_stranger() 
         "{}",
         agent.log()
     );
-    let mut reported = false;
-    for _ in 0..300 {
-        let device = hub
-            .reader()
-            .json(
-                Method::GET,
-                &format!("/api/v1/devices/{}", agent.device_id),
-                None,
-            )
-            .await
-            .unwrap();
-        if device["serving"]["scaler"] == 1 && device["online"] == true {
-            reported = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(reported, "the hub heard the far device's report");
+    // The far device's report reaches the hub.
+    wait_reported(&hub, &agent.device_id, |d| {
+        d["serving"]["scaler"] == 1 && d["online"] == true
+    })
+    .await;
 }
 
 /// A TLS proxy with its own certificate that forwards to the hub: what someone on the path

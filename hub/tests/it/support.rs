@@ -75,3 +75,29 @@ pub async fn audit_entries(hub: &HubProcess) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+pub async fn device(hub: &HubProcess, id: &str) -> serde_json::Value {
+    hub.reader()
+        .json(Method::GET, &format!("/api/v1/devices/{id}"), None)
+        .await
+        .unwrap()
+}
+
+/// Waits until the hub's inventory shows what the device reported.
+pub async fn wait_reported(
+    hub: &HubProcess,
+    id: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..300 {
+        let value = device(hub, id).await;
+        if check(&value) {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "device {id} never reported as expected: {}",
+        device(hub, id).await
+    );
+}
