@@ -30,16 +30,13 @@ use crate::telemetry::{
     about = "Flotilla operator CLI: drives a hub through its admin API"
 )]
 pub struct Cli {
-    /// The hub's admin API.
-    #[arg(
-        long,
-        env = "FLOTILLA_HUB",
-        default_value = "https://127.0.0.1:7070",
-        global = true
-    )]
-    pub hub: String,
+    /// The hub's admin API [default: the one `flotilla login` saved, else
+    /// https://127.0.0.1:7070].
+    #[arg(long, env = "FLOTILLA_HUB", global = true)]
+    pub hub: Option<String>,
     /// The hub's CA certificate (PEM) for an https:// hub: keys/ca.crt in the hub's data
-    /// folder. Without it, the machine's root certificates are trusted.
+    /// folder. Without it, the CA `flotilla login` saved, else the machine's root
+    /// certificates.
     #[arg(long, env = "FLOTILLA_CA_FILE", global = true)]
     pub ca_file: Option<std::path::PathBuf>,
     /// Admin token (operator for changes, read for the rest).
@@ -54,6 +51,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check and remember a hub, its CA (--ca-file) and a token (--token), so later
+    /// commands need none of them (saved with mode 0600 under ~/.config/flotilla).
+    Login,
+    /// Forget what `login` saved.
+    Logout,
     /// Models and versions in the registry.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -260,15 +262,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Profile { file, categorical } = &cli.command {
         return print_profile(file, categorical, cli.json);
     }
-    let mut client = AdminClient::new(&cli.hub, cli.token.clone())?;
-    if let Some(path) = &cli.ca_file {
-        let pem = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the hub's CA certificate {}", path.display()))?;
-        let trust = flotilla_api::tls::ServerTrust::ca_pem(&pem, &path.display().to_string())?;
+    if let Command::Logout = &cli.command {
+        match crate::login::remove()? {
+            Some(path) => println!("forgot the login in {}", path.display()),
+            None => println!("no login saved"),
+        }
+        return Ok(());
+    }
+    let ca = cli
+        .ca_file
+        .as_deref()
+        .map(crate::login::read_ca)
+        .transpose()?;
+    let saved = match &cli.command {
+        Command::Login => None,
+        _ => crate::login::load()?,
+    };
+    let connection = crate::login::resolve(cli.hub.clone(), ca, cli.token.clone(), saved);
+    let mut client = AdminClient::new(&connection.hub, connection.token.clone())?;
+    if let Some((pem, what)) = &connection.ca {
+        let trust = flotilla_api::tls::ServerTrust::ca_pem(pem, what)?;
         client = client.with_trust(&trust)?;
     }
     let json = cli.json;
     match cli.command {
+        Command::Login | Command::Logout => {
+            // Checked with the same calls a command makes: the hub answers, over TLS it
+            // trusts, and takes the token.
+            client.models().await.with_context(|| {
+                format!("cannot log in to {}; nothing was saved", connection.hub)
+            })?;
+            let path = crate::login::save(&crate::login::Login {
+                hub: connection.hub.clone(),
+                ca_certificate: connection.ca.map(|(pem, _)| pem),
+                token: connection.token,
+            })?;
+            println!(
+                "logged in to {}; saved in {}",
+                connection.hub,
+                path.display()
+            );
+            Ok(())
+        }
         Command::Profile { .. } => unreachable!("handled above: needs no hub"),
         Command::Drift(command) => drift(&client, command, json).await,
         Command::Health {

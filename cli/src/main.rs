@@ -3,6 +3,7 @@
 
 mod commands;
 mod format;
+mod login;
 mod rollout;
 mod telemetry;
 mod trigger;

@@ -4,12 +4,23 @@
 # fleet's. Used for the 10,000-device figures in docs/BENCHMARKS.md:
 #   deploy/bench/fleet-external-hub.sh fleet-sim/scenarios/steady-10k.toml embedded
 #   deploy/bench/fleet-external-hub.sh fleet-sim/scenarios/steady-10k.toml mosquitto
+# A third argument, plain, turns the hub's TLS off ([tls] enabled = false: HTTP, plain MQTT,
+# QUIC without device certificates) to measure what TLS costs against the default, tls:
+#   deploy/bench/fleet-external-hub.sh fleet-sim/scenarios/deploy-1k-5mb.toml embedded plain
+# (With mosquitto the devices speak plain MQTT to it either way; the hub's API and QUIC
+# follow the third argument.)
 # Writes the report to target/fleet-<scenario>-<broker>.json (and .svg) and prints the
 # summary, then the broker's own CPU seconds when it is Mosquitto.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 scenario=$(realpath "$1")
 broker=${2:-embedded}
+transport=${3:-tls}
+case "$transport" in
+  tls) tls=true scheme=https ;;
+  plain) tls=false scheme=http ;;
+  *) echo "error: the third argument is tls or plain, not $transport" >&2; exit 2 ;;
+esac
 cd "$repo"
 deploy/setup.sh
 cargo build --release --locked -p flotilla-hub -p flotilla-sim
@@ -54,6 +65,9 @@ $broker_setting
 [quic]
 listen = "127.0.0.1:17443"
 
+[tls]
+enabled = $tls
+
 [telemetry]
 drift_check_seconds = 5
 drift_lookback_seconds = 300
@@ -61,13 +75,16 @@ EOF
 target/release/flotilla-hub serve --data-dir "$work/hub" --config "$work/hub.toml" \
   >"$work/hub.out" 2>"$work/hub.log" &
 pids+=($!)
-for _ in $(seq 100); do curl -fs "http://$api/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 100); do
+  curl -fs --cacert "$work/hub/keys/ca.crt" "$scheme://$api/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
 
 name=$(basename "$scenario" .toml)
-out=target/fleet-$name-$broker
+out=target/fleet-$name-$broker-$transport
 status=0
-target/release/flotilla-sim run "$scenario" --hub "http://$api" --token "$token" \
-  --broker "127.0.0.1:$mqtt_port" --json "$out.json" --svg "$out.svg" || status=$?
+target/release/flotilla-sim run "$scenario" --hub "$scheme://$api" --token "$token" \
+  --ca-file "$work/hub/keys/ca.crt" --broker "127.0.0.1:$mqtt_port" --json "$out.json" --svg "$out.svg" || status=$?
 if [ -n "${mosquitto_pid:-}" ]; then
   ticks=$(awk '{print $14 + $15}' "/proc/$mosquitto_pid/stat")
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$mosquitto_pid/status")

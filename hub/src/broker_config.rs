@@ -27,6 +27,11 @@ pub fn mosquitto_conf(listen: SocketAddr, dir: &Path) -> String {
 per_listener_settings false
 allow_anonymous false
 max_packet_size {packet}
+# The hub is one subscriber for the whole fleet: Mosquitto's default queue (1,000 QoS 1
+# messages a client) overflows with a minute's windows from 10,000 devices, and what
+# overflows is dropped after the devices were told it arrived.
+max_queued_messages 0
+max_queued_bytes 0
 
 listener {port} {host}
 cafile {ca}

@@ -107,7 +107,9 @@ impl EmbeddedBroker {
             .max_connections(MAX_CONNECTIONS)
             .max_handshaking_limit(MAX_CONNECTIONS)
             .max_packet_size((MAX_PAYLOAD_BYTES + 4096) as u32)
-            .max_mqueue_len(10_000)
+            // The hub's session queues every device's telemetry: a minute's aligned windows
+            // from a large fleet must fit, or the broker drops what it acknowledged.
+            .max_mqueue_len(1_000_000)
             .handshake_timeout(Duration::from_secs(30));
         let bound = match &tls {
             Some(files) => builder

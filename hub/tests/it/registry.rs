@@ -414,3 +414,74 @@ fn manifests_are_re_signed_before_they_expire() {
             .any(|e| e.action == "manifest.resign")
     );
 }
+
+/// `flotilla login` checks the hub with the CA and token given, saves them (mode 0600),
+/// and later commands use them with no flag or environment; a login a hub refuses saves
+/// nothing; `logout` forgets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_remembers_the_hub_its_ca_and_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let hub = HubProcess::start();
+    let home = tempfile::tempdir().unwrap();
+    let flotilla = |args: &[&str]| {
+        std::process::Command::new(flotilla_testkit::workspace_binary("flotilla"))
+            .args(args)
+            .env_remove("FLOTILLA_HUB")
+            .env_remove("FLOTILLA_CA_FILE")
+            .env_remove("FLOTILLA_TOKEN")
+            .env("XDG_CONFIG_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let saved = home.path().join("flotilla/login.toml");
+    let ca = hub.ca_file();
+    let ca = ca.to_str().unwrap();
+
+    // Without the hub's CA the machine's roots do not trust it: nothing saved.
+    let untrusted = flotilla(&["login", "--hub", &hub.url, "--token", &hub.read_token]);
+    assert!(!untrusted.status.success());
+    assert!(!saved.exists());
+    let refused = flotilla(&[
+        "login",
+        "--hub",
+        &hub.url,
+        "--ca-file",
+        ca,
+        "--token",
+        "flo_read_nope",
+    ]);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    assert!(stderr_of_failure(&refused).contains("nothing was saved"));
+    assert!(!saved.exists());
+
+    let login = flotilla(&[
+        "login",
+        "--hub",
+        &hub.url,
+        "--ca-file",
+        ca,
+        "--token",
+        &hub.read_token,
+    ]);
+    assert!(login.status.success(), "{}", stderr_of_failure(&login));
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let listed = flotilla(&["model", "list"]);
+    assert!(listed.status.success(), "{}", stderr_of_failure(&listed));
+    // The saved token is a read token: a change needs an operator token given by flag.
+    let pushed = flotilla(&[
+        "model",
+        "push",
+        "iris",
+        fixture("scaler_v1.onnx").to_str().unwrap(),
+        "--token",
+        &hub.operator_token,
+    ]);
+    assert!(pushed.status.success(), "{}", stderr_of_failure(&pushed));
+
+    let logout = flotilla(&["logout"]);
+    assert!(logout.status.success());
+    assert!(!saved.exists());
+}
