@@ -35,6 +35,7 @@ pub fn identify(
     let name = match (certificate_name, tls) {
         (Some(name), _) => name,
         (None, true) => return Err("presented no client certificate".into()),
+        (None, false) if client_id.starts_with(HUB_IDENTITY) => return Ok(BrokerClient::Hub),
         (None, false) => client_id,
     };
     if name == HUB_IDENTITY {
@@ -124,6 +125,11 @@ mod tests {
             identify(None, "dev-ab12", false),
             Ok(BrokerClient::Device("dev-ab12".into()))
         );
+        assert_eq!(
+            identify(None, "flotilla-hub-77", false),
+            Ok(BrokerClient::Hub)
+        );
+        assert!(identify(None, "someone", false).is_err());
     }
 
     #[test]

@@ -294,3 +294,24 @@ async fn agents_deploy_through_mosquitto_over_tls() {
     })
     .await;
 }
+
+/// With `[tls] enabled = false` (loopback trials) the embedded broker speaks plain MQTT and
+/// the whole device flow still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_mqtt_on_loopback_carries_the_device_flow() {
+    let hub = HubProcess::start_with("[tls]\nenabled = false\n");
+    hub.operator()
+        .upload(
+            "/api/v1/models/scaler/versions",
+            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, "plain=yes").await).unwrap();
+    deploy_to(&hub, "plain=yes").await;
+    agent.wait_serving("scaler", 1);
+    wait_reported(&hub, &agent.device_id, |d| {
+        d["serving"]["scaler"] == 1 && d["online"] == true
+    })
+    .await;
+}
