@@ -86,6 +86,10 @@ pub struct Webhook {
     /// are not retried together).
     #[serde(default = "default_backoff_seconds")]
     pub backoff_seconds: f64,
+    /// For an https receiver behind a private CA: that CA's certificate (PEM), trusted
+    /// instead of the hub machine's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 /// A program the hub runs (no shell), with the trigger in a JSON file named by
@@ -271,6 +275,15 @@ impl Webhook {
             return Err(RuleError::Invalid(
                 "webhook.secret must be at least 16 characters (it keys the HMAC signature)".into(),
             ));
+        }
+        if let Some(pem) = &self.ca_certificate {
+            if !self.url.starts_with("https://") {
+                return Err(RuleError::Invalid(
+                    "webhook.ca_certificate is for an https:// receiver".into(),
+                ));
+            }
+            crate::tls::ServerTrust::ca_pem(pem, "webhook.ca_certificate")
+                .map_err(|e| RuleError::Invalid(e.to_string()))?;
         }
         check_attempts(
             "webhook",

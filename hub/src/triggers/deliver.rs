@@ -83,7 +83,14 @@ async fn post(
     body: &Bytes,
     timestamp: i64,
 ) -> Result<u16, String> {
-    let client = HttpClient::new(&webhook.url).map_err(|e| e.to_string())?;
+    let mut client = HttpClient::new(&webhook.url).map_err(|e| e.to_string())?;
+    if let Some(pem) = &webhook.ca_certificate {
+        // The rule's own CA instead of the machine's roots (checked when the rule was set).
+        let trust = flotilla_api::tls::ServerTrust::ca_pem(pem, "webhook.ca_certificate")
+            .map_err(|e| e.to_string())?;
+        client = client
+            .with_tls(flotilla_api::tls::client_config(&trust, None).map_err(|e| e.to_string())?);
+    }
     let signature = signature(&webhook.secret, timestamp, body);
     let timestamp = timestamp.to_string();
     let response = client

@@ -481,3 +481,118 @@ async fn fleet_drift_fires_the_command_once_per_cooldown() {
     let drifted = written["drift_report"]["drifted_features"].to_string();
     assert!(drifted.contains("petal_length"), "{written:#}");
 }
+
+/// An https receiver behind a private CA: refused while the rule trusts the machine's roots,
+/// delivered once the rule names that CA (`ca_certificate`).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_webhook_behind_a_private_ca_is_trusted_when_the_rule_names_it() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let hub = HubProcess::start();
+    push_iris(&hub).await;
+
+    // The receiver's CA and its certificate for 127.0.0.1.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hooks/retrain", listener.local_addr().unwrap());
+    let delivered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = delivered.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            seen.lock().unwrap().push(head.to_owned());
+                            break;
+                        }
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+
+    let operator = hub.operator();
+    let set = |rule: serde_json::Value| {
+        let operator = operator.clone();
+        async move {
+            operator
+                .json(Method::PUT, "/api/v1/models/iris/trigger", Some(rule))
+                .await
+                .unwrap();
+        }
+    };
+    let fire = || async {
+        let fired = hub
+            .operator()
+            .json(
+                Method::POST,
+                "/api/v1/models/iris/trigger/fire",
+                Some(json!({"note": "private CA"})),
+            )
+            .await
+            .unwrap();
+        finished(&hub, fired["id"].as_str().unwrap()).await
+    };
+
+    set(webhook_rule(&url, 2.0, 1)).await;
+    let untrusted = fire().await;
+    assert_eq!(untrusted["status"], "failed", "{untrusted:#}");
+    assert!(delivered.lock().unwrap().is_empty());
+
+    let mut trusting = webhook_rule(&url, 2.0, 1);
+    trusting["action"]["webhook"]["ca_certificate"] = json!(ca.pem());
+    set(trusting).await;
+    let trusted = fire().await;
+    assert_eq!(trusted["status"], "succeeded", "{trusted:#}");
+    let heads = delivered.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("x-flotilla-signature")
+    );
+}
