@@ -55,6 +55,29 @@ fn hub_with_mosquitto() -> (HubProcess, Mosquitto) {
     (hub, mosquitto)
 }
 
+async fn push_scaler(hub: &HubProcess) {
+    hub.operator()
+        .upload(
+            "/api/v1/models/scaler/versions",
+            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Pushes scaler v1, enrolls an agent with `labels`, deploys to them, and waits until the
+/// agent serves it and the hub heard its report.
+async fn a_device_follows_a_deployment(hub: &HubProcess, labels: &str) {
+    push_scaler(hub).await;
+    let agent = AgentRun::start(hub, &enroll_token(hub, labels).await).unwrap();
+    deploy_to(hub, labels).await;
+    agent.wait_serving("scaler", 1);
+    wait_reported(hub, &agent.device_id, |d| {
+        d["serving"]["scaler"] == 1 && d["online"] == true
+    })
+    .await;
+}
+
 async fn deploy_to(hub: &HubProcess, selector: &str) {
     hub.operator()
         .json(
@@ -70,13 +93,7 @@ async fn deploy_to(hub: &HubProcess, selector: &str) {
 /// explicitly (refused SUBACKs, closed connections, revocation kicks); Mosquitto drops a
 /// refused message silently, which the observer checks for both.
 pub async fn devices_are_confined(hub: &HubProcess, embedded: bool) {
-    hub.operator()
-        .upload(
-            "/api/v1/models/scaler/versions",
-            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    push_scaler(hub).await;
     let (a, a_key) = enrolled_device(hub, "acl=a").await;
     let (b, b_key) = enrolled_device(hub, "acl=b").await;
     deploy_to(hub, "acl=a").await;
@@ -279,20 +296,7 @@ async fn mosquitto_from_broker_config_confines_each_device_to_its_own_topics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_deploy_through_mosquitto_over_tls() {
     let (hub, _mosquitto) = hub_with_mosquitto();
-    hub.operator()
-        .upload(
-            "/api/v1/models/scaler/versions",
-            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let agent = AgentRun::start(&hub, &enroll_token(&hub, "broker=mosquitto").await).unwrap();
-    deploy_to(&hub, "broker=mosquitto").await;
-    agent.wait_serving("scaler", 1);
-    wait_reported(&hub, &agent.device_id, |d| {
-        d["serving"]["scaler"] == 1 && d["online"] == true
-    })
-    .await;
+    a_device_follows_a_deployment(&hub, "broker=mosquitto").await;
 }
 
 /// With `[tls] enabled = false` (loopback trials) the embedded broker speaks plain MQTT and
@@ -300,18 +304,5 @@ async fn agents_deploy_through_mosquitto_over_tls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_mqtt_on_loopback_carries_the_device_flow() {
     let hub = HubProcess::start_with("[tls]\nenabled = false\n");
-    hub.operator()
-        .upload(
-            "/api/v1/models/scaler/versions",
-            std::fs::read(fixture("scaler_v1.onnx")).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let agent = AgentRun::start(&hub, &enroll_token(&hub, "plain=yes").await).unwrap();
-    deploy_to(&hub, "plain=yes").await;
-    agent.wait_serving("scaler", 1);
-    wait_reported(&hub, &agent.device_id, |d| {
-        d["serving"]["scaler"] == 1 && d["online"] == true
-    })
-    .await;
+    a_device_follows_a_deployment(&hub, "plain=yes").await;
 }
