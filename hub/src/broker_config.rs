@@ -9,14 +9,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::ca::HubCa;
+use crate::ca::{HubCa, RevokedSerial};
 use crate::data_dir::{DataDir, write_secret};
+use crate::store::RegistryStore;
 use crate::transport::broker::MAX_PAYLOAD_BYTES;
 use crate::transport::broker_policy::mosquitto_acl;
 
 /// The files written, by name.
 pub const CONFIG_FILE: &str = "mosquitto.conf";
 pub const ACL_FILE: &str = "flotilla.acl";
+pub const CRL_FILE: &str = "crl.pem";
 
 /// mosquitto.conf for a listener on `listen` whose certificates and ACL sit in `dir`.
 pub fn mosquitto_conf(listen: SocketAddr, dir: &Path) -> String {
@@ -41,6 +43,10 @@ require_certificate true
 use_identity_as_username true
 use_username_as_clientid true
 acl_file {acl}
+# Revoked device certificates, which the hub rewrites at every revocation when its
+# [broker] crl_file names this file. Mosquitto 2 reads it at start only (SIGHUP reloads
+# the server certificate, not this): restart Mosquitto after `flotilla device revoke`.
+crlfile {crl}
 ",
         packet = MAX_PAYLOAD_BYTES + 4096,
         port = listen.port(),
@@ -49,12 +55,13 @@ acl_file {acl}
         certificate = file("server.crt"),
         key = file("server.key"),
         acl = file(ACL_FILE),
+        crl = file(CRL_FILE),
     )
 }
 
-/// Writes mosquitto.conf, flotilla.acl, the hub's CA certificate and a server certificate
-/// for `names` (and loopback) into `out`. The server key is mode 0600: run Mosquitto as the
-/// user that owns it.
+/// Writes mosquitto.conf, flotilla.acl, the hub's CA certificate, its revocation list as
+/// of now and a server certificate for `names` (and loopback) into `out`. The server key
+/// is mode 0600: run Mosquitto as the user that owns it.
 pub fn write_mosquitto(
     data_dir: &Path,
     out: &Path,
@@ -82,14 +89,33 @@ pub fn write_mosquitto(
     write("server.crt", &server.chain_pem)?;
     write_secret(&out.join("server.key"), &server.key_pem)?;
     write(ACL_FILE, &mosquitto_acl())?;
+    let revoked = revoked_serials(&folder, now)?;
+    write(CRL_FILE, &ca.revocation_list(&revoked, now)?)?;
     write(CONFIG_FILE, &mosquitto_conf(listen, &out))?;
     println!(
-        "wrote {} (listener {listen}); run: mosquitto -c {}\nthen set [broker] url = \"mqtts://HOST:{}\" in hub.toml (HOST one of {all_names:?}, or pass --name)",
+        "wrote {} (listener {listen}); run: mosquitto -c {}\nthen set in hub.toml (HOST one of {all_names:?}, or pass --name):\n[broker]\nurl = \"mqtts://HOST:{}\"\ncrl_file = \"{}\"",
         out.display(),
         out.join(CONFIG_FILE).display(),
-        listen.port()
+        listen.port(),
+        out.join(CRL_FILE).display(),
     );
     Ok(())
+}
+
+/// The revoked certificates in the hub's store, for a list written while the hub may be
+/// stopped.
+fn revoked_serials(folder: &DataDir, now: i64) -> anyhow::Result<Vec<RevokedSerial>> {
+    let store = crate::store::SqliteStore::open(&folder.database())?;
+    Ok(store
+        .revoked_certificates(now)?
+        .into_iter()
+        .filter_map(|c| {
+            Some(RevokedSerial {
+                serial: c.serial?,
+                revoked_at: c.revoked_at?,
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PublicKeyData, RevokedCertParams, SerialNumber, SignatureAlgorithm,
 };
 
 /// How long the CA certificate is valid: ten years; `flotilla-hub ca rotate` before then.
@@ -30,6 +31,21 @@ pub enum CaError {
     Issue(String),
     #[error("the device key is not an ed25519 public key (32 bytes, hex)")]
     BadDeviceKey,
+}
+
+/// A device certificate as issued: the chain the device presents and the certificate's
+/// serial number (hex), which a revocation list names.
+#[derive(Debug, Clone)]
+pub struct IssuedDeviceCertificate {
+    pub chain_pem: String,
+    pub serial: String,
+}
+
+/// A revoked certificate, for the revocation list: its serial (hex) and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSerial {
+    pub serial: String,
+    pub revoked_at: i64,
 }
 
 /// A certificate and its private key, PEM.
@@ -178,15 +194,16 @@ impl HubCa {
     }
 
     /// A device's client certificate: common name the device id, for the ed25519 key it
-    /// enrolled with, valid `lifetime` from `now`. Only the certificate: the device holds
-    /// the key.
+    /// enrolled with, valid `lifetime` from `now`, with a random serial number (each
+    /// renewal is a certificate of its own on a revocation list). Only the certificate: the
+    /// device holds the key.
     pub fn issue_device(
         &self,
         device_id: &str,
         public_key_hex: &str,
         now: i64,
         lifetime: Duration,
-    ) -> Result<String, CaError> {
+    ) -> Result<IssuedDeviceCertificate, CaError> {
         let public: [u8; 32] = hex::decode(public_key_hex)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -199,11 +216,59 @@ impl HubCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = unix_time(now - 300)?;
         params.not_after = unix_time(now + lifetime.as_secs() as i64)?;
+        let serial = random_serial()?;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let certificate = params
             .signed_by(&Ed25519PublicKey(public), &self.issuer())
             .map_err(|e| CaError::Issue(e.to_string()))?;
-        Ok(format!("{}{}", certificate.pem(), self.certificate_pem))
+        Ok(IssuedDeviceCertificate {
+            chain_pem: format!("{}{}", certificate.pem(), self.certificate_pem),
+            serial: hex::encode(serial),
+        })
     }
+
+    /// The revocation list (PEM) naming `revoked`, signed by the CA, numbered `now`: what a
+    /// broker such as Mosquitto (`crlfile`) checks client certificates against. Its next
+    /// update is the CA's own expiry, not days away: the list is handed over as a file,
+    /// and OpenSSL refuses every client once a list's next update has passed, so a
+    /// short one would lock the whole fleet out of a broker nobody restarted.
+    pub fn revocation_list(&self, revoked: &[RevokedSerial], now: i64) -> Result<String, CaError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|entry| {
+                let serial = hex::decode(&entry.serial)
+                    .map_err(|_| CaError::Issue(format!("serial {:?} is not hex", entry.serial)))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: unix_time(entry.revoked_at)?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: unix_time(now - 60)?,
+            next_update: self.params.not_after.max(unix_time(now + 24 * 3600)?),
+            crl_number: SerialNumber::from_slice(&now.max(1).to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let list = params
+            .signed_by(&self.issuer())
+            .map_err(|e| CaError::Issue(e.to_string()))?;
+        list.pem().map_err(|e| CaError::Issue(e.to_string()))
+    }
+}
+
+/// 16 random bytes whose first is in 1..=127: the serial encodes as a positive integer of
+/// exactly these bytes, so the hex recorded is the hex a revocation list names.
+fn random_serial() -> Result<[u8; 16], CaError> {
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| CaError::Issue(e.to_string()))?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    Ok(serial)
 }
 
 /// A device's enrolled ed25519 key, as the subject key of its certificate.

@@ -112,6 +112,13 @@ pub struct BrokerSettings {
     /// Example: "mqtt.example:1883"
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// A file the hub keeps its CA's certificate revocation list (PEM) in, besides
+    /// `keys/crl.pem`: rewritten at start and at every `device revoke` or `remove`, for an
+    /// external broker's `crlfile` (`broker-config mosquitto` points Mosquitto at one).
+    /// Mosquitto 2 reads it when it starts: restart it after a revocation.
+    /// Example: "/etc/mosquitto/flotilla/crl.pem"
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
 }
 
 /// `[quic]`.
@@ -276,6 +283,7 @@ impl Default for BrokerSettings {
             listen: default_broker_listen(),
             url: None,
             advertise: None,
+            crl_file: None,
         }
     }
 }

@@ -222,16 +222,29 @@ fn read_key(path: &Path) -> Result<SigningKey, DataDirError> {
 
 /// Writes a secret with mode 0600 through a temporary file, fsynced, then renamed.
 pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), DataDirError> {
-    let folder = path.parent().expect("key paths have a folder");
+    write_replacing_with_mode(path, text.as_bytes(), 0o600)
+}
+
+/// Replaces a file readable by all (mode 0644) through a temporary file, fsynced, then
+/// renamed: a reader sees the old contents or the new, never part.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+    write_replacing_with_mode(path, bytes, 0o644)
+}
+
+fn write_replacing_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
     let error = |source| DataDirError::Write {
         path: path.to_owned(),
         source,
     };
     let mut file = tempfile::NamedTempFile::new_in(folder).map_err(error)?;
     file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(error)?;
-    file.write_all(text.as_bytes()).map_err(error)?;
+    file.write_all(bytes).map_err(error)?;
     file.as_file().sync_all().map_err(error)?;
     file.persist(path).map_err(|e| error(e.error))?;
     Ok(())

@@ -15,10 +15,12 @@ use flotilla_proto::control::{
 };
 use flotilla_proto::trust::Envelope;
 
-use crate::ca::HubCa;
+use crate::ca::{HubCa, RevokedSerial};
 use crate::data_dir::token_hash;
 use crate::registry::{Registry, RegistryError};
-use crate::store::{DesiredRecord, DeviceRecord, EnrollmentCheck, RegistryStore, StoreError};
+use crate::store::{
+    CertificateRecord, DesiredRecord, DeviceRecord, EnrollmentCheck, RegistryStore, StoreError,
+};
 
 /// Desired states are valid for 30 days; the hub republishes before then.
 pub const DESIRED_LIFETIME_SECONDS: i64 = 30 * 24 * 3600;
@@ -162,6 +164,8 @@ pub struct Fleet {
     pub artifacts_quic: Option<(String, String)>,
     /// The CA that issues device certificates at enrollment, and their lifetime.
     ca: Option<(Arc<HubCa>, std::time::Duration)>,
+    /// Where the revocation list is kept up to date.
+    revocation_list_files: Vec<std::path::PathBuf>,
 }
 
 impl Fleet {
@@ -177,6 +181,7 @@ impl Fleet {
             artifacts_http,
             artifacts_quic: None,
             ca: None,
+            revocation_list_files: Vec::new(),
         }
     }
 
@@ -255,17 +260,10 @@ impl Fleet {
             reported_sequence: existing.as_ref().map(|d| d.reported_sequence).unwrap_or(0),
             revoked_at: None,
         };
-        let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
-        let certificate =
-            ca.issue_device(&device_id, &request.public_key.public, now, *lifetime)?;
-        let certificate_expires = now + lifetime.as_secs() as i64;
+        let ca = &self.ca.as_ref().ok_or(FleetError::NoCa)?.0;
         self.store().upsert_device(&device)?;
-        self.store().record_certificate(
-            &certificate_fingerprint_of(&certificate)?,
-            &device_id,
-            now,
-            certificate_expires,
-        )?;
+        let (certificate, certificate_expires) =
+            self.issue_certificate(&device_id, &request.public_key.public, now)?;
         self.store().audit(
             now,
             &device_id,
@@ -321,15 +319,8 @@ impl Fleet {
         if skew > RENEWAL_SKEW_SECONDS {
             return Err(FleetError::RenewalStale { skew });
         }
-        let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
-        let certificate = ca.issue_device(device_id, &device.public_key.public, now, *lifetime)?;
-        let certificate_expires = now + lifetime.as_secs() as i64;
-        self.store().record_certificate(
-            &certificate_fingerprint_of(&certificate)?,
-            device_id,
-            now,
-            certificate_expires,
-        )?;
+        let (certificate, certificate_expires) =
+            self.issue_certificate(device_id, &device.public_key.public, now)?;
         self.store().audit(
             now,
             device_id,
@@ -342,6 +333,83 @@ impl Fleet {
         })
     }
 
+    /// A client certificate for the device's enrolled key, recorded (fingerprint and
+    /// serial): the chain and when it expires.
+    fn issue_certificate(
+        &self,
+        device_id: &str,
+        public_key_hex: &str,
+        now: i64,
+    ) -> Result<(String, i64), FleetError> {
+        let (ca, lifetime) = self.ca.as_ref().ok_or(FleetError::NoCa)?;
+        let issued = ca.issue_device(device_id, public_key_hex, now, *lifetime)?;
+        let expires = now + lifetime.as_secs() as i64;
+        self.store().record_certificate(&CertificateRecord {
+            sha256: certificate_fingerprint_of(&issued.chain_pem)?,
+            device_id: device_id.to_owned(),
+            serial: Some(issued.serial),
+            issued_at: now,
+            expires,
+            revoked_at: None,
+        })?;
+        Ok((issued.chain_pem, expires))
+    }
+
+    /// Also writes the CA's revocation list (PEM) to `files` at start and after every
+    /// revocation: for an external broker's `crlfile` (Mosquitto reads it when it starts).
+    pub fn with_revocation_list(mut self, files: Vec<std::path::PathBuf>) -> Fleet {
+        self.revocation_list_files = files;
+        self
+    }
+
+    /// Writes the revocation list, naming every revoked certificate not yet expired, to
+    /// each file of `with_revocation_list` (through a temporary file and a rename, so a
+    /// broker never reads half a list). A failure is logged: the revocation itself is
+    /// recorded either way, and the next revocation or start writes the list again.
+    pub fn write_revocation_list(&self) {
+        let Some((ca, _)) = &self.ca else { return };
+        if self.revocation_list_files.is_empty() {
+            return;
+        }
+        let now = self.registry.now();
+        let written = self
+            .store()
+            .revoked_certificates(now)
+            .map_err(|e| e.to_string())
+            .and_then(|revoked| {
+                let revoked: Vec<RevokedSerial> = revoked
+                    .into_iter()
+                    .filter_map(|c| {
+                        Some(RevokedSerial {
+                            serial: c.serial?,
+                            revoked_at: c.revoked_at?,
+                        })
+                    })
+                    .collect();
+                let pem = ca
+                    .revocation_list(&revoked, now)
+                    .map_err(|e| e.to_string())?;
+                Ok((revoked.len(), pem))
+            });
+        let (count, pem) = match written {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::error!(%error, "cannot make the certificate revocation list");
+                return;
+            }
+        };
+        for file in &self.revocation_list_files {
+            match crate::data_dir::write_replacing(file, pem.as_bytes()) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), revoked = count, "certificate revocation list written")
+                }
+                Err(error) => {
+                    tracing::error!(file = %file.display(), %error, "cannot write the certificate revocation list")
+                }
+            }
+        }
+    }
+
     /// Decommissions a device: its certificates are revoked (downloads, renewals refused),
     /// its messages and telemetry refused from now on; its record and history stay.
     pub fn revoke_device(&self, device_id: &str, actor: &str) -> Result<(), FleetError> {
@@ -350,6 +418,7 @@ impl Fleet {
             return Err(FleetError::UnknownDevice(device_id.to_owned()));
         }
         self.store().audit(now, actor, "device.revoke", device_id)?;
+        self.write_revocation_list();
         Ok(())
     }
 
@@ -360,6 +429,7 @@ impl Fleet {
         }
         self.store()
             .audit(self.registry.now(), actor, "device.remove", device_id)?;
+        self.write_revocation_list();
         Ok(())
     }
 

@@ -413,7 +413,13 @@ pub async fn start(
         ca.clone(),
         Duration::from_secs(config.tls.device_certificate_days * 24 * 3600),
     )
-    .with_mqtt_tls(broker.tls);
+    .with_mqtt_tls(broker.tls)
+    .with_revocation_list(
+        std::iter::once(folder.keys().join("crl.pem"))
+            .chain(config.broker.crl_file.clone())
+            .collect(),
+    );
+    fleet.write_revocation_list();
     let mut quic_advertised = None;
     if let Some(socket) = listeners.quic {
         let identity = QuicIdentity::load_or_create(&folder.keys()).map_err(anyhow::Error::msg)?;

@@ -14,7 +14,8 @@ pub struct Mosquitto {
     pub port: u16,
     /// What the broker logged (stderr).
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    config: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
@@ -33,6 +34,32 @@ impl Mosquitto {
 
     /// A broker on `port` with the settings in `config` (which must listen there).
     pub fn run(config: &Path, port: u16, dir: tempfile::TempDir) -> Mosquitto {
+        let child = Self::spawn(config, port, &dir);
+        Mosquitto {
+            child,
+            port,
+            log: dir.path().join("mosquitto.log"),
+            config: config.to_owned(),
+            dir,
+        }
+    }
+
+    /// The folder the broker's files are in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the broker (SIGTERM) and starts it again with the same settings: how
+    /// Mosquitto rereads what it reads only at start (a revocation list, say).
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.config, self.port, &self.dir);
+    }
+
+    fn spawn(config: &Path, port: u16, dir: &tempfile::TempDir) -> Child {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists());
@@ -42,17 +69,18 @@ impl Mosquitto {
             .arg("-c")
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Mosquitto {
-                    child,
-                    port,
-                    log,
-                    _dir: dir,
-                };
+                return child;
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -160,4 +160,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
     "#,
+    // 10: each device certificate's serial number (hex), which the revocation list names.
+    // Certificates issued before have none and are left off the list (they lapse within
+    // their lifetime; renewals have serials).
+    r#"
+    ALTER TABLE device_certificates ADD COLUMN serial TEXT;
+    "#,
 ];

@@ -228,6 +228,8 @@ pub struct TriggerRunRecord {
 pub struct CertificateRecord {
     pub sha256: String,
     pub device_id: String,
+    /// Serial number, hex (none for certificates issued before serials were recorded).
+    pub serial: Option<String>,
     pub issued_at: i64,
     pub expires: i64,
     pub revoked_at: Option<i64>,
@@ -340,15 +342,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         at: i64,
     ) -> Result<StatusTaken, StoreError>;
     /// Records a certificate the CA issued to a device.
-    fn record_certificate(
-        &self,
-        sha256: &str,
-        device_id: &str,
-        issued_at: i64,
-        expires: i64,
-    ) -> Result<(), StoreError>;
+    fn record_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError>;
     /// The issued certificate with this fingerprint, if any.
     fn certificate(&self, sha256: &str) -> Result<Option<CertificateRecord>, StoreError>;
+    /// Every revoked certificate that has not expired by `now` and has a serial: what the
+    /// revocation list names.
+    fn revoked_certificates(&self, now: i64) -> Result<Vec<CertificateRecord>, StoreError>;
     /// Decommissions a device: marked revoked with its certificates, kept with its history.
     /// Whether it exists.
     fn revoke_device(&self, id: &str, at: i64) -> Result<bool, StoreError>;

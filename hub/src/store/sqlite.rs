@@ -95,6 +95,19 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("maps of strings and numbers serialize")
 }
 
+const CERTIFICATE_COLUMNS: &str = "sha256, device_id, serial, issued_at, expires, revoked_at";
+
+fn certificate_row(row: &rusqlite::Row) -> rusqlite::Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        sha256: row.get(0)?,
+        device_id: row.get(1)?,
+        serial: row.get(2)?,
+        issued_at: row.get(3)?,
+        expires: row.get(4)?,
+        revoked_at: row.get(5)?,
+    })
+}
+
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -631,17 +644,17 @@ impl RegistryStore for SqliteStore {
         })
     }
 
-    fn record_certificate(
-        &self,
-        sha256: &str,
-        device_id: &str,
-        issued_at: i64,
-        expires: i64,
-    ) -> Result<(), StoreError> {
+    fn record_certificate(&self, certificate: &CertificateRecord) -> Result<(), StoreError> {
         self.with(|connection| {
             connection.execute(
-                "INSERT INTO device_certificates (sha256, device_id, issued_at, expires) VALUES (?1, ?2, ?3, ?4)",
-                params![sha256, device_id, issued_at, expires],
+                "INSERT INTO device_certificates (sha256, device_id, serial, issued_at, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    certificate.sha256,
+                    certificate.device_id,
+                    certificate.serial,
+                    certificate.issued_at,
+                    certificate.expires
+                ],
             )?;
             Ok(())
         })
@@ -651,19 +664,25 @@ impl RegistryStore for SqliteStore {
         self.with(|connection| {
             Ok(connection
                 .query_row(
-                    "SELECT sha256, device_id, issued_at, expires, revoked_at FROM device_certificates WHERE sha256 = ?1",
+                    &format!(
+                        "SELECT {CERTIFICATE_COLUMNS} FROM device_certificates WHERE sha256 = ?1"
+                    ),
                     params![sha256],
-                    |row| {
-                        Ok(CertificateRecord {
-                            sha256: row.get(0)?,
-                            device_id: row.get(1)?,
-                            issued_at: row.get(2)?,
-                            expires: row.get(3)?,
-                            revoked_at: row.get(4)?,
-                        })
-                    },
+                    certificate_row,
                 )
                 .optional()?)
+        })
+    }
+
+    fn revoked_certificates(&self, now: i64) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(&format!(
+                "SELECT {CERTIFICATE_COLUMNS} FROM device_certificates
+                 WHERE revoked_at IS NOT NULL AND serial IS NOT NULL AND expires > ?1
+                 ORDER BY revoked_at, sha256"
+            ))?;
+            let rows = statement.query_map(params![now], certificate_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
@@ -691,7 +710,7 @@ impl RegistryStore for SqliteStore {
             // Its certificates stay on record, revoked: a removed device's certificate must
             // not be taken by anyone.
             transaction.execute(
-                "UPDATE device_certificates SET revoked_at = coalesce(revoked_at, strftime('%s','now')) WHERE device_id = ?1",
+                "UPDATE device_certificates SET revoked_at = coalesce(revoked_at, CAST(strftime('%s','now') AS INTEGER)) WHERE device_id = ?1",
                 params![id],
             )?;
             transaction.commit()?;

@@ -53,6 +53,7 @@ pub fn device_certificate(
         Duration::from_secs(days * 24 * 3600),
     )
     .unwrap()
+    .chain_pem
 }
 
 /// A certificate for `device_id` from the hub's own CA, valid now.

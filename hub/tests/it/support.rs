@@ -28,6 +28,15 @@ pub async fn enroll_token(hub: &HubProcess, labels: &str) -> String {
 /// A device enrolled by the test itself (with its proof of possession), so it can sign
 /// messages of every kind: its id and key.
 pub async fn enrolled_device(hub: &HubProcess, labels: &str) -> (String, SigningKey) {
+    let (id, key, _) = enrolled_device_with_certificate(hub, labels).await;
+    (id, key)
+}
+
+/// An enrolled device with the certificate (PEM chain) the hub issued it.
+pub async fn enrolled_device_with_certificate(
+    hub: &HubProcess,
+    labels: &str,
+) -> (String, SigningKey, String) {
     let key = SigningKey::generate().unwrap();
     let mut request = EnrollRequest {
         token: enroll_token(hub, labels).await,
@@ -45,7 +54,11 @@ pub async fn enrolled_device(hub: &HubProcess, labels: &str) -> (String, Signing
         )
         .await
         .unwrap();
-    (answer["device_id"].as_str().unwrap().to_owned(), key)
+    (
+        answer["device_id"].as_str().unwrap().to_owned(),
+        key,
+        answer["certificate"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// A client with no admin token, as a device or a stranger is.
