@@ -12,6 +12,7 @@ use anyhow::Context;
 use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
 use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
 use flotilla_common::signing::{SigningKey, prove_enrollment};
+use flotilla_common::systemd::Notifier;
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
 use tokio::signal::unix::{SignalKind, signal};
@@ -166,6 +167,11 @@ impl AgentCore {
         self.mqtt.drop_connection();
         self.server.shutdown();
         self.server.wait().await;
+    }
+
+    /// True while the sync loop runs (it ends only by panicking).
+    pub fn is_following_the_hub(&self) -> bool {
+        !self.sync.is_finished()
     }
 
     /// Stops following the hub and lets in-flight local requests finish; the open
@@ -422,18 +428,48 @@ async fn keep_certificate_renewed(
     }
 }
 
-/// `flotilla-agent run`: one core until SIGTERM or SIGINT.
+/// `flotilla-agent run`: one core until SIGTERM or SIGINT, at any phase. Under systemd
+/// (`Type=notify`) it says READY once it serves and pings the watchdog while its sync loop
+/// lives.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let core = start_core(&config, SystemClock::shared()).await?;
+    let systemd = Notifier::from_env();
+    systemd.status("starting: enrolling with the hub and restoring models");
+    // Starting can wait long (enrollment retries against an unreachable hub, with backoff).
+    // A stop asked meanwhile drops the start at its next await; what it wrote so far is
+    // whole at every await (the key and the enrollment are written in one step each, and
+    // the hub answers a device that repeats its enrollment with the same token again).
+    let core = tokio::select! {
+        core = start_core(&config, SystemClock::shared()) => core?,
+        _ = terminate.recv() => return stopped_while_starting(&systemd),
+        _ = interrupt.recv() => return stopped_while_starting(&systemd),
+    };
     // Scripts and tests wait for this line on stdout.
     println!("{}", core.ready_line());
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    systemd.ready(&core.ready_line());
+    let mut watchdog = systemd.watchdog_ticker();
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = watchdog.tick() => {
+                // A sync loop that ended (it only ends by panicking) is a hung agent to
+                // systemd: no ping, and WatchdogSec= restarts it.
+                if core.is_following_the_hub() {
+                    systemd.watchdog();
+                }
+            }
+        }
     }
+    systemd.stopping();
     tracing::info!("shutting down: finishing in-flight requests");
     core.stop().await;
+    Ok(())
+}
+
+fn stopped_while_starting(systemd: &Notifier) -> anyhow::Result<()> {
+    systemd.stopping();
+    tracing::info!("stopped while starting");
     Ok(())
 }

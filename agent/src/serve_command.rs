@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use flotilla_common::systemd::Notifier;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{AgentCommand, AgentConfig, ModelConfig};
@@ -108,8 +109,11 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(address) = server.http {
         ready.push_str(&format!(" http={address}"));
     }
-    // Scripts and tests wait for this line on stdout.
+    // Scripts and tests wait for this line on stdout; systemd (Type=notify) for READY.
     println!("{ready}");
+    let systemd = Notifier::from_env();
+    systemd.ready(&ready);
+    let mut watchdog = systemd.watchdog_ticker();
 
     if config.watch_interval_ms > 0 {
         let repository = repository.clone();
@@ -129,10 +133,14 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading models");
+                systemd.reloading();
                 log_reload(repository.reload(None).await);
+                systemd.ready(&ready);
             }
+            _ = watchdog.tick() => systemd.watchdog(),
         }
     }
+    systemd.stopping();
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown();
     server.wait().await;

@@ -1,5 +1,5 @@
 //! Logic shared by the agent and the hub that needs no network or database: signing and
-//! trust decisions, where to find ONNX Runtime, and loading TOML config files with errors
+//! trust decisions, where to find ONNX Runtime, systemd notifications, and loading TOML config files with errors
 //! that name the file. Sketches, drift metrics and the telemetry
 //! batch format live here too.
 
@@ -15,5 +15,7 @@ pub mod onnx_runtime_library;
 pub mod retry;
 pub mod signing;
 pub mod sketch;
+#[cfg(feature = "server")]
+pub mod systemd;
 pub mod telemetry;
 pub mod trust;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flotilla_common::clock::{Clock, SharedClock, SystemClock};
+use flotilla_common::systemd::Notifier;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -220,6 +221,11 @@ impl RunningHub {
         )
     }
 
+    /// True while the API server runs (it ends only on shutdown or a fatal accept error).
+    pub fn is_serving(&self) -> bool {
+        !self.server.is_finished()
+    }
+
     /// Stops the API gracefully (the embedded broker and background tasks end with the
     /// process or runtime).
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -244,10 +250,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listeners = HubListeners::bind(&config).await?;
     let hub = start(listeners, config, &args.data_dir, SystemClock::shared()).await?;
     println!("{}", hub.ready_line());
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    // Under systemd (Type=notify): READY once serving, watchdog pings while the API serves.
+    let systemd = Notifier::from_env();
+    systemd.ready(&hub.ready_line());
+    let mut watchdog = systemd.watchdog_ticker();
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = watchdog.tick() => {
+                if hub.is_serving() {
+                    systemd.watchdog();
+                }
+            }
+        }
     }
+    systemd.stopping();
     tracing::info!("shutting down");
     hub.shutdown().await
 }

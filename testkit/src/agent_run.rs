@@ -17,6 +17,8 @@ pub struct AgentRun {
     pub device_id: String,
     /// The network namespace it runs in (`NetLab`), when not the test's own.
     pub netns: Option<String>,
+    /// Environment for the process beyond the test's (e.g. systemd's `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentRun {
@@ -37,38 +39,32 @@ impl AgentRun {
         extra: &str,
         netns: Option<&str>,
     ) -> Result<AgentRun, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = format!(
-            "hub = \"{}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n{extra}",
-            hub.url
-        );
-        std::fs::write(dir.path().join("agent.toml"), config).map_err(|e| e.to_string())?;
-        let mut agent = AgentRun {
-            child: None,
-            dir,
-            device_id: String::new(),
-            netns: netns.map(str::to_owned),
-        };
+        let mut agent = Self::prepare(&hub.url, token, extra)?;
+        agent.netns = netns.map(str::to_owned);
         agent.restart()?;
         Ok(agent)
     }
 
-    /// Starts (again) on the same state folder.
+    /// Writes agent.toml for the hub at `hub_url` with `token` (and `extra`), starts
+    /// nothing: `restart` or `spawn` does.
+    pub fn prepare(hub_url: &str, token: &str, extra: &str) -> Result<AgentRun, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = format!(
+            "hub = \"{hub_url}\"\nenrollment_token = \"{token}\"\nstate_dir = \"state\"\nsocket = \"agent.sock\"\nsessions = 1\n{extra}"
+        );
+        std::fs::write(dir.path().join("agent.toml"), config).map_err(|e| e.to_string())?;
+        Ok(AgentRun {
+            child: None,
+            dir,
+            device_id: String::new(),
+            netns: None,
+            env: Vec::new(),
+        })
+    }
+
+    /// Starts (again) on the same state folder and waits for the ready line.
     pub fn restart(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .map_err(|e| e.to_string())?;
-        let mut command =
-            crate::netns::command_in(self.netns.as_deref(), workspace_binary("flotilla-agent"));
-        let mut child = command
-            .args(["run", "--config"])
-            .arg(self.dir.path().join("agent.toml"))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?;
+        let mut child = self.spawn_process()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -91,6 +87,67 @@ impl AgentRun {
                 let _ = child.wait();
                 Err(self.log())
             }
+        }
+    }
+
+    /// Starts the process without waiting for it to be ready (it may never be: an
+    /// unreachable hub); its log grows in `log()`.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        self.child = Some(self.spawn_process()?);
+        Ok(())
+    }
+
+    fn spawn_process(&self) -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .map_err(|e| e.to_string())?;
+        let mut command =
+            crate::netns::command_in(self.netns.as_deref(), workspace_binary("flotilla-agent"));
+        command
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("agent.toml"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends SIGTERM and waits for the exit (SIGKILL after `deadline`): the exit status
+    /// (None if it had to be killed) and how long the stop took.
+    pub fn terminate(
+        &mut self,
+        deadline: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration) {
+        let mut child = self.child.take().expect("the agent runs");
+        let started = std::time::Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        while started.elapsed() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (Some(status), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (None, started.elapsed())
+    }
+
+    /// Waits until the log (kept across restarts) holds `text` at least `times` times;
+    /// panics with the log after `timeout`.
+    pub fn wait_for_log(&self, text: &str, times: usize, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while self.log().matches(text).count() < times {
+            assert!(
+                started.elapsed() < timeout,
+                "the agent never logged {text:?} {times} times:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -35,6 +35,8 @@ pub struct HubProcess {
     pub log_level: String,
     /// The network namespace to serve in (`NetLab`), when not the test's own.
     pub netns: Option<String>,
+    /// Environment for `serve` beyond the test's (e.g. systemd's `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 fn token_line(text: &str, label: &str) -> String {
@@ -85,6 +87,7 @@ impl HubProcess {
             config: config.to_owned(),
             log_level: "info".into(),
             netns: None,
+            env: Vec::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl HubProcess {
         let mut child = command
             .args(["serve", "--log-level", &self.log_level, "--data-dir"])
             .arg(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("hub.log")).expect("a log file"))
             .spawn()

@@ -158,7 +158,9 @@ pub struct DeviceRecord {
 /// What checking an enrollment token found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnrollmentCheck {
-    /// Valid: it is now spent, and the device gets these labels.
+    /// Valid: it is now spent, and the device gets these labels. Also the answer when the
+    /// device that spent the token last asks again (its answer was lost to a stop or a cut
+    /// link): nothing more is spent.
     Accepted(BTreeMap<String, String>),
     Unknown,
     /// Every use it allows is spent.

@@ -524,17 +524,20 @@ impl RegistryStore for SqliteStore {
     ) -> Result<EnrollmentCheck, StoreError> {
         self.with(|connection| {
             let transaction = connection.transaction()?;
-            type Found = (String, i64, u32, u32, Option<i64>);
+            type Found = (String, i64, u32, u32, Option<i64>, Option<String>);
             let found: Option<Found> = transaction
-                .query_row("SELECT labels, expires, uses_allowed, uses, revoked_at FROM enrollment_tokens WHERE token_sha256 = ?1", params![token_sha256], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+                .query_row("SELECT labels, expires, uses_allowed, uses, revoked_at, used_by FROM enrollment_tokens WHERE token_sha256 = ?1", params![token_sha256], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
                 })
                 .optional()?;
             let check = match found {
                 None => EnrollmentCheck::Unknown,
-                Some((_, _, _, _, Some(_))) => EnrollmentCheck::Revoked,
-                Some((_, _, allowed, uses, None)) if uses >= allowed => EnrollmentCheck::AlreadyUsed,
-                Some((_, expires, _, _, None)) if expires <= now => EnrollmentCheck::Expired,
+                Some((_, _, _, _, Some(_), _)) => EnrollmentCheck::Revoked,
+                Some((_, expires, _, _, None, _)) if expires <= now => EnrollmentCheck::Expired,
+                Some((labels, .., used_by)) if used_by.as_deref() == Some(device_id) => {
+                    EnrollmentCheck::Accepted(parse(&labels, "labels")?)
+                }
+                Some((_, _, allowed, uses, None, _)) if uses >= allowed => EnrollmentCheck::AlreadyUsed,
                 Some((labels, ..)) => {
                     transaction.execute("UPDATE enrollment_tokens SET used_by = ?2, uses = uses + 1 WHERE token_sha256 = ?1", params![token_sha256, device_id])?;
                     EnrollmentCheck::Accepted(parse(&labels, "labels")?)
@@ -1030,12 +1033,18 @@ mod tests {
             .unwrap();
         assert_eq!(
             store.consume_enrollment_token("t1", "d1", 50).unwrap(),
-            EnrollmentCheck::Accepted(labels)
+            EnrollmentCheck::Accepted(labels.clone())
         );
         assert_eq!(
             store.consume_enrollment_token("t1", "d2", 50).unwrap(),
             EnrollmentCheck::AlreadyUsed
         );
+        // The device that spent it asks again (its answer was lost): answered, nothing spent.
+        assert_eq!(
+            store.consume_enrollment_token("t1", "d1", 60).unwrap(),
+            EnrollmentCheck::Accepted(labels.clone())
+        );
+        assert_eq!(store.enrollment_tokens().unwrap()[0].uses, 1);
         store
             .insert_enrollment_token("t2", &BTreeMap::new(), 100, 1, 0)
             .unwrap();
@@ -1078,8 +1087,8 @@ mod tests {
         store
             .insert_enrollment_token(&spent, &BTreeMap::new(), 100, 2, 0)
             .unwrap();
-        for _ in 0..2 {
-            store.consume_enrollment_token(&spent, "d", 1).unwrap();
+        for device in ["d", "e"] {
+            store.consume_enrollment_token(&spent, device, 1).unwrap();
         }
         assert_eq!(
             store.consume_enrollment_token(&spent, "d4", 1).unwrap(),

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::mqtt_peer::{Credentials, MqttPeer, genuine_certificate, hub_identity};
 use crate::support::*;
 
-async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
+pub(crate) async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
     hub.operator()
         .upload(
             "/api/v1/models/scaler/versions",
@@ -20,7 +20,7 @@ async fn push(hub: &HubProcess, fixture_name: &str) -> serde_json::Value {
         .unwrap()
 }
 
-async fn deploy(hub: &HubProcess, version: &str, selector: &str) -> serde_json::Value {
+pub(crate) async fn deploy(hub: &HubProcess, version: &str, selector: &str) -> serde_json::Value {
     hub.operator()
         .json(
             Method::POST,

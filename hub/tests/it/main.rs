@@ -12,6 +12,7 @@ mod paused_triggers;
 mod registry;
 mod rollouts;
 mod simulated;
+mod stopping;
 mod support;
 mod telemetry;
 mod triggers;
