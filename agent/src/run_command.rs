@@ -12,10 +12,9 @@ use anyhow::Context;
 use flotilla_common::clock::{SharedClock, Stopwatch, SystemClock};
 use flotilla_common::retry::{RetryDecision, RetryPolicy, retry};
 use flotilla_common::signing::{SigningKey, prove_enrollment};
-use flotilla_common::systemd::Notifier;
+use flotilla_common::systemd::{Notifier, StopSignals};
 use flotilla_common::trust::verify_initial_root;
 use flotilla_proto::control::EnrollRequest;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
@@ -432,8 +431,7 @@ async fn keep_certificate_renewed(
 /// (`Type=notify`) it says READY once it serves and pings the watchdog while its sync loop
 /// lives.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut signals = StopSignals::install()?;
     let systemd = Notifier::from_env();
     systemd.status("starting: enrolling with the hub and restoring models");
     // Starting can wait long (enrollment retries against an unreachable hub, with backoff).
@@ -442,27 +440,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // the hub answers a device that repeats its enrollment with the same token again).
     let core = tokio::select! {
         core = start_core(&config, SystemClock::shared()) => core?,
-        _ = terminate.recv() => return stopped_while_starting(&systemd),
-        _ = interrupt.recv() => return stopped_while_starting(&systemd),
+        _ = signals.recv() => return stopped_while_starting(&systemd),
     };
     // Scripts and tests wait for this line on stdout.
     println!("{}", core.ready_line());
     systemd.ready(&core.ready_line());
-    let mut watchdog = systemd.watchdog_ticker();
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = watchdog.tick() => {
-                // A sync loop that ended (it only ends by panicking) is a hung agent to
-                // systemd: no ping, and WatchdogSec= restarts it.
-                if core.is_following_the_hub() {
-                    systemd.watchdog();
-                }
-            }
-        }
-    }
-    systemd.stopping();
+    // A sync loop that ended (it only ends by panicking) is a hung agent to systemd.
+    systemd
+        .serve_until_stopped(&mut signals, || core.is_following_the_hub())
+        .await;
     tracing::info!("shutting down: finishing in-flight requests");
     core.stop().await;
     Ok(())

@@ -87,6 +87,52 @@ impl Notifier {
     }
 }
 
+/// SIGTERM and SIGINT, the two ways a service is asked to stop (systemd sends SIGTERM).
+/// Installed before a service starts its slow work, so a stop asked at any point is seen.
+#[derive(Debug)]
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+impl Notifier {
+    /// A service's main loop once it is ready: pings the watchdog while `alive()` holds
+    /// (a part that died stops the pings, so `WatchdogSec=` restarts the service) until a
+    /// stop is asked, then says STOPPING.
+    pub async fn serve_until_stopped(&self, signals: &mut StopSignals, alive: impl Fn() -> bool) {
+        let mut watchdog = self.watchdog_ticker();
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                _ = watchdog.tick() => {
+                    if alive() {
+                        self.watchdog();
+                    }
+                }
+            }
+        }
+        self.stopping();
+    }
+}
+
 /// See [`Notifier::watchdog_ticker`].
 #[derive(Debug)]
 pub struct WatchdogTicker(Option<tokio::time::Interval>);

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flotilla_common::clock::{Clock, SharedClock, SystemClock};
-use flotilla_common::systemd::Notifier;
-use tokio::signal::unix::{SignalKind, signal};
+use flotilla_common::systemd::{Notifier, StopSignals};
 use tracing_subscriber::EnvFilter;
 
 use crate::api::listener::ApiListener;
@@ -245,27 +244,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Before binding anything: a hub that cannot check models should not start.
     flotilla_runtime::init_onnx_runtime(args.ort_lib.as_deref())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut signals = StopSignals::install()?;
     let listeners = HubListeners::bind(&config).await?;
     let hub = start(listeners, config, &args.data_dir, SystemClock::shared()).await?;
     println!("{}", hub.ready_line());
     // Under systemd (Type=notify): READY once serving, watchdog pings while the API serves.
     let systemd = Notifier::from_env();
     systemd.ready(&hub.ready_line());
-    let mut watchdog = systemd.watchdog_ticker();
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = watchdog.tick() => {
-                if hub.is_serving() {
-                    systemd.watchdog();
-                }
-            }
-        }
-    }
-    systemd.stopping();
+    systemd
+        .serve_until_stopped(&mut signals, || hub.is_serving())
+        .await;
     tracing::info!("shutting down");
     hub.shutdown().await
 }
