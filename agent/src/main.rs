@@ -26,6 +26,20 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Enroll with the hub now (what `run` does on its first start) and exit: for install
+    /// scripts, which should fail at once on a bad token or an unreachable hub.
+    Enroll {
+        /// agent.toml (see docs/agent.md).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Use this state folder instead of the config's state_dir (an image being prepared
+        /// under another root).
+        #[arg(long)]
+        state_dir: Option<std::path::PathBuf>,
+        /// Give up after this many seconds of trying to reach the hub.
+        #[arg(long, default_value_t = 60)]
+        timeout_seconds: u64,
+    },
 }
 
 /// Runs the command on a tokio runtime. The command itself lets in-flight requests finish
@@ -54,6 +68,21 @@ fn main() {
         Command::Run { config } => flotilla_agent::config::AgentConfig::load_for_run(&config)
             .map_err(anyhow::Error::from)
             .and_then(|config| run_to_completion(flotilla_agent::run_command::run(config))),
+        Command::Enroll {
+            config,
+            state_dir,
+            timeout_seconds,
+        } => flotilla_agent::config::AgentConfig::load_for_run(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut config| {
+                if let Some(dir) = state_dir {
+                    config.state_dir = Some(dir);
+                }
+                run_to_completion(flotilla_agent::run_command::enroll(
+                    config,
+                    Duration::from_secs(timeout_seconds),
+                ))
+            }),
         Command::Serve(args) => args
             .to_config()
             .and_then(|config| run_to_completion(serve(config))),

@@ -187,13 +187,19 @@ impl AgentCore {
     }
 }
 
-/// Starts an agent core: key, enrollment (first start), restore what was served, local
-/// listeners, MQTT and the sync loop. The core reads time from `clock` (moved by the
-/// injected skew, if any).
-pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Result<AgentCore> {
-    let clock = config.faults.device_clock(clock);
+/// The device's key, state database and enrollment.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub key: Arc<SigningKey>,
+    pub store: Arc<AgentStore>,
+    pub enrollment: flotilla_proto::control::EnrollResponse,
+}
+
+/// Makes the device key on first start and enrolls with the hub unless the state folder
+/// says this device already has (then nothing is sent). `flotilla-agent enroll` is this
+/// alone, for install scripts that should fail loudly on a bad token.
+pub async fn enroll_once(config: &RunConfig, clock: &SharedClock) -> anyhow::Result<Enrolled> {
     let (hub, state_dir) = config.hub_and_state_dir()?;
-    init_onnx_runtime(config.ort_lib.as_deref())?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
     let key = Arc::new(load_or_create_key(&state_dir.join("device.key"))?);
@@ -242,6 +248,25 @@ pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Resul
             enrollment
         }
     };
+    Ok(Enrolled {
+        key,
+        store,
+        enrollment,
+    })
+}
+
+/// Starts an agent core: key, enrollment (first start), restore what was served, local
+/// listeners, MQTT and the sync loop. The core reads time from `clock` (moved by the
+/// injected skew, if any).
+pub async fn start_core(config: &RunConfig, clock: SharedClock) -> anyhow::Result<AgentCore> {
+    let clock = config.faults.device_clock(clock);
+    let state_dir = config.hub_and_state_dir()?.1;
+    init_onnx_runtime(config.ort_lib.as_deref())?;
+    let Enrolled {
+        key,
+        store,
+        enrollment,
+    } = enroll_once(config, &clock).await?;
     let trusted_root = store.root()?.unwrap_or_else(|| enrollment.root.clone());
     let root = verify_initial_root(&trusted_root, clock.now_unix())
         .context("the trusted root metadata no longer verifies")?;
@@ -451,6 +476,23 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .await;
     tracing::info!("shutting down: finishing in-flight requests");
     core.stop().await;
+    Ok(())
+}
+
+/// `flotilla-agent enroll`: enrolls (unless already enrolled) within `timeout` and prints
+/// `enrolled device=ID`.
+pub async fn enroll(config: RunConfig, timeout: Duration) -> anyhow::Result<()> {
+    let clock = SystemClock::shared();
+    let enrolled = tokio::time::timeout(timeout, enroll_once(&config, &clock))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "could not reach the hub {} within {} s",
+                config.hub.as_deref().unwrap_or_default(),
+                timeout.as_secs()
+            )
+        })??;
+    println!("enrolled device={}", enrolled.enrollment.device_id);
     Ok(())
 }
 

@@ -122,7 +122,7 @@ impl AgentRun {
         deadline: Duration,
     ) -> (Option<std::process::ExitStatus>, Duration) {
         let mut child = self.child.take().expect("the agent runs");
-        let started = std::time::Instant::now();
+        let started = flotilla_common::clock::Stopwatch::start();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -140,7 +140,7 @@ impl AgentRun {
     /// Waits until the log (kept across restarts) holds `text` at least `times` times;
     /// panics with the log after `timeout`.
     pub fn wait_for_log(&self, text: &str, times: usize, timeout: Duration) {
-        let started = std::time::Instant::now();
+        let started = flotilla_common::clock::Stopwatch::start();
         while self.log().matches(text).count() < times {
             assert!(
                 started.elapsed() < timeout,

@@ -2,6 +2,7 @@
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
 mod broker_acl;
+mod deploy_files;
 mod fleet;
 mod hostile;
 mod mqtt_peer;

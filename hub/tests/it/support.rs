@@ -37,9 +37,17 @@ pub async fn enrolled_device_with_certificate(
     hub: &HubProcess,
     labels: &str,
 ) -> (String, SigningKey, String) {
+    enrolled_device_with_token(hub, &enroll_token(hub, labels).await).await
+}
+
+/// A device enrolled by the test with `token` (which it spends): id, key, certificate.
+pub async fn enrolled_device_with_token(
+    hub: &HubProcess,
+    token: &str,
+) -> (String, SigningKey, String) {
     let key = SigningKey::generate().unwrap();
     let mut request = EnrollRequest {
-        token: enroll_token(hub, labels).await,
+        token: token.to_owned(),
         public_key: key.public_key(),
         hardware: BTreeMap::new(),
         agent_version: "test".into(),
