@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use flotilla_common::config_file::ConfigFileError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use flotilla_runtime::SessionSettings;
 
@@ -70,12 +70,13 @@ pub const RUN_ONLY_KEYS: &[&str] = &[
 
 /// `flotilla-agent serve` and `flotilla-agent run` settings (agent.toml). Relative paths in
 /// a config file are relative to the file's folder.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Unix socket to serve the Open Inference Protocol on, e.g. "/run/flotilla/agent.sock".
     /// Its folder must exist. A stale socket file left by a crashed agent is replaced; any
     /// other existing file is refused.
+    /// Example: "/run/flotilla/agent.sock"
     #[serde(default)]
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file, in octal: "0660" lets the owner and group connect.
@@ -83,9 +84,11 @@ pub struct AgentConfig {
     pub socket_mode: String,
     /// Loopback TCP address to serve on as well, e.g. "127.0.0.1:8000" (port 0 picks a free
     /// port). Only loopback addresses are accepted: the local service has no authentication.
+    /// Example: "127.0.0.1:8000"
     #[serde(default)]
     pub http: Option<SocketAddr>,
     /// Path of libonnxruntime.so.1.31.1; when absent, ORT_DYLIB_PATH, then default places.
+    /// Example: "/usr/local/lib/flotilla/libonnxruntime.so.1.31.1"
     #[serde(default)]
     pub ort_lib: Option<PathBuf>,
     /// Largest request body accepted, in bytes; larger requests get 413.
@@ -101,13 +104,16 @@ pub struct AgentConfig {
     /// Sessions per model: how many of its requests run at once. `serve`: for each of
     /// `[[models]]` that sets none; `run`: for every model the hub installs.
     /// Default: the number of CPU cores.
+    /// Example: 2
     #[serde(default)]
     pub sessions: Option<usize>,
     /// ONNX Runtime threads inside one request, for each model that sets none. Default 1.
+    /// Example: 1
     #[serde(default)]
     pub intra_op_threads: Option<usize>,
     /// Requests that may wait for a free session of a model before more are refused with
     /// 503, for each model that sets none. Default 256.
+    /// Example: 256
     #[serde(default)]
     pub queue_depth: Option<usize>,
 
@@ -121,16 +127,21 @@ pub struct AgentConfig {
     #[serde(default)]
     pub models: Vec<ModelConfig>,
 
-    /// `run` only (`serve` refuses it, as every key below): the hub's API, e.g.
-    /// "http://hub.example:7070": enrollment and artifact downloads. Required by `run`.
+    /// `run` only (`serve` refuses it, as every key below): the hub's API: enrollment and
+    /// artifact downloads, over TLS checked against the CA the enrollment token pins (then
+    /// the CA certificate enrollment handed over), presenting the device certificate.
+    /// Required by `run`.
+    /// Example: "https://hub.example:7070"
     #[serde(default)]
     pub hub: Option<String>,
     /// `run` only: one-time enrollment token (flotilla enroll-token create); needed on first
     /// start only.
+    /// Example: "flo_enroll_SECRET.CA_FINGERPRINT"
     #[serde(default)]
     pub enrollment_token: Option<String>,
     /// `run` only: where the agent keeps its key, state database and installed models.
     /// Required by `run`.
+    /// Example: "/var/lib/flotilla-agent"
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
     /// `run` only: seconds between heartbeats (the signed online status, which keeps the
@@ -139,7 +150,10 @@ pub struct AgentConfig {
     pub heartbeat_seconds: u64,
     /// `run` only: the MQTT broker to use instead of the one the hub named at enrollment,
     /// `HOST:PORT` (a device behind a relay or port forward; fleet-sim routes cohorts
-    /// through proxies).
+    /// through proxies). TLS or not as the hub said at enrollment; over TLS the agent trusts
+    /// only the hub's CA and presents its device certificate, so the name must be one the
+    /// broker's certificate carries.
+    /// Example: "relay.example:8883"
     #[serde(default)]
     pub mqtt: Option<String>,
     /// `run` only: hardware facts reported at enrollment, beside the detected ones.
@@ -162,24 +176,29 @@ pub struct AgentConfig {
 pub type ServeConfig = AgentConfig;
 
 /// One served model.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients use in /v2/models/NAME.
+    /// Example: "iris"
     pub name: String,
     /// A model file (served as version 1), or a folder of numbered version folders
     /// (DIR/1/model.onnx, DIR/2/model.onnx, ...) whose highest version is the default.
+    /// Example: "models/iris"
     pub path: PathBuf,
     /// Sessions for this model: how many of its requests run at once.
     /// Default: the top-level `sessions`, else the number of CPU cores.
+    /// Example: 2
     #[serde(default)]
     pub sessions: Option<usize>,
     /// ONNX Runtime threads inside one request. Default: the top-level `intra_op_threads`,
     /// else 1.
+    /// Example: 1
     #[serde(default)]
     pub intra_op_threads: Option<usize>,
     /// Requests that may wait for a free session before more are refused with 503.
     /// Default: the top-level `queue_depth`, else 256.
+    /// Example: 256
     #[serde(default)]
     pub queue_depth: Option<usize>,
     /// What runs requests: own ONNX Runtime sessions unless an embedder (fleet-sim) says

@@ -3,6 +3,7 @@
 //! and fleet-sim and the tests drive the same code in-process.
 
 pub mod config;
+pub mod config_reference;
 pub mod install;
 pub mod metrics;
 pub mod repository;

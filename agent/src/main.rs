@@ -26,6 +26,9 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// The settings file (agent.toml) of `serve` and `run`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Enroll with the hub now (what `run` does on its first start) and exit: for install
     /// scripts, which should fail at once on a bad token or an unreachable hub.
     Enroll {
@@ -39,6 +42,22 @@ enum Command {
         /// Give up after this many seconds of trying to reach the hub.
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ForCommand {
+    Run,
+    Serve,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a complete agent.toml: every setting with its documentation and default.
+    Default {
+        /// The command the file is for (each refuses the keys only the other takes).
+        #[arg(long = "for", value_enum, default_value = "run")]
+        command: ForCommand,
     },
 }
 
@@ -83,6 +102,17 @@ fn main() {
                     Duration::from_secs(timeout_seconds),
                 ))
             }),
+        Command::Config(ConfigCommand::Default { command }) => {
+            let command = match command {
+                ForCommand::Run => flotilla_agent::config::AgentCommand::Run,
+                ForCommand::Serve => flotilla_agent::config::AgentCommand::Serve,
+            };
+            print!(
+                "{}",
+                flotilla_agent::config_reference::default_toml(command)
+            );
+            Ok(())
+        }
         Command::Serve(args) => args
             .to_config()
             .and_then(|config| run_to_completion(serve(config))),

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codec;
 pub mod compression;
 pub mod config_file;
+pub mod config_reference;
 #[cfg(feature = "server")]
 pub mod connection_cap;
 pub mod onnx_runtime_library;

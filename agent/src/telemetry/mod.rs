@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use flotilla_common::signing::SigningKey;
 use flotilla_common::telemetry::{BatchId, WindowBatch, seal_frame};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::{Notify, mpsc};
 
@@ -29,7 +29,7 @@ pub use window::{CaptureLimits, FeatureRows, WindowAccumulator, extract_features
 use crate::transport::mqtt::AgentMqtt;
 
 /// `[telemetry]` in agent.toml.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Window length in seconds.
@@ -54,12 +54,15 @@ pub struct TelemetryConfig {
     pub capture: HashMap<String, CaptureConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[telemetry.capture.MODEL]`: data capture for one model.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// Requests sampled per minute at most.
+    /// Example: 10
     pub per_minute: u32,
     /// A request bigger than this (inputs and outputs as JSON) is not captured.
+    /// Example: 16384
     #[serde(default = "default_max_sample_bytes")]
     pub max_sample_bytes: usize,
 }

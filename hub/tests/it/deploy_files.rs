@@ -193,3 +193,34 @@ async fn install_agent_sh_installs_into_a_root_and_enrolls() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--hub must be an http(s) URL"));
 }
+
+#[test]
+fn flotilla_agent_config_default_prints_a_file_for_each_command() {
+    for (args, has, lacks) in [
+        (
+            &["config", "default"][..],
+            "\n[telemetry]\n",
+            "\nwatch_interval_ms =",
+        ),
+        (
+            &["config", "default", "--for", "serve"][..],
+            "\nwatch_interval_ms = 2000\n",
+            "\n[telemetry]\n",
+        ),
+    ] {
+        let output = Command::new(workspace_binary("flotilla-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.starts_with("# `flotilla-agent serve` and `flotilla-agent run` settings"),
+            "{text}"
+        );
+        assert!(
+            text.contains(has) && !text.contains(lacks),
+            "{args:?}\n{text}"
+        );
+    }
+}
