@@ -3,6 +3,7 @@
 //! server (its contract is `flotilla-api`). `main.rs` (flotilla-hub) is a thin shell.
 
 pub mod api;
+pub mod backup;
 pub mod broker_config;
 pub mod ca;
 pub mod config;

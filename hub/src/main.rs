@@ -37,6 +37,22 @@ enum Command {
     /// The root key, kept offline: export it, and rotate the signing key with it.
     #[command(subcommand)]
     Root(RootCommand),
+    /// Copy the data folder of a hub (running or not) into a new folder OUT: databases by
+    /// SQLite's VACUUM INTO, keys, artifacts, hub.toml, and backup.json listing each file's
+    /// SHA-256.
+    Backup {
+        #[arg(long)]
+        data_dir: PathBuf,
+        out: PathBuf,
+    },
+    /// Bring a backup back into an empty data folder (every file checked first). Then run
+    /// `flotilla keys rotate` against the restored hub if anything was deployed after the
+    /// backup was taken (docs/hub.md says why).
+    Restore {
+        #[arg(long)]
+        data_dir: PathBuf,
+        from: PathBuf,
+    },
     /// Files for an external broker that enforces what the embedded one does.
     #[command(subcommand)]
     BrokerConfig(BrokerConfigCommand),
@@ -138,6 +154,30 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Init { data_dir } => init(&data_dir),
+        Command::Backup { data_dir, out } => flotilla_hub::backup::backup(
+            &data_dir,
+            &out,
+            flotilla_common::clock::Clock::now_unix(&flotilla_common::clock::SystemClock),
+        )
+        .map(|manifest| {
+            println!(
+                "backed up {} files of {} into {}",
+                manifest.files.len(),
+                data_dir.display(),
+                out.display()
+            )
+        })
+        .map_err(anyhow::Error::from),
+        Command::Restore { data_dir, from } => flotilla_hub::backup::restore(&from, &data_dir)
+            .map(|manifest| {
+                println!(
+                    "restored {} files (backup of {}) into {}",
+                    manifest.files.len(),
+                    manifest.made_at,
+                    data_dir.display()
+                )
+            })
+            .map_err(anyhow::Error::from),
         Command::Token(TokenCommand::Create {
             data_dir,
             scope,

@@ -195,6 +195,14 @@ impl HubProcess {
         self.child = Some(child);
     }
 
+    /// SIGKILL and wait: the machine lost, or a crash.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait; the hub must exit cleanly.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -388,17 +388,25 @@ async fn kill_9_at_any_instant_of_an_install_recovers() {
     }
 }
 
+/// A hub with scaler versions 1 and 2, and an agent enrolled with `labels` serving
+/// version 1, reported.
+pub(crate) async fn an_agent_serving_version_1_of_two(labels: &str) -> (HubProcess, AgentRun) {
+    let hub = HubProcess::start();
+    push(&hub, "scaler_v1.onnx").await;
+    push(&hub, "scaler_v2.onnx").await;
+    let agent = AgentRun::start(&hub, &enroll_token(&hub, labels).await).unwrap();
+    deploy(&hub, "1", "").await;
+    agent.wait_serving("scaler", 1);
+    wait_reported(&hub, &agent.device_id, |d| d["serving"]["scaler"] == 1).await;
+    (hub, agent)
+}
+
 /// The hub restarts right after a deployment: its embedded broker forgot the retained
 /// message, so the hub republishes every desired state when it reconnects, and the agent
 /// (which kept serving throughout) converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hub_restart_mid_deployment_converges() {
-    let mut hub = HubProcess::start();
-    push(&hub, "scaler_v1.onnx").await;
-    push(&hub, "scaler_v2.onnx").await;
-    let agent = AgentRun::start(&hub, &enroll_token(&hub, "").await).unwrap();
-    deploy(&hub, "1", "").await;
-    agent.wait_serving("scaler", 1);
+    let (mut hub, agent) = an_agent_serving_version_1_of_two("").await;
     hub.stop();
     assert_eq!(
         agent.scale("scaler", 2.0).unwrap(),
