@@ -2,7 +2,7 @@
 # Installs the Flotilla agent on a device and enrolls it with the hub.
 #
 #   deploy/install-agent.sh --hub https://hub.example:7070 --token TOKEN [--labels k=v,k=v]
-#       [--binary PATH] [--ort-lib PATH] [--root DIR] [--no-start]
+#       [--binary PATH] [--ort-lib PATH] [--root DIR] [--no-start] [--no-enroll]
 #
 # Puts in place (under --root, default /):
 #   /usr/local/bin/flotilla-agent                       the agent (--binary; default: this
@@ -21,6 +21,9 @@
 # The labels deployments select on come from the token (flotilla enroll-token create
 # --labels), so a device cannot steer which models it gets.
 #
+# --no-enroll leaves enrollment to the agent's first start (the token stays in agent.toml):
+# for an image of another architecture, whose binary cannot run here.
+#
 # --root DIR prepares another root (an image being built, or a test's temp folder): no
 # users, no systemctl; enrollment still runs, writing DIR/var/lib/flotilla-agent.
 # Running it again keeps an existing state folder (an enrolled device stays enrolled) and
@@ -28,7 +31,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-hub="" token="" labels="" binary="" ort_lib="" root="/" start=1
+hub="" token="" labels="" binary="" ort_lib="" root="/" start=1 enroll=1
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
     --ort-lib) ort_lib=${2:?--ort-lib needs a path}; shift 2 ;;
     --root) root=${2:?--root needs a folder}; shift 2 ;;
     --no-start) start=0; shift ;;
+    --no-enroll) enroll=0; shift ;;
     -h|--help) usage ;;
     *) echo "error: unknown argument $1" >&2; usage ;;
   esac
@@ -109,8 +113,12 @@ mv -f "$config.new" "$config"
 chmod 0640 "$config"
 install -d -m 0700 "$state_dir"
 
-echo "enrolling with $hub" >&2
-"$bin_dir/flotilla-agent" enroll --config "$config" --state-dir "$state_dir"
+if [ "$enroll" = 1 ]; then
+  echo "enrolling with $hub" >&2
+  "$bin_dir/flotilla-agent" enroll --config "$config" --state-dir "$state_dir"
+else
+  echo "not enrolled yet: the agent enrolls at its first start" >&2
+fi
 
 if [ "$live" = 1 ]; then
   chown root:flotilla "$config_dir" "$config"

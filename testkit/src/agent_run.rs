@@ -19,6 +19,9 @@ pub struct AgentRun {
     pub netns: Option<String>,
     /// Environment for the process beyond the test's (e.g. systemd's `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// What to run: this build's flotilla-agent, or e.g. a script running another
+    /// architecture's build under an emulator.
+    pub binary: std::path::PathBuf,
 }
 
 impl AgentRun {
@@ -59,6 +62,7 @@ impl AgentRun {
             device_id: String::new(),
             netns: None,
             env: Vec::new(),
+            binary: workspace_binary("flotilla-agent"),
         })
     }
 
@@ -103,8 +107,7 @@ impl AgentRun {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let mut command =
-            crate::netns::command_in(self.netns.as_deref(), workspace_binary("flotilla-agent"));
+        let mut command = crate::netns::command_in(self.netns.as_deref(), self.binary.clone());
         command
             .args(["run", "--config"])
             .arg(self.dir.path().join("agent.toml"))

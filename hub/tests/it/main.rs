@@ -1,6 +1,7 @@
 //! Integration tests of the hub: the real `flotilla-hub` and `flotilla` binaries, a real
 //! SQLite file, real ONNX Runtime checks, over loopback HTTP.
 
+mod arm64;
 mod backup;
 mod broker_acl;
 mod deploy_files;
